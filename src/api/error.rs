@@ -1,0 +1,144 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every error body has OpenAI's shape, `{"error":{"message","type","code"}}`; `type` and `code`
+//! are stable strings that clients may match on.
+
+use crate::engine::EngineError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// An API error: status, stable type and code, and a message saying what to fix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OpenAI error type, e.g. `invalid_request_error`.
+    pub kind: &'static str,
+    /// Stable machine-readable code, e.g. `model_not_found`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Which request field was wrong, when one was.
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    /// A 400 `invalid_request_error` with the given code.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// A 400 for one field that has a bad value.
+    pub fn bad_param(param: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            param: Some(param.to_string()),
+            ..ApiError::invalid("invalid_value", message)
+        }
+    }
+
+    /// 404 for a route that does not exist.
+    pub fn no_route() -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: "unknown_url",
+            message: "no such endpoint".into(),
+            param: None,
+        }
+    }
+
+    /// 405 for a known route called with the wrong method.
+    pub fn wrong_method() -> Self {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "invalid_request_error",
+            code: "method_not_allowed",
+            message: "this endpoint does not accept that method".into(),
+            param: None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        let (status, kind, code) = match &e {
+            EngineError::UnknownModel(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            EngineError::NoChatTemplate(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "no_chat_template",
+            ),
+            EngineError::Template { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "template_error",
+            ),
+            EngineError::ContextLengthExceeded { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+            ),
+            EngineError::EmptyPrompt => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "empty_prompt",
+            ),
+            EngineError::CannotEmbed(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "model_cannot_embed",
+            ),
+            EngineError::QueueFull(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "queue_full",
+            ),
+            EngineError::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "shutting_down",
+            ),
+            EngineError::Inference(_) | EngineError::Load { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "inference_failed",
+            ),
+        };
+        ApiError {
+            status,
+            kind,
+            code,
+            message,
+            param: None,
+        }
+    }
+}

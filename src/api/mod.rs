@@ -1,0 +1,84 @@
+//! The HTTP API on the Unix socket: who is calling, which routes exist, and serving them.
+//!
+//! HTTP/1.1 only, on a Unix socket only; the caller's uid and gid come from the kernel
+//! (`SO_PEERCRED`) for every connection, never from anything the client says.
+
+pub mod error;
+pub mod openai;
+
+use crate::engine::Engine;
+use crate::scheduler::Limits;
+use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use axum::Router;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+
+/// The connecting process, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective uid of the peer.
+    pub uid: u32,
+    /// Effective gid of the peer.
+    pub gid: u32,
+    /// Peer process id, when known.
+    pub pid: Option<i32>,
+}
+
+impl Caller {
+    /// Used when the kernel could not tell: `nobody`, which no role maps to.
+    pub const UNKNOWN: Caller = Caller {
+        uid: 65534,
+        gid: 65534,
+        pid: None,
+    };
+}
+
+impl axum::extract::connect_info::Connected<IncomingStream<'_, UnixListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        match stream.io().peer_cred() {
+            Ok(c) => Caller {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
+            Err(_) => Caller::UNKNOWN,
+        }
+    }
+}
+
+/// Everything a handler needs, shared by all connections.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine (real or, in unit tests, fake).
+    pub engine: Arc<dyn Engine>,
+    /// Validation limits.
+    pub limits: Limits,
+}
+
+/// All routes. Each route family lives in its own module.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(openai::health))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{id}", get(openai::get_model))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .fallback(|| async { error::ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { error::ApiError::wrong_method() })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets open requests finish.
+pub async fn serve(
+    listener: UnixListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<Caller>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,115 @@
+//! `inhoused`: the daemon. Parses flags over the config file, runs, maps errors to exit codes.
+
+use clap::Parser;
+use inhouse::config::{self, Config};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Serve GGUF models with an OpenAI-compatible API on a Unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "inhoused", version = long_version(), about)]
+struct Args {
+    /// Configuration file (TOML). Default: /etc/inhouse/inhouse.toml when it exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Unix socket to listen on [default: /run/inhouse/inhouse.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// State directory [default: /var/lib/inhouse].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// A model to serve: PATH (named after the file stem, lower-cased) or NAME=PATH. Repeatable.
+    #[arg(long = "model", value_name = "[NAME=]PATH")]
+    models: Vec<String>,
+    /// CPU threads for llama.cpp.
+    #[arg(long, value_name = "N")]
+    threads: Option<u32>,
+    /// Context size in tokens.
+    #[arg(long, value_name = "N")]
+    ctx_size: Option<u32>,
+    /// Layers to offload to the GPU.
+    #[arg(long, value_name = "N")]
+    gpu_layers: Option<u32>,
+    /// Check the configuration, print it and exit.
+    #[arg(long)]
+    validate_config: bool,
+}
+
+fn long_version() -> &'static str {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (llama.cpp via llama-cpp-2 0.1.160)"
+    )
+}
+
+fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => {
+            let default = PathBuf::from(config::DEFAULT_CONFIG_PATH);
+            if default.exists() {
+                Config::from_file(&default)?
+            } else {
+                Config::default()
+            }
+        }
+    };
+    if let Some(s) = &args.socket {
+        cfg.socket = s.clone();
+    }
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    for m in &args.models {
+        let (name, path) = config::parse_model_arg(m)?;
+        cfg.models.insert(name, path);
+    }
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    if let Some(c) = args.ctx_size {
+        cfg.ctx_size = c;
+    }
+    if let Some(g) = args.gpu_layers {
+        cfg.gpu_layers = g;
+    }
+    cfg.check()?;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INHOUSE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("inhoused: {e}");
+            return ExitCode::from(inhouse::daemon::EXIT_CONFIG as u8);
+        }
+    };
+    if args.validate_config {
+        println!("{cfg:#?}");
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("inhoused: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(inhouse::daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inhoused: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

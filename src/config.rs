@@ -1,0 +1,212 @@
+//! Daemon configuration: built-in defaults, then `/etc/inhouse/inhouse.toml` (or `--config`),
+//! then command-line flags. Each default is written once, in [`Config::default`].
+//!
+//! Keys are kebab-case and unknown keys are refused, so a misspelt key in an admin's file is an
+//! error at start-up rather than a setting silently ignored.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where the daemon looks for its configuration file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/inhouse/inhouse.toml";
+/// The socket path used when neither the file nor a flag names one.
+pub const DEFAULT_SOCKET: &str = "/run/inhouse/inhouse.sock";
+/// The state directory used when neither the file nor a flag names one.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/inhouse";
+
+/// The complete, checked daemon configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Path of the Unix socket the API listens on.
+    pub socket: PathBuf,
+    /// Directory for the database and the model store.
+    pub state_dir: PathBuf,
+    /// Models to serve: name → GGUF path.
+    pub models: BTreeMap<String, PathBuf>,
+    /// CPU threads llama.cpp uses for generation and prompt processing.
+    pub threads: u32,
+    /// Context size (tokens) of each model's context.
+    pub ctx_size: u32,
+    /// Layers offloaded to the GPU (0 on a CPU build).
+    pub gpu_layers: u32,
+    /// `max_tokens` used when a request gives none.
+    pub default_max_tokens: u32,
+    /// Requests waiting for the engine before new ones are refused with 503.
+    pub queue_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            models: BTreeMap::new(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(2)
+                .min(16),
+            ctx_size: 4096,
+            gpu_layers: 0,
+            default_max_tokens: 512,
+            queue_size: 64,
+        }
+    }
+}
+
+/// A configuration problem, explained so that an admin knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, with the line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Is `name` acceptable as a model name? Lower-case letters, digits and `._:-`, starting with a
+/// letter or digit, at most 64 characters: nothing path-like can pass.
+pub fn valid_model_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':' | b'-')
+        })
+}
+
+/// Parses a `--model` argument: `NAME=PATH`, or `PATH` whose name is the file stem, lower-cased.
+pub fn parse_model_arg(arg: &str) -> Result<(String, PathBuf), ConfigError> {
+    let (name, path) = match arg.split_once('=') {
+        Some((name, path)) => (name.to_string(), PathBuf::from(path)),
+        None => {
+            let path = PathBuf::from(arg);
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!("--model {arg}: cannot take a name from the path"))
+                })?
+                .to_lowercase();
+            (stem, path)
+        }
+    };
+    if !valid_model_name(&name) {
+        return Err(ConfigError::Invalid(format!(
+            "--model {arg}: model name {name:?} must match ^[a-z0-9][a-z0-9._:-]{{0,63}}$ \
+             (give one explicitly as NAME=PATH)"
+        )));
+    }
+    Ok((name, path))
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text over the defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks ranges and consistency; the message says which key to fix.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.threads == 0 || self.threads > 256 {
+            return bad(format!("threads = {} (must be 1..=256)", self.threads));
+        }
+        if !(64..=1 << 20).contains(&self.ctx_size) {
+            return bad(format!(
+                "ctx-size = {} (must be 64..=1048576)",
+                self.ctx_size
+            ));
+        }
+        if self.default_max_tokens == 0 {
+            return bad("default-max-tokens must be at least 1".into());
+        }
+        if self.queue_size == 0 {
+            return bad("queue-size must be at least 1".into());
+        }
+        for name in self.models.keys() {
+            if !valid_model_name(name) {
+                return bad(format!(
+                    "model name {name:?} must match ^[a-z0-9][a-z0-9._:-]{{0,63}}$"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().check().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("thread = 4").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let c = Config::from_toml(
+            "socket = \"/tmp/x.sock\"\nctx-size = 2048\n[models]\nsmol = \"/m/s.gguf\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.ctx_size, 2048);
+        assert_eq!(c.models["smol"], PathBuf::from("/m/s.gguf"));
+        assert_eq!(c.default_max_tokens, Config::default().default_max_tokens);
+    }
+
+    #[test]
+    fn model_args() {
+        let (n, p) = parse_model_arg("/x/SmolLM2-135M.Q4_1.gguf").unwrap();
+        assert_eq!(n, "smollm2-135m.q4_1");
+        assert_eq!(p, PathBuf::from("/x/SmolLM2-135M.Q4_1.gguf"));
+        let (n, _) = parse_model_arg("smol=/x/a.gguf").unwrap();
+        assert_eq!(n, "smol");
+        assert!(parse_model_arg("../etc=/x").is_err());
+        assert!(parse_model_arg("Big=/x").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_explained() {
+        let c = Config {
+            threads: 0,
+            ..Config::default()
+        };
+        assert!(c.check().unwrap_err().to_string().contains("threads"));
+    }
+}

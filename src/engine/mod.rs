@@ -1,0 +1,211 @@
+//! The engine: the only code that touches llama.cpp.
+//!
+//! llama.cpp runs on one dedicated OS thread ([`llama`]); the async side talks to it through
+//! [`EngineHandle`]: a bounded queue in, and a channel of [`Event`]s per request out. Dropping that
+//! channel's receiver (a client that went away) cancels the generation before its next token.
+//!
+//! [`Engine`] is the seam in front of it, so that the API and scheduler can be tested against a
+//! fake; the real engine is always tested end to end on real models.
+
+pub mod llama;
+pub mod text;
+
+use serde::Serialize;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::mpsc;
+
+/// What a model is and what it can do, as reported by `/v1/models` and `/health`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelInfo {
+    /// The name clients use.
+    pub name: String,
+    /// The GGUF `general.architecture`.
+    pub architecture: String,
+    /// Number of parameters.
+    pub n_params: u64,
+    /// Size of the weights in bytes.
+    pub size_bytes: u64,
+    /// Context length the model was trained with.
+    pub n_ctx_train: u32,
+    /// Context length of the serving context.
+    pub n_ctx: u32,
+    /// Embedding width.
+    pub n_embd: u32,
+    /// Where the chat template comes from (`gguf`, or llama.cpp's built-in one for the
+    /// architecture); `None` when the model cannot chat.
+    pub chat_template: Option<String>,
+    /// Layers offloaded to a GPU.
+    pub gpu_layers: u32,
+    /// Unix time the model was loaded.
+    pub loaded_at: u64,
+}
+
+/// One chat message, already reduced to plain text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Messages rendered through the model's own chat template by llama.cpp.
+    Chat(Vec<ChatMessage>),
+    /// Plain text, tokenized as it is.
+    Text(String),
+}
+
+/// Sampling settings, already checked by the scheduler: every value is finite and in range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus sampling; 1 disables it.
+    pub top_p: f32,
+    /// 0 disables it.
+    pub top_k: i32,
+    /// 0 disables it.
+    pub min_p: f32,
+    /// OpenAI's presence penalty, -2..=2.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty, -2..=2.
+    pub frequency_penalty: f32,
+    /// Seed of the random sampler.
+    pub seed: u32,
+}
+
+/// A checked generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// A model name the engine serves.
+    pub model: String,
+    /// The input.
+    pub prompt: Prompt,
+    /// Sampling settings.
+    pub sampling: Sampling,
+    /// At most this many generated tokens.
+    pub max_tokens: u32,
+    /// The answer ends before the first of these strings.
+    pub stop: Vec<String>,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End of generation token or a stop string.
+    Stop,
+    /// `max_tokens` or the context's end was reached.
+    Length,
+}
+
+/// What the engine sends back while it generates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The prompt was accepted; its size in tokens.
+    Started {
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+    },
+    /// Text to append to the answer (whole UTF-8 characters, never part of a stop string).
+    Text(String),
+    /// The generation ended normally.
+    Finished {
+        /// Why.
+        reason: FinishReason,
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+        /// Tokens generated.
+        completion_tokens: u32,
+    },
+    /// The generation failed.
+    Failed(EngineError),
+}
+
+/// Embeddings of several inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One L2-normalized vector per input, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read, all inputs together.
+    pub prompt_tokens: u32,
+}
+
+/// Engine errors; the API maps each to an HTTP status in one place.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// No model by that name is served.
+    #[error("model {0:?} does not exist")]
+    UnknownModel(String),
+    /// The model has no chat template in its GGUF metadata.
+    #[error("model {0:?} has no chat template; use /v1/completions with a plain prompt")]
+    NoChatTemplate(String),
+    /// llama.cpp could not render the messages with the model's template.
+    #[error("the chat template of model {model:?} cannot render these messages (code {code})")]
+    Template {
+        /// Model name.
+        model: String,
+        /// llama.cpp's return code.
+        code: i32,
+    },
+    /// The prompt does not fit in the context.
+    #[error(
+        "the prompt is {prompt_tokens} tokens, but the context holds {n_ctx} \
+         (at least one token must remain for the answer)"
+    )]
+    ContextLengthExceeded {
+        /// Prompt size.
+        prompt_tokens: u32,
+        /// Context size.
+        n_ctx: u32,
+    },
+    /// The prompt tokenized to nothing.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// The model cannot produce embeddings.
+    #[error("model {0:?} cannot produce embeddings")]
+    CannotEmbed(String),
+    /// Too many requests are waiting.
+    #[error("the server is busy: {0} requests are queued; retry later")]
+    QueueFull(usize),
+    /// The engine thread has stopped.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// llama.cpp failed while running.
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// A model could not be loaded at start-up.
+    #[error("cannot load model {name:?} from {path}: {reason}")]
+    Load {
+        /// Model name.
+        name: String,
+        /// File.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A boxed future, so that [`Engine`] stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The seam between the API and whatever runs the models.
+pub trait Engine: Send + Sync + 'static {
+    /// The models served, in a stable order.
+    fn models(&self) -> &[ModelInfo];
+    /// Queues a generation; events arrive on the returned channel.
+    fn generate(&self, req: GenerateRequest)
+        -> Result<mpsc::UnboundedReceiver<Event>, EngineError>;
+    /// Embeds each input.
+    fn embed(
+        &self,
+        model: String,
+        inputs: Vec<String>,
+    ) -> BoxFuture<'_, Result<Embeddings, EngineError>>;
+    /// A short description of the compute backend, for `/health` and `--version`.
+    fn backend(&self) -> String;
+}

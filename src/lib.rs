@@ -1,0 +1,18 @@
+//! inhouse: build, own and serve in-house LLMs, on a Unix socket, with nothing leaving the host.
+//!
+//! Module map, in the order a request travels:
+//! - [`config`]: defaults → `/etc/inhouse/inhouse.toml` → flags, checked once at start-up.
+//! - [`daemon`]: start-up and shutdown order, the socket, signals.
+//! - [`api`]: the Unix-socket HTTP API, caller identity from peer credentials, the error table.
+//! - [`scheduler`]: untrusted JSON validated into checked requests.
+//! - [`engine`]: the only code that touches llama.cpp, on its own OS thread.
+//! - [`client`]: the socket client used by the `inhouse` CLI and the tests.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod scheduler;

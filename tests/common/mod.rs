@@ -1,0 +1,200 @@
+//! Shared helpers for the integration tests: the real `inhoused` binary as a child process on a
+//! socket in a temporary directory, the real test models, and a client.
+#![allow(dead_code)]
+
+use hyper::Method;
+use inhouse::client::Client;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The model cache: `$INHOUSE_MODELS_DIR` or `~/.cache/inhouse/models`.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("INHOUSE_MODELS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/inhouse/models"),
+    }
+}
+
+/// A test model's path; a missing model fails the test (it never skips).
+pub fn model(file: &str) -> PathBuf {
+    let p = models_dir().join(file);
+    assert!(
+        p.is_file(),
+        "test model {} is missing: run scripts/fetch-models",
+        p.display()
+    );
+    p
+}
+
+/// SmolLM2 135M Instruct, Q4_1 (llama architecture, ChatML template in the GGUF).
+pub fn smollm2() -> PathBuf {
+    model("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Gemma 3 270M, Q4_K_M (gemma3 architecture, no template in the GGUF).
+pub fn gemma() -> PathBuf {
+    model("gemma-3-270m-q4_k_m.gguf")
+}
+
+/// A running daemon; stopped (SIGKILL) when dropped unless [`Daemon::terminate`] was called.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `inhoused` with the given `NAME=PATH` models and extra flags, and waits until its
+    /// socket accepts connections.
+    pub fn start(models: &[(&str, &Path)], extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("inhouse.sock");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inhoused"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(["--threads", "2", "--ctx-size", "2048"]);
+        for (name, path) in models {
+            cmd.arg("--model").arg(format!("{name}={}", path.display()));
+        }
+        cmd.args(extra)
+            .env("INHOUSE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn inhoused");
+        let mut d = Daemon { child, dir, socket };
+        d.wait_ready();
+        d
+    }
+
+    /// Starts a daemon serving SmolLM2 as `smol`.
+    pub fn smol() -> Daemon {
+        Daemon::start(&[("smol", &smollm2())], &[])
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "inhoused exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "inhoused not ready after 120 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A client for this daemon's socket.
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "inhoused did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A current-thread runtime for a test body.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// POSTs JSON; returns status and parsed body.
+pub async fn post(client: &Client, path: &str, body: &str) -> (u16, Value) {
+    let (status, bytes) = client
+        .raw(
+            Method::POST,
+            path,
+            Some(bytes::Bytes::from(body.to_string())),
+        )
+        .await
+        .expect("request");
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("body is not JSON: {}", String::from_utf8_lossy(&bytes)));
+    (status.as_u16(), v)
+}
+
+/// Streams a request with `"stream": true`; returns every `data:` payload and the content type.
+pub async fn post_stream(client: &Client, path: &str, body: &Value) -> (u16, String, Vec<String>) {
+    let mut resp = client
+        .send(
+            Method::POST,
+            path,
+            Some(bytes::Bytes::from(body.to_string())),
+        )
+        .await
+        .expect("request");
+    let mut parser = inhouse::client::SseParser::default();
+    let mut events = Vec::new();
+    while let Some(chunk) = resp.next_chunk().await {
+        events.extend(parser.push(&chunk.expect("chunk")));
+    }
+    (resp.status.as_u16(), resp.content_type.clone(), events)
+}
+
+/// Does `text` read as English? Non-empty, mostly ASCII letters, and at least one very common
+/// English word.
+pub fn looks_english(text: &str) -> bool {
+    let letters: Vec<char> = text.chars().filter(|c| c.is_alphabetic()).collect();
+    if letters.len() < 3 {
+        return false;
+    }
+    let ascii = letters.iter().filter(|c| c.is_ascii()).count();
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .map(|w| w.to_lowercase())
+        .collect();
+    const COMMON: &[&str] = &[
+        "the", "a", "an", "is", "are", "of", "and", "to", "in", "it", "i", "you", "that", "for",
+        "on", "with", "be", "this", "as", "was", "cat", "cats", "can", "hello", "paris",
+    ];
+    ascii * 10 >= letters.len() * 8 && words.iter().any(|w| COMMON.contains(&w.as_str()))
+}
