@@ -141,7 +141,7 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
-    let valid = scheduler::validate_chat(scheduler::parse_body(&body)?, &s.limits)?;
+    let valid = scheduler::validate_chat(scheduler::parse_body(&body)?, caller.uid, &s.limits)?;
     generate(s, caller, valid, Flavor::Chat).await
 }
 
@@ -152,7 +152,8 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
-    let valid = scheduler::validate_completion(scheduler::parse_body(&body)?, &s.limits)?;
+    let valid =
+        scheduler::validate_completion(scheduler::parse_body(&body)?, caller.uid, &s.limits)?;
     generate(s, caller, valid, Flavor::Text).await
 }
 

@@ -81,6 +81,9 @@ pub struct Sampling {
 /// A checked generation request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateRequest {
+    /// The calling uid: whose data the prompt is (cached prompt state is never shared across
+    /// owners unless configured).
+    pub owner_uid: u32,
     /// A model name the engine serves.
     pub model: String,
     /// The input.

@@ -377,7 +377,11 @@ fn message_text(i: usize, m: &MessageWire) -> Result<String, ApiError> {
 }
 
 /// Validates a chat completion request.
-pub fn validate_chat(w: ChatWire, limits: &Limits) -> Result<ValidGenerate, ApiError> {
+pub fn validate_chat(
+    w: ChatWire,
+    owner_uid: u32,
+    limits: &Limits,
+) -> Result<ValidGenerate, ApiError> {
     check_model_name(&w.model)?;
     if w.messages.is_empty() {
         return Err(ApiError::bad_param(
@@ -424,6 +428,7 @@ pub fn validate_chat(w: ChatWire, limits: &Limits) -> Result<ValidGenerate, ApiE
         validate_sampling(&w.sampling, limits)?;
     Ok(ValidGenerate {
         request: GenerateRequest {
+            owner_uid,
             model: w.model,
             prompt: Prompt::Chat(messages),
             sampling,
@@ -436,7 +441,11 @@ pub fn validate_chat(w: ChatWire, limits: &Limits) -> Result<ValidGenerate, ApiE
 }
 
 /// Validates a plain completion request.
-pub fn validate_completion(w: CompletionWire, limits: &Limits) -> Result<ValidGenerate, ApiError> {
+pub fn validate_completion(
+    w: CompletionWire,
+    owner_uid: u32,
+    limits: &Limits,
+) -> Result<ValidGenerate, ApiError> {
     check_model_name(&w.model)?;
     if w.echo == Some(true) {
         return Err(ApiError::bad_param("echo", "echo is not supported"));
@@ -459,6 +468,7 @@ pub fn validate_completion(w: CompletionWire, limits: &Limits) -> Result<ValidGe
         validate_sampling(&w.sampling, limits)?;
     Ok(ValidGenerate {
         request: GenerateRequest {
+            owner_uid,
             model: w.model,
             prompt: Prompt::Text(prompt),
             sampling,
@@ -519,7 +529,7 @@ mod tests {
     };
 
     fn chat(body: &str) -> Result<ValidGenerate, ApiError> {
-        validate_chat(parse_body(body.as_bytes())?, &LIMITS)
+        validate_chat(parse_body(body.as_bytes())?, 1000, &LIMITS)
     }
 
     #[test]
