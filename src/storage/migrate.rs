@@ -1,0 +1,123 @@
+//! Schema migrations: append-only SQL files embedded at build time.
+//!
+//! The schema version is `PRAGMA user_version` (0 for a new file). Opening applies every
+//! migration above it, in order, inside **one** `BEGIN IMMEDIATE` transaction that also sets the
+//! new `user_version`, so a failure or a crash leaves the previous schema untouched. A file whose
+//! version is above the newest migration this binary embeds is refused with
+//! [`StoreError::TooNew`]: an older binary must not write into a schema it does not understand.
+//!
+//! To change the schema, add `migrations/000N_what.sql` and one line to [`MIGRATIONS`]; never
+//! edit a released file (the upgrade test keeps a frozen copy of version 1 to catch that).
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// One numbered schema step.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// The `user_version` after this step.
+    pub version: u32,
+    /// The SQL text, embedded from `migrations/`.
+    pub sql: &'static str,
+}
+
+// `CARGO_MANIFEST_DIR` keeps the path right wherever this module is compiled from.
+/// Every migration, in order; versions are 1, 2, 3, ... without gaps.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/0001_init.sql"
+        )),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/0002_history_indexes.sql"
+        )),
+    },
+];
+
+/// The schema version this binary writes and the newest it accepts.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the database up to the last of `migrations`; returns the version it found.
+pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<u32, StoreError> {
+    let supported = migrations.last().map_or(0, |m| m.version);
+    let found: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > supported {
+        return Err(StoreError::TooNew { found, supported });
+    }
+    if found == supported {
+        return Ok(found);
+    }
+    // IMMEDIATE takes the write lock up front, so two processes opening a new database at the
+    // same time cannot both start migrating it.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Re-read under the lock: another process may have migrated meanwhile.
+    let found: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > supported {
+        return Err(StoreError::TooNew { found, supported });
+    }
+    for m in migrations.iter().filter(|m| m.version > found) {
+        tx.execute_batch(m.sql)?;
+    }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_contiguous_from_one() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+            assert!(!m.sql.trim().is_empty());
+        }
+    }
+
+    #[test]
+    fn migrations_apply_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        let broken = [
+            MIGRATIONS[0],
+            Migration {
+                version: 2,
+                sql: "CREATE INDEX good ON requests (uid); THIS IS NOT SQL;",
+            },
+        ];
+        assert!(migrate(&mut conn, &broken).is_err());
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 0);
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0, "a failed migration must leave nothing behind");
+
+        assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), 0);
+        assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 7)
+            .unwrap();
+        let err = migrate(&mut conn, MIGRATIONS).unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooNew { found, supported } if found == SCHEMA_VERSION + 7 && supported == SCHEMA_VERSION)
+        );
+        assert_eq!(err.kind(), "too_new");
+        assert!(err.to_string().contains("newer than this build"), "{err}");
+    }
+}
