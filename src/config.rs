@@ -35,6 +35,15 @@ pub struct Config {
     pub default_max_tokens: u32,
     /// Requests waiting for the engine before new ones are refused with 503.
     pub queue_size: usize,
+    /// Requests per model decoded together (continuous batching); the KV cache holds
+    /// `slots × ctx-size` tokens.
+    pub slots: u32,
+    /// Let one caller's request reuse another caller's cached prompt prefix. Off by default: a
+    /// reused prefix answers faster, which tells the second caller what the first one asked.
+    pub cache_reuse_across_users: bool,
+    /// Most prompt tokens prefilled per decode step while other requests generate (bounds their
+    /// inter-token gaps while a long prompt is read).
+    pub prefill_chunk: u32,
 }
 
 impl Default for Config {
@@ -51,6 +60,9 @@ impl Default for Config {
             gpu_layers: 0,
             default_max_tokens: 512,
             queue_size: 64,
+            slots: 4,
+            cache_reuse_across_users: false,
+            prefill_chunk: 128,
         }
     }
 }
@@ -151,6 +163,15 @@ impl Config {
         }
         if self.queue_size == 0 {
             return bad("queue-size must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.slots) {
+            return bad(format!("slots = {} (must be 1..=64)", self.slots));
+        }
+        if !(1..=512).contains(&self.prefill_chunk) {
+            return bad(format!(
+                "prefill-chunk = {} (must be 1..=512)",
+                self.prefill_chunk
+            ));
         }
         for name in self.models.keys() {
             if !valid_model_name(name) {

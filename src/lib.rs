@@ -5,9 +5,12 @@
 //! - [`daemon`]: start-up and shutdown order, the socket, signals.
 //! - [`api`]: the Unix-socket HTTP API, caller identity from peer credentials, the error table.
 //! - [`scheduler`]: untrusted JSON validated into checked requests.
-//! - [`engine`]: the only code that touches llama.cpp, on its own OS thread.
+//! - [`engine`]: the only code that touches llama.cpp, on its own OS thread; continuous batching.
+//! - [`metrics`]: serving metrics for `GET /metrics` (Prometheus text).
 //! - [`client`]: the socket client used by the `inhouse` CLI and the tests.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the one exception is `engine::ffi` (ggml's CPU-variant registry), which
+// allows it for itself with a SAFETY comment on each block.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
@@ -15,4 +18,5 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod metrics;
 pub mod scheduler;

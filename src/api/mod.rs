@@ -4,6 +4,7 @@
 //! (`SO_PEERCRED`) for every connection, never from anything the client says.
 
 pub mod error;
+pub mod metrics;
 pub mod openai;
 
 use crate::engine::Engine;
@@ -61,6 +62,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(openai::health))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))

@@ -57,6 +57,7 @@ pub async fn health(State(s): State<AppState>) -> Json<Value> {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "backend": s.engine.backend(),
+        "cpu": s.engine.cpu().map(|c| json!({"variant": c.variant, "features": c.features})),
         "models": s.engine.models().iter().map(|m| &m.name).collect::<Vec<_>>(),
     }))
 }
@@ -157,7 +158,27 @@ pub async fn completions(
     generate(s, caller, valid, Flavor::Text).await
 }
 
+/// Runs a checked generation request and counts its answer's status in the metrics.
 async fn generate(
+    s: AppState,
+    caller: Caller,
+    valid: ValidGenerate,
+    flavor: Flavor,
+) -> Result<Response, ApiError> {
+    let metrics = s.engine.metrics();
+    let model = valid.request.model.clone();
+    let result = run_generate(s, caller, valid, flavor).await;
+    if let Some(m) = metrics {
+        let status = match &result {
+            Ok(r) => r.status(),
+            Err(e) => e.status,
+        };
+        m.request(&model, status.as_u16());
+    }
+    result
+}
+
+async fn run_generate(
     s: AppState,
     caller: Caller,
     valid: ValidGenerate,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 /// Serve GGUF models with an OpenAI-compatible API on a Unix socket.
 #[derive(Parser, Debug)]
-#[command(name = "inhoused", version = long_version(), about)]
+#[command(name = "inhoused", version = env!("CARGO_PKG_VERSION"), about)]
 struct Args {
     /// Configuration file (TOML). Default: /etc/inhouse/inhouse.toml when it exists.
     #[arg(long, value_name = "FILE")]
@@ -30,15 +30,29 @@ struct Args {
     /// Layers to offload to the GPU.
     #[arg(long, value_name = "N")]
     gpu_layers: Option<u32>,
+    /// Requests per model decoded together (continuous batching).
+    #[arg(long, value_name = "N")]
+    slots: Option<u32>,
     /// Check the configuration, print it and exit.
     #[arg(long)]
     validate_config: bool,
 }
 
-fn long_version() -> &'static str {
-    concat!(
-        env!("CARGO_PKG_VERSION"),
-        " (llama.cpp via llama-cpp-2 0.1.160)"
+/// `--version`: the version, llama.cpp's, and the ggml CPU variant this machine gets (which
+/// loads the variant libraries, as serving would).
+fn long_version() -> String {
+    let cpu = match inhouse::engine::cpu_backend() {
+        Ok(c) => format!(
+            "ggml CPU variant: {} ({})\nggml backends: {}",
+            c.variant,
+            c.features.join(" "),
+            c.dir.display()
+        ),
+        Err(e) => format!("ggml CPU variant: none ({e})"),
+    };
+    format!(
+        "{}\nllama.cpp b11434 via llama-cpp-2 0.1.160, dynamic CPU backends\n{cpu}",
+        env!("CARGO_PKG_VERSION")
     )
 }
 
@@ -73,12 +87,23 @@ fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
     if let Some(g) = args.gpu_layers {
         cfg.gpu_layers = g;
     }
+    if let Some(n) = args.slots {
+        cfg.slots = n;
+    }
     cfg.check()?;
     Ok(cfg)
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut cmd = <Args as clap::CommandFactory>::command();
+    if std::env::args_os().any(|a| a == "--version") {
+        // Computed only when asked for: it loads the CPU variant libraries.
+        cmd = cmd.long_version(Box::leak(long_version().into_boxed_str()) as &'static str);
+    }
+    let args = match <Args as clap::FromArgMatches>::from_arg_matches(&cmd.get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("INHOUSE_LOG")

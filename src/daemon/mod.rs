@@ -107,6 +107,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         ctx_size: config.ctx_size,
         gpu_layers: config.gpu_layers,
         queue_size: config.queue_size,
+        slots: config.slots,
+        cache_reuse_across_users: config.cache_reuse_across_users,
+        prefill_chunk: config.prefill_chunk,
     };
     let models: Vec<_> = config
         .models

@@ -1,15 +1,24 @@
-//! The real engine: llama.cpp through the safe `llama-cpp-2` API, on one OS thread.
+//! The real engine: llama.cpp through the safe `llama-cpp-2` API, on one OS thread, with
+//! continuous batching.
 //!
 //! `LlamaBackend::init` may run once per process and `LlamaContext<'a>` borrows its model, so the
 //! backend, the models and their contexts all live on the stack of [`run`], on the engine thread.
-//! Requests are served one at a time here (batching is the scheduler's later job); the KV cache
-//! is cleared between requests so nothing of one caller's prompt is seen by the next.
+//!
+//! Each model has one context with `slots` sequences, each with its own KV stream of
+//! `ctx-size` tokens (see [`serving_params`] for why not one unified cache). The thread loops:
+//! take new jobs, admit waiting requests into free slots (round-robin across callers, reusing a
+//! slot's cached prompt prefix for the same caller, see [`super::slots`]), then run one step:
+//! a decode with one token for every generating sequence, then a bounded amount of prompt in
+//! chunks, sampling each sequence with its own sampler. Requests join and leave between steps; a
+//! client that goes away frees its slot at the next step.
 
+use super::slots::{choose_slot, FairQueue, SlotView};
 use super::text::{Fed, StopStream};
 use super::{
     BoxFuture, ChatMessage, Embeddings, Engine, EngineError, Event, FinishReason, GenerateRequest,
     ModelInfo, Prompt, Sampling,
 };
+use crate::metrics::{Metrics, ModelMetrics};
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -20,8 +29,10 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc as std_mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 /// How the engine runs llama.cpp.
@@ -29,16 +40,67 @@ use tokio::sync::{mpsc, oneshot};
 pub struct EngineConfig {
     /// Threads for generation and prompt processing.
     pub threads: u32,
-    /// Context size per model.
+    /// Context size of each request (each slot), in tokens.
     pub ctx_size: u32,
     /// Layers offloaded to the GPU.
     pub gpu_layers: u32,
     /// Requests waiting before new ones are refused.
     pub queue_size: usize,
+    /// Requests decoded together per model (sequences in its context).
+    pub slots: u32,
+    /// Let a caller's request reuse another caller's cached prompt prefix.
+    pub cache_reuse_across_users: bool,
+    /// Most prompt tokens prefilled in one decode step while other requests are generating, so
+    /// that their streams keep flowing; a prompt prefills in full batches when nothing else runs.
+    pub prefill_chunk: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            threads: 2,
+            ctx_size: 4096,
+            gpu_layers: 0,
+            queue_size: 64,
+            slots: 4,
+            cache_reuse_across_users: false,
+            prefill_chunk: 128,
+        }
+    }
+}
+
+/// Tokens per decode call (`n_batch` = `n_ubatch`).
+pub const N_BATCH: u32 = 512;
+
+/// The context settings for serving `slots` sequences of `ctx_size` tokens each; public so that
+/// the benchmark runs raw llama.cpp with exactly these.
+///
+/// Chosen so that batching changes no output (the text of a request at temperature 0 or a fixed
+/// seed is the same alone and next to seven others):
+/// - one KV stream per sequence (`kv_unified = false`): a sequence's cells sit at the same
+///   indices whoever else runs, so attention sums in the same order. In a unified cache the
+///   cells of concurrent sequences interleave and SIMD reductions over them round differently.
+/// - flash attention off: ggml's CPU flash attention picks a different kernel (split-KV, one
+///   chunk, tiled) by the number of queries in the batch, and each rounds differently; the plain
+///   path (`K·Q`, soft-max, `V·KQ`) computes each token the same way in any batch.
+///
+/// The cost: llama.cpp splits a batch over several streams into runs of consecutive sequence
+/// ids with equal token counts (one graph each), so a step with gaps in the busy slots or with a
+/// prompt chunk takes two or three graph evaluations instead of one.
+pub fn serving_params(ctx_size: u32, slots: u32, threads: u32) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(ctx_size * slots))
+        .with_n_batch(N_BATCH)
+        .with_n_ubatch(N_BATCH)
+        .with_n_seq_max(slots)
+        .with_kv_unified(false)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32)
 }
 
 enum Job {
-    Generate(GenerateRequest, mpsc::UnboundedSender<Event>),
+    Generate(GenerateRequest, mpsc::UnboundedSender<Event>, Instant),
     Embed(
         String,
         Vec<String>,
@@ -46,29 +108,42 @@ enum Job {
     ),
 }
 
-/// Handle to the engine thread. Dropping every handle stops the thread after its current job.
+/// Handle to the engine thread. Dropping every handle stops the thread once running requests end.
 pub struct LlamaEngine {
     jobs: std_mpsc::SyncSender<Job>,
     models: Vec<ModelInfo>,
     queue_size: usize,
+    /// Generation requests sent to the engine and not yet in a slot.
+    waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 impl LlamaEngine {
     /// Starts the engine thread and loads every model; returns once all are loaded, or with the
     /// first model that failed.
     pub fn start(models: Vec<(String, PathBuf)>, cfg: EngineConfig) -> Result<Self, EngineError> {
+        let cpu = super::cpu_backend().map_err(EngineError::Inference)?;
+        let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
+        let metrics = Arc::new(Metrics::new(&names, &cpu.variant));
         let (jobs, rx) = std_mpsc::sync_channel(cfg.queue_size);
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let queue_size = cfg.queue_size;
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let shared = Shared {
+            waiting: waiting.clone(),
+            metrics: metrics.clone(),
+        };
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || run(models, cfg, rx, ready_tx))
+            .spawn(move || run(models, cfg, rx, ready_tx, shared))
             .map_err(|e| EngineError::Inference(format!("cannot start the engine thread: {e}")))?;
         let models = ready_rx.recv().map_err(|_| EngineError::ShuttingDown)??;
         Ok(LlamaEngine {
             jobs,
             models,
             queue_size,
+            waiting,
+            metrics,
         })
     }
 
@@ -98,8 +173,16 @@ impl Engine for LlamaEngine {
         req: GenerateRequest,
     ) -> Result<mpsc::UnboundedReceiver<Event>, EngineError> {
         self.check_model(&req.model)?;
+        // Reserve a place in the queue first, so that concurrent callers cannot overshoot it.
+        if self.waiting.fetch_add(1, Relaxed) >= self.queue_size {
+            self.waiting.fetch_sub(1, Relaxed);
+            return Err(EngineError::QueueFull(self.queue_size));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        self.submit(Job::Generate(req, tx))?;
+        if let Err(e) = self.submit(Job::Generate(req, tx, Instant::now())) {
+            self.waiting.fetch_sub(1, Relaxed);
+            return Err(e);
+        }
         Ok(rx)
     }
 
@@ -119,19 +202,556 @@ impl Engine for LlamaEngine {
     fn backend(&self) -> String {
         backend_description()
     }
+
+    fn cpu(&self) -> Option<super::CpuBackend> {
+        super::cpu_backend().ok()
+    }
+
+    fn metrics(&self) -> Option<Arc<Metrics>> {
+        Some(self.metrics.clone())
+    }
 }
 
-/// The compute backend llama.cpp was built with, e.g. `cpu (AVX2 FMA F16C)` or `cuda`.
+/// The compute backend in use, e.g. `CPU haswell (AVX2 FMA F16C …)` or `CUDA0 (…), CPU …`.
 pub fn backend_description() -> String {
-    let devices = llama_cpp_2::list_llama_ggml_backend_devices();
-    if devices.is_empty() {
-        return "cpu".into();
-    }
-    devices
+    let cpu = match super::cpu_backend() {
+        Ok(c) => format!("CPU {} ({})", c.variant, c.features.join(" ")),
+        Err(e) => format!("CPU unavailable: {e}"),
+    };
+    let others: Vec<String> = llama_cpp_2::list_llama_ggml_backend_devices()
         .iter()
+        .filter(|d| !d.backend.eq_ignore_ascii_case("cpu"))
         .map(|d| format!("{} ({})", d.backend, d.description))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    if others.is_empty() {
+        cpu
+    } else {
+        format!("{}, {cpu}", others.join(", "))
+    }
+}
+
+/// State the engine thread shares with its handles.
+struct Shared {
+    waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+/// A request waiting for a slot.
+struct Pending {
+    req: GenerateRequest,
+    events: mpsc::UnboundedSender<Event>,
+    arrived: Instant,
+}
+
+/// A request running in a slot.
+struct Active {
+    events: mpsc::UnboundedSender<Event>,
+    /// The whole prompt; `slot.tokens` holds how much of it is decoded.
+    prompt: Vec<LlamaToken>,
+    max_tokens: u32,
+    sampler: LlamaSampler,
+    stream: StopStream,
+    completion_tokens: u32,
+    /// The sampled token to feed in the next step.
+    next: Option<LlamaToken>,
+    /// Index in the last batch whose logits this request samples from.
+    logits_at: Option<i32>,
+    arrived: Instant,
+    last_token_at: Option<Instant>,
+}
+
+impl Active {
+    fn prompt_tokens(&self) -> u32 {
+        self.prompt.len() as u32
+    }
+}
+
+/// One sequence of a model's context.
+struct Slot {
+    seq: i32,
+    /// Whose tokens the sequence holds.
+    owner: Option<u32>,
+    /// The tokens the sequence holds in the KV cache, in position order.
+    tokens: Vec<LlamaToken>,
+    /// How many of `tokens`, from the start, were computed as prompt (the rest were generated
+    /// one at a time). Only these are reused: a generated token's cache entry was computed by
+    /// the one-token kernels and would differ slightly from the same token read as a prompt.
+    prefilled: usize,
+    last_used: u64,
+    active: Option<Active>,
+}
+
+impl Slot {
+    fn prefilling(&self) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| self.tokens.len() < a.prompt.len())
+    }
+}
+
+/// One model's context, slots and queue.
+struct Runner<'m> {
+    l: &'m Loaded,
+    ctx: LlamaContext<'m>,
+    slots: Vec<Slot>,
+    queue: FairQueue<Pending>,
+    batch: LlamaBatch<'static>,
+    /// Tokens per request.
+    ctx_size: u32,
+    prefill_chunk: usize,
+    share_cache: bool,
+    clock: u64,
+    metrics: Arc<ModelMetrics>,
+}
+
+fn run(
+    specs: Vec<(String, PathBuf)>,
+    cfg: EngineConfig,
+    jobs: std_mpsc::Receiver<Job>,
+    ready: std_mpsc::Sender<Result<Vec<ModelInfo>, EngineError>>,
+    shared: Shared,
+) {
+    // llama.cpp's own log lines go to tracing at debug level; they never include prompt text.
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    // The CPU variant for this processor must be loaded before llama.cpp can load a model.
+    match super::cpu_backend() {
+        Ok(cpu) => {
+            tracing::info!(variant = %cpu.variant, dir = %cpu.dir.display(), "ggml CPU backend")
+        }
+        Err(e) => {
+            let _ = ready.send(Err(EngineError::Inference(e)));
+            return;
+        }
+    }
+    let backend = match LlamaBackend::init() {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(EngineError::Inference(format!("llama.cpp init: {e}"))));
+            return;
+        }
+    };
+    let mut loaded = Vec::with_capacity(specs.len());
+    for (name, path) in &specs {
+        match load(&backend, name, path, &cfg) {
+            Ok(l) => loaded.push(l),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
+    let mut runners = Vec::with_capacity(loaded.len());
+    for l in &loaded {
+        match Runner::new(&backend, l, &cfg, &shared.metrics) {
+            Ok(r) => runners.push(r),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
+    if ready
+        .send(Ok(loaded.iter().map(|l| l.info.clone()).collect()))
+        .is_err()
+    {
+        return;
+    }
+
+    let mut open = true;
+    loop {
+        let busy = runners.iter().any(Runner::has_work);
+        if !busy {
+            if !open {
+                break;
+            }
+            // Idle: sleep until a job arrives.
+            match jobs.recv() {
+                Ok(job) => take(job, &mut runners, &backend, &cfg, &shared),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match jobs.try_recv() {
+                Ok(job) => take(job, &mut runners, &backend, &cfg, &shared),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        for r in &mut runners {
+            let left = r.drop_cancelled_waiting();
+            shared.waiting.fetch_sub(left, Relaxed);
+            let admitted = r.admit();
+            shared.waiting.fetch_sub(admitted, Relaxed);
+            r.step();
+            r.update_gauges();
+        }
+    }
+}
+
+/// Handles a job from the queue: generation requests wait for a slot, embeddings run now.
+fn take(
+    job: Job,
+    runners: &mut [Runner<'_>],
+    backend: &LlamaBackend,
+    cfg: &EngineConfig,
+    shared: &Shared,
+) {
+    match job {
+        Job::Generate(req, events, arrived) => {
+            match runners.iter_mut().find(|r| r.l.info.name == req.model) {
+                Some(r) => {
+                    let uid = req.owner_uid;
+                    r.queue.push(
+                        uid,
+                        Pending {
+                            req,
+                            events,
+                            arrived,
+                        },
+                    );
+                    r.update_gauges();
+                }
+                None => {
+                    shared.waiting.fetch_sub(1, Relaxed);
+                    let _ = events.send(Event::Failed(EngineError::UnknownModel(req.model)));
+                }
+            }
+        }
+        Job::Embed(model, inputs, reply) => {
+            let result = match runners.iter().find(|r| r.l.info.name == model) {
+                Some(r) => embed(backend, r.l, cfg, &inputs),
+                None => Err(EngineError::UnknownModel(model)),
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn inference(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Inference(e.to_string())
+}
+
+impl<'m> Runner<'m> {
+    fn new(
+        backend: &LlamaBackend,
+        l: &'m Loaded,
+        cfg: &EngineConfig,
+        metrics: &Metrics,
+    ) -> Result<Self, EngineError> {
+        let slots = cfg.slots.max(1);
+        let params = serving_params(l.info.n_ctx, slots, cfg.threads);
+        let ctx = l
+            .model
+            .new_context(backend, params)
+            .map_err(|e| EngineError::Load {
+                name: l.info.name.clone(),
+                path: String::new(),
+                reason: format!("cannot create a context: {e}"),
+            })?;
+        let metrics = metrics
+            .model(&l.info.name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(ModelMetrics::new(&l.info.name)));
+        metrics.slots.store(u64::from(slots), Relaxed);
+        metrics
+            .kv_capacity_tokens
+            .store(u64::from(ctx.n_ctx()), Relaxed);
+        Ok(Runner {
+            l,
+            ctx,
+            slots: (0..slots as i32)
+                .map(|seq| Slot {
+                    seq,
+                    owner: None,
+                    tokens: Vec::new(),
+                    prefilled: 0,
+                    last_used: 0,
+                    active: None,
+                })
+                .collect(),
+            queue: FairQueue::default(),
+            batch: LlamaBatch::new(N_BATCH as usize, 1),
+            ctx_size: l.info.n_ctx,
+            prefill_chunk: cfg.prefill_chunk.clamp(1, N_BATCH) as usize,
+            share_cache: cfg.cache_reuse_across_users,
+            clock: 0,
+            metrics,
+        })
+    }
+
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty() || self.slots.iter().any(|s| s.active.is_some())
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.queue_depth.store(self.queue.len() as u64, Relaxed);
+        let busy = self.slots.iter().filter(|s| s.active.is_some()).count();
+        m.busy_slots.store(busy as u64, Relaxed);
+        let used: usize = self.slots.iter().map(|s| s.tokens.len()).sum();
+        m.kv_used_tokens.store(used as u64, Relaxed);
+    }
+
+    /// Forgets queued requests whose client left; returns how many.
+    fn drop_cancelled_waiting(&mut self) -> usize {
+        let n = self.queue.retain(|p| !p.events.is_closed());
+        self.metrics.cancelled.fetch_add(n as u64, Relaxed);
+        n
+    }
+
+    /// Moves waiting requests into free slots; returns how many left the queue.
+    fn admit(&mut self) -> usize {
+        let mut taken = 0;
+        while self.slots.iter().any(|s| s.active.is_none()) {
+            let Some((_, p)) = self.queue.pop() else {
+                break;
+            };
+            taken += 1;
+            if let Err(e) = self.start(p.req, &p.events, p.arrived) {
+                let _ = p.events.send(Event::Failed(e));
+            }
+        }
+        taken
+    }
+
+    /// Tokenizes a request and places it in a slot, reusing what the slot has cached.
+    fn start(
+        &mut self,
+        req: GenerateRequest,
+        events: &mpsc::UnboundedSender<Event>,
+        arrived: Instant,
+    ) -> Result<(), EngineError> {
+        if events.is_closed() {
+            self.metrics.cancelled.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        let text = render(self.l, &req.prompt)?;
+        let prompt = tokenize(self.l, &text);
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let prompt_tokens = prompt.len() as u32;
+        if prompt_tokens >= self.ctx_size {
+            return Err(EngineError::ContextLengthExceeded {
+                prompt_tokens,
+                n_ctx: self.ctx_size,
+            });
+        }
+        let views: Vec<SlotView<'_, LlamaToken>> = self
+            .slots
+            .iter()
+            .map(|s| SlotView {
+                busy: s.active.is_some(),
+                owner: s.owner,
+                tokens: &s.tokens[..s.prefilled],
+                last_used: s.last_used,
+            })
+            .collect();
+        let place = choose_slot(&views, &prompt, req.owner_uid, self.share_cache)
+            .ok_or_else(|| inference("no free slot"))?;
+        let slot = &mut self.slots[place.slot];
+        // Remove everything after the reused prefix (all of it when nothing is reused).
+        self.ctx
+            .clear_kv_cache_seq(Some(slot.seq as u32), Some(place.keep as u32), None)
+            .map_err(inference)?;
+        slot.tokens.truncate(place.keep);
+        slot.prefilled = slot.prefilled.min(place.keep);
+        slot.owner = Some(req.owner_uid);
+        self.clock += 1;
+        slot.last_used = self.clock;
+        let m = &self.metrics;
+        m.prompt_tokens.fetch_add(u64::from(prompt_tokens), Relaxed);
+        if place.keep > 0 {
+            m.cache_hits.fetch_add(1, Relaxed);
+            m.cached_prompt_tokens.fetch_add(place.keep as u64, Relaxed);
+        }
+        tracing::debug!(
+            model = %self.l.info.name,
+            seq = slot.seq,
+            prompt_tokens,
+            reused = place.keep,
+            "request admitted"
+        );
+        if events.send(Event::Started { prompt_tokens }).is_err() {
+            return Ok(());
+        }
+        slot.active = Some(Active {
+            events: events.clone(),
+            prompt,
+            max_tokens: req.max_tokens,
+            sampler: sampler(&req.sampling, self.l.model.n_vocab()),
+            stream: StopStream::new(&req.stop),
+            completion_tokens: 0,
+            next: None,
+            logits_at: None,
+            arrived,
+            last_token_at: None,
+        });
+        Ok(())
+    }
+
+    /// One step for every running request of this model: a decode of one token per generating
+    /// sequence, then prompt chunks within the step's budget, each its own decode. Sampling
+    /// follows each decode (the next decode overwrites the logits).
+    ///
+    /// Generation and prompt tokens never share a decode, and no prompt chunk is a single token:
+    /// llama.cpp's CPU matrix kernels differ for one token and for several (llamafile's sgemm
+    /// starts at two), so keeping every token on the same kernel it would get alone keeps the
+    /// output of a request independent of what else runs (see [`serving_params`]).
+    fn step(&mut self) {
+        // A client that went away frees its slot now; the tokens already decoded stay cached.
+        for s in &mut self.slots {
+            if s.active.as_ref().is_some_and(|a| a.events.is_closed()) {
+                s.active = None;
+                self.metrics.cancelled.fetch_add(1, Relaxed);
+            }
+        }
+        self.batch.clear();
+        let mut generating = 0usize;
+        for s in &mut self.slots {
+            let Some(a) = s.active.as_mut() else { continue };
+            if let Some(t) = a.next.take() {
+                if self
+                    .batch
+                    .add(t, s.tokens.len() as i32, &[s.seq], true)
+                    .is_err()
+                {
+                    break; // cannot happen: slots ≤ N_BATCH
+                }
+                a.logits_at = Some(generating as i32);
+                s.tokens.push(t);
+                generating += 1;
+            }
+        }
+        if generating > 0 {
+            if let Err(e) = self.ctx.decode(&mut self.batch) {
+                self.fail_all(&e);
+                return;
+            }
+            for i in 0..self.slots.len() {
+                self.sample(i);
+            }
+        }
+        // Prompt chunks, oldest admission first. While others generate, at most
+        // `prefill_chunk` prompt tokens per step keep their streams flowing.
+        let mut left = if generating == 0 {
+            N_BATCH as usize
+        } else {
+            self.prefill_chunk
+        };
+        let mut prefill: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].prefilling())
+            .collect();
+        prefill.sort_by_key(|&i| self.slots[i].last_used);
+        for i in prefill {
+            let s = &mut self.slots[i];
+            let Some(a) = s.active.as_mut() else { continue };
+            let from = s.tokens.len();
+            let remaining = a.prompt.len() - from;
+            let mut n = remaining.min(left);
+            if remaining - n == 1 && n > 1 {
+                n -= 1; // never leave a one-token chunk for later
+            }
+            if n == 0 || (n == 1 && remaining > 1) {
+                break;
+            }
+            self.batch.clear();
+            for pos in from..from + n {
+                let last = pos + 1 == a.prompt.len();
+                let _ = self.batch.add(a.prompt[pos], pos as i32, &[s.seq], last);
+            }
+            a.logits_at = (from + n == a.prompt.len()).then_some(n as i32 - 1);
+            s.tokens.extend_from_slice(&a.prompt[from..from + n]);
+            s.prefilled = s.tokens.len();
+            left -= n;
+            if let Err(e) = self.ctx.decode(&mut self.batch) {
+                self.fail_all(&e);
+                return;
+            }
+            self.sample(i);
+        }
+    }
+
+    /// After a failed decode nothing in the cache can be trusted: fail every running request
+    /// and empty every sequence.
+    fn fail_all(&mut self, e: &llama_cpp_2::DecodeError) {
+        tracing::error!(model = %self.l.info.name, error = %e, "decode failed");
+        for s in &mut self.slots {
+            if let Some(a) = s.active.take() {
+                let _ = a.events.send(Event::Failed(inference(e)));
+            }
+            let _ = self.ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+            s.tokens.clear();
+            s.prefilled = 0;
+            s.owner = None;
+        }
+    }
+
+    /// Samples the next token of slot `i` if its logits are ready, and streams it.
+    fn sample(&mut self, i: usize) {
+        let vocab = self.l.model.vocab();
+        let s = &mut self.slots[i];
+        let Some(a) = s.active.as_mut() else { return };
+        let Some(at) = a.logits_at.take() else { return };
+        let finish = |a: &mut Active, reason| {
+            let _ = a.events.send(Event::Text(a.stream.finish()));
+            let _ = a.events.send(Event::Finished {
+                reason,
+                prompt_tokens: a.prompt_tokens(),
+                completion_tokens: a.completion_tokens,
+            });
+        };
+        if a.completion_tokens >= a.max_tokens || s.tokens.len() as u32 >= self.ctx_size {
+            finish(a, FinishReason::Length);
+            s.active = None;
+            return;
+        }
+        // `sample` also accepts the token into the sampler chain (penalties see it once).
+        let token = a.sampler.sample(&self.ctx, at);
+        if vocab.is_eog(token) {
+            finish(a, FinishReason::Stop);
+            s.active = None;
+            return;
+        }
+        a.completion_tokens += 1;
+        let now = Instant::now();
+        let m = &self.metrics;
+        m.generated_tokens.fetch_add(1, Relaxed);
+        match a.last_token_at {
+            None => m.ttft.observe(now - a.arrived),
+            Some(t) => m.itl.observe(now - t),
+        }
+        a.last_token_at = Some(now);
+        let piece = vocab.token_to_piece(token, false, None);
+        match a.stream.feed(&piece) {
+            Fed::Emit(t) => {
+                if !t.is_empty() && a.events.send(Event::Text(t)).is_err() {
+                    s.active = None;
+                    m.cancelled.fetch_add(1, Relaxed);
+                    return;
+                }
+                if a.completion_tokens >= a.max_tokens {
+                    // Nothing more may be generated: end now instead of decoding the token.
+                    finish(a, FinishReason::Length);
+                    s.active = None;
+                    return;
+                }
+                a.next = Some(token);
+            }
+            Fed::Stopped(t) => {
+                let _ = a.events.send(Event::Text(t));
+                let _ = a.events.send(Event::Finished {
+                    reason: FinishReason::Stop,
+                    prompt_tokens: a.prompt_tokens(),
+                    completion_tokens: a.completion_tokens,
+                });
+                s.active = None;
+            }
+        }
+    }
 }
 
 /// A loaded model and what the engine needs to know about it.
@@ -208,83 +828,6 @@ fn load(
     })
 }
 
-fn run(
-    specs: Vec<(String, PathBuf)>,
-    cfg: EngineConfig,
-    jobs: std_mpsc::Receiver<Job>,
-    ready: std_mpsc::Sender<Result<Vec<ModelInfo>, EngineError>>,
-) {
-    // llama.cpp's own log lines go to tracing at debug level; they never include prompt text.
-    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-    let backend = match LlamaBackend::init() {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = ready.send(Err(EngineError::Inference(format!("llama.cpp init: {e}"))));
-            return;
-        }
-    };
-    let mut loaded = Vec::with_capacity(specs.len());
-    for (name, path) in &specs {
-        match load(&backend, name, path, &cfg) {
-            Ok(l) => loaded.push(l),
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        }
-    }
-    // One generation context per model, created once; cleared between requests.
-    let mut contexts = Vec::with_capacity(loaded.len());
-    for l in &loaded {
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(l.info.n_ctx))
-            .with_n_batch(l.info.n_ctx.min(2048))
-            .with_n_threads(cfg.threads as i32)
-            .with_n_threads_batch(cfg.threads as i32);
-        match l.model.new_context(&backend, params) {
-            Ok(ctx) => contexts.push(ctx),
-            Err(e) => {
-                let _ = ready.send(Err(EngineError::Load {
-                    name: l.info.name.clone(),
-                    path: String::new(),
-                    reason: format!("cannot create a context: {e}"),
-                }));
-                return;
-            }
-        }
-    }
-    if ready
-        .send(Ok(loaded.iter().map(|l| l.info.clone()).collect()))
-        .is_err()
-    {
-        return;
-    }
-
-    while let Ok(job) = jobs.recv() {
-        match job {
-            Job::Generate(req, events) => {
-                let Some(i) = loaded.iter().position(|l| l.info.name == req.model) else {
-                    let _ = events.send(Event::Failed(EngineError::UnknownModel(req.model)));
-                    continue;
-                };
-                if events.is_closed() {
-                    continue; // the client left while queued
-                }
-                if let Err(e) = generate(&loaded[i], &mut contexts[i], &req, &events) {
-                    let _ = events.send(Event::Failed(e));
-                }
-            }
-            Job::Embed(model, inputs, reply) => {
-                let result = match loaded.iter().find(|l| l.info.name == model) {
-                    Some(l) => embed(&backend, l, &cfg, &inputs),
-                    None => Err(EngineError::UnknownModel(model)),
-                };
-                let _ = reply.send(result);
-            }
-        }
-    }
-}
-
 /// Renders the prompt text: chat messages through the model's own template (by llama.cpp).
 fn render(l: &Loaded, prompt: &Prompt) -> Result<String, EngineError> {
     match prompt {
@@ -347,106 +890,6 @@ fn sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
 fn tokenize(l: &Loaded, text: &str) -> Vec<LlamaToken> {
     // add_special: BOS where the model wants one; parse_special: the template's control tokens.
     l.model.vocab().tokenize(text.as_bytes(), true, true)
-}
-
-fn decode_prompt(
-    ctx: &mut LlamaContext<'_>,
-    tokens: &[LlamaToken],
-    seq: i32,
-) -> Result<(), EngineError> {
-    let n_batch = ctx.n_batch() as usize;
-    let mut batch = LlamaBatch::new(n_batch, 1);
-    let last = tokens.len() - 1;
-    for (chunk_no, chunk) in tokens.chunks(n_batch).enumerate() {
-        batch.clear();
-        for (j, t) in chunk.iter().enumerate() {
-            let pos = chunk_no * n_batch + j;
-            batch
-                .add(*t, pos as i32, &[seq], pos == last)
-                .map_err(|e| EngineError::Inference(e.to_string()))?;
-        }
-        ctx.decode(&mut batch)
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
-    }
-    Ok(())
-}
-
-fn generate(
-    l: &Loaded,
-    ctx: &mut LlamaContext<'_>,
-    req: &GenerateRequest,
-    events: &mpsc::UnboundedSender<Event>,
-) -> Result<(), EngineError> {
-    let text = render(l, &req.prompt)?;
-    let tokens = tokenize(l, &text);
-    if tokens.is_empty() {
-        return Err(EngineError::EmptyPrompt);
-    }
-    let n_ctx = ctx.n_ctx();
-    let prompt_tokens = tokens.len() as u32;
-    if prompt_tokens >= n_ctx {
-        return Err(EngineError::ContextLengthExceeded {
-            prompt_tokens,
-            n_ctx,
-        });
-    }
-    ctx.clear_kv_cache();
-    decode_prompt(ctx, &tokens, 0)?;
-    if events.send(Event::Started { prompt_tokens }).is_err() {
-        return Ok(());
-    }
-
-    let vocab = l.model.vocab();
-    let mut sampler = sampler(&req.sampling, l.model.n_vocab());
-    let mut stream = StopStream::new(&req.stop);
-    let mut batch = LlamaBatch::new(1, 1);
-    let mut pos = prompt_tokens;
-    let mut logits_at = (tokens.len() - 1) as i32;
-    let mut completion_tokens = 0u32;
-    let finish = |reason, completion_tokens| Event::Finished {
-        reason,
-        prompt_tokens,
-        completion_tokens,
-    };
-    loop {
-        if events.is_closed() {
-            return Ok(()); // cancelled: the client went away
-        }
-        if completion_tokens >= req.max_tokens || pos >= n_ctx {
-            let _ = events.send(Event::Text(stream.finish()));
-            let _ = events.send(finish(FinishReason::Length, completion_tokens));
-            return Ok(());
-        }
-        let token = sampler.sample(ctx, logits_at);
-        sampler.accept(token);
-        if vocab.is_eog(token) {
-            let _ = events.send(Event::Text(stream.finish()));
-            let _ = events.send(finish(FinishReason::Stop, completion_tokens));
-            return Ok(());
-        }
-        completion_tokens += 1;
-        let piece = vocab.token_to_piece(token, false, None);
-        match stream.feed(&piece) {
-            Fed::Emit(t) => {
-                if !t.is_empty() && events.send(Event::Text(t)).is_err() {
-                    return Ok(());
-                }
-            }
-            Fed::Stopped(t) => {
-                let _ = events.send(Event::Text(t));
-                let _ = events.send(finish(FinishReason::Stop, completion_tokens));
-                return Ok(());
-            }
-        }
-        batch.clear();
-        batch
-            .add(token, pos as i32, &[0], true)
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
-        ctx.decode(&mut batch)
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
-        pos += 1;
-        logits_at = 0;
-    }
 }
 
 fn embed(

@@ -7,12 +7,17 @@
 //! [`Engine`] is the seam in front of it, so that the API and scheduler can be tested against a
 //! fake; the real engine is always tested end to end on real models.
 
+mod ffi;
 pub mod llama;
+pub mod slots;
 pub mod text;
+
+pub use ffi::{cpu_backend, CpuBackend, INSTALLED_BACKENDS_DIR};
 
 use serde::Serialize;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// What a model is and what it can do, as reported by `/v1/models` and `/health`.
@@ -211,4 +216,12 @@ pub trait Engine: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Embeddings, EngineError>>;
     /// A short description of the compute backend, for `/health` and `--version`.
     fn backend(&self) -> String;
+    /// The ggml CPU variant in use, when the engine runs llama.cpp.
+    fn cpu(&self) -> Option<CpuBackend> {
+        None
+    }
+    /// Serving metrics, when the engine keeps them.
+    fn metrics(&self) -> Option<Arc<crate::metrics::Metrics>> {
+        None
+    }
 }

@@ -1,0 +1,486 @@
+//! Serving benchmark: the real `inhoused` over its socket, side by side with raw llama.cpp
+//! through `llama-cpp-2` in this process, on the same model, threads and settings, in one run.
+//!
+//! `cargo bench --bench serving` (release profile). Environment:
+//! - `INHOUSE_BENCH_MODEL`: GGUF path (default: SmolLM2 from the test model cache),
+//! - `INHOUSE_BENCH_THREADS` (default 2), `INHOUSE_BENCH_REPEAT` (default 3; medians are printed).
+//!
+//! Prints every figure and its ratio to raw llama.cpp. No figure is asserted: the machines are
+//! shared, so the numbers are recorded in docs/BENCHMARKS.md with the load seen.
+
+use hyper::Method;
+use inhouse::client::{Client, SseParser};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use serde_json::{json, Value};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CTX: u32 = 2048;
+const N_BATCH: u32 = 512;
+
+fn model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("INHOUSE_BENCH_MODEL") {
+        return PathBuf::from(p);
+    }
+    let dir = match std::env::var_os("INHOUSE_MODELS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/inhouse/models")
+        }
+    };
+    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// A prompt of about `n` tokens that differs from every other by its first words.
+fn long_prompt(tag: usize, words: usize) -> String {
+    let mut s = format!("Document {tag}. ");
+    let text = "The committee reviewed the quarterly figures and agreed on next steps for the \
+                regional offices, including training, hiring and a new budget. ";
+    while s.split_whitespace().count() < words {
+        s.push_str(text);
+    }
+    s
+}
+
+// ----- raw llama.cpp, in process -----
+
+struct Raw {
+    backend: LlamaBackend,
+    model: LlamaModel,
+    threads: i32,
+}
+
+impl Raw {
+    fn new(path: &Path, threads: usize) -> Raw {
+        inhouse::engine::cpu_backend().expect("ggml CPU backend");
+        let mut backend = LlamaBackend::init().expect("llama backend");
+        backend.void_logs();
+        let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default())
+            .expect("model");
+        Raw {
+            backend,
+            model,
+            threads: threads as i32,
+        }
+    }
+
+    fn ctx(&self, seqs: u32) -> llama_cpp_2::context::LlamaContext<'_> {
+        let p = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(CTX * seqs))
+            .with_n_batch(N_BATCH)
+            .with_n_ubatch(N_BATCH)
+            .with_n_seq_max(seqs)
+            .with_kv_unified(true)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads);
+        self.model.new_context(&self.backend, p).expect("context")
+    }
+
+    fn tokens(&self, text: &str) -> Vec<LlamaToken> {
+        self.model.vocab().tokenize(text.as_bytes(), true, true)
+    }
+
+    /// Prompt tokens/s: one prompt prefilled in batches of N_BATCH.
+    fn prompt_rate(&self, tokens: &[LlamaToken]) -> f64 {
+        let mut ctx = self.ctx(1);
+        let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
+        let t = Instant::now();
+        for (c, chunk) in tokens.chunks(N_BATCH as usize).enumerate() {
+            batch.clear();
+            for (j, tok) in chunk.iter().enumerate() {
+                let pos = c * N_BATCH as usize + j;
+                batch
+                    .add(*tok, pos as i32, &[0], pos + 1 == tokens.len())
+                    .unwrap();
+            }
+            ctx.decode(&mut batch).unwrap();
+        }
+        tokens.len() as f64 / t.elapsed().as_secs_f64()
+    }
+
+    /// Aggregate generated tokens/s of `n` sequences decoded together, `gen` tokens each, and
+    /// each sequence's time to its first token (all prompts prefilled in one batch).
+    fn generate(&self, prompts: &[Vec<LlamaToken>], gen: usize) -> (f64, Vec<f64>) {
+        let n = prompts.len();
+        let mut ctx = self.ctx(n as u32);
+        let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
+        let mut samplers: Vec<LlamaSampler> = (0..n).map(|_| LlamaSampler::greedy()).collect();
+        let t0 = Instant::now();
+        let mut logits_at = vec![0i32; n];
+        let mut pos = vec![0usize; n];
+        // Prefill, packing prompts into batches.
+        let mut pending: Vec<(usize, usize)> = Vec::new();
+        for (s, p) in prompts.iter().enumerate() {
+            for i in 0..p.len() {
+                pending.push((s, i));
+            }
+        }
+        for chunk in pending.chunks(N_BATCH as usize) {
+            batch.clear();
+            for (k, &(s, i)) in chunk.iter().enumerate() {
+                let last = i + 1 == prompts[s].len();
+                batch
+                    .add(prompts[s][i], i as i32, &[s as i32], last)
+                    .unwrap();
+                if last {
+                    logits_at[s] = k as i32;
+                }
+            }
+            ctx.decode(&mut batch).unwrap();
+        }
+        for (s, p) in prompts.iter().enumerate() {
+            pos[s] = p.len();
+        }
+        let mut ttft = vec![0.0; n];
+        let t_gen = Instant::now();
+        let mut produced = 0usize;
+        for step in 0..gen {
+            batch.clear();
+            for s in 0..n {
+                let tok = samplers[s].sample(&ctx, logits_at[s]);
+                samplers[s].accept(tok);
+                if step == 0 {
+                    ttft[s] = t0.elapsed().as_secs_f64();
+                }
+                produced += 1;
+                batch.add(tok, pos[s] as i32, &[s as i32], true).unwrap();
+                logits_at[s] = s as i32;
+                pos[s] += 1;
+            }
+            ctx.decode(&mut batch).unwrap();
+        }
+        let _ = t_gen;
+        (produced as f64 / t0.elapsed().as_secs_f64(), ttft)
+    }
+}
+
+// ----- the daemon, over its socket -----
+
+struct Daemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+    client: Client,
+}
+
+impl Daemon {
+    fn start(model: &Path, threads: usize, slots: usize) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("inhouse.sock");
+        // The encrypted store is on, as in production: every answer is recorded.
+        let key = dir.path().join("master.key");
+        inhouse::crypto::generate_key_file(&key).expect("key file");
+        let child = Command::new(env!("CARGO_BIN_EXE_inhoused"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--model")
+            .arg(format!("smol={}", model.display()))
+            .args([
+                "--threads",
+                &threads.to_string(),
+                "--ctx-size",
+                &CTX.to_string(),
+            ])
+            .args(["--slots", &slots.to_string()])
+            .env("INHOUSE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn inhoused");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "inhoused did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Daemon {
+            child,
+            _dir: dir,
+            client: Client::new(&socket),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A streamed request: time to the first content chunk, arrival of the last, tokens.
+struct Timed {
+    text: String,
+    ttft: f64,
+    total: f64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+async fn timed(client: &Client, path: &str, mut body: Value) -> Timed {
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let t0 = Instant::now();
+    let mut resp = client
+        .send(Method::POST, path, Some(body.to_string().into()))
+        .await
+        .expect("request");
+    assert_eq!(resp.status, 200);
+    let mut parser = SseParser::default();
+    let mut first = None;
+    let mut last = 0.0;
+    let mut text = String::new();
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    while let Some(chunk) = resp.next_chunk().await {
+        for e in parser.push(&chunk.expect("chunk")) {
+            if e == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(&e).expect("json");
+            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
+                completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0);
+            }
+            let piece = v
+                .pointer("/choices/0/delta/content")
+                .or_else(|| v.pointer("/choices/0/text"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !piece.is_empty() {
+                text.push_str(piece);
+                let now = t0.elapsed().as_secs_f64();
+                first.get_or_insert(now);
+                last = now;
+            }
+        }
+    }
+    Timed {
+        text,
+        ttft: first.unwrap_or(f64::NAN),
+        total: last,
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    format!("{:.2}x", a / b)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful: only run
+    // when benchmarking, so the test suite stays fast.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("serving benchmark: run with `cargo bench --bench serving`");
+        return;
+    }
+    let path = model_path();
+    assert!(
+        path.is_file(),
+        "model {} missing: run scripts/fetch-models",
+        path.display()
+    );
+    let threads = env_num("INHOUSE_BENCH_THREADS", 2);
+    let repeat = env_num("INHOUSE_BENCH_REPEAT", 3).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("# inhouse serving benchmark");
+    println!(
+        "model {} | threads {threads} | repeat {repeat} (medians) | load before: {}",
+        path.display(),
+        load_average()
+    );
+    println!("backend: {}", inhouse::engine::llama::backend_description());
+
+    let raw = Raw::new(&path, threads);
+    let prompt_512 = raw.tokens(&long_prompt(0, 400));
+    let gen_n = 128;
+
+    // 1. Single stream: prompt and generation rates.
+    let mut raw_pp = Vec::new();
+    let mut raw_tg = Vec::new();
+    for r in 0..repeat {
+        raw_pp.push(raw.prompt_rate(&raw.tokens(&long_prompt(1000 + r, 400))));
+        let (rate, _) = raw.generate(&[raw.tokens("1, 2, 3, 4, 5, 6, 7, 8,")], gen_n);
+        raw_tg.push(rate);
+    }
+    let d = Daemon::start(&path, threads, 16);
+    let mut d_pp = Vec::new();
+    let mut d_tg = Vec::new();
+    for r in 0..repeat {
+        let t = rt.block_on(timed(
+            &d.client,
+            "/v1/completions",
+            json!({"model": "smol", "prompt": long_prompt(2000 + r, 400), "max_tokens": 1,
+                   "temperature": 0}),
+        ));
+        d_pp.push(t.prompt_tokens as f64 / t.ttft);
+        let t = rt.block_on(timed(
+            &d.client,
+            "/v1/completions",
+            json!({"model": "smol", "prompt": format!("{}, 2, 3, 4, 5, 6, 7, 8,", r + 1),
+                   "max_tokens": gen_n, "temperature": 0}),
+        ));
+        d_tg.push((t.completion_tokens.saturating_sub(1)) as f64 / (t.total - t.ttft));
+    }
+    let (raw_pp, raw_tg, d_pp, d_tg) = (median(raw_pp), median(raw_tg), median(d_pp), median(d_tg));
+    println!(
+        "\n## single stream ({} prompt tokens; {gen_n} generated)",
+        prompt_512.len()
+    );
+    println!("| | raw llama.cpp | inhoused | ratio |\n|---|---|---|---|");
+    println!(
+        "| prompt tok/s | {raw_pp:.1} | {d_pp:.1} | {} |",
+        ratio(d_pp, raw_pp)
+    );
+    println!(
+        "| generation tok/s | {raw_tg:.1} | {d_tg:.1} | {} |",
+        ratio(d_tg, raw_tg)
+    );
+
+    // 2. Concurrent clients: aggregate generated tokens/s, p50/p95 time to first token.
+    println!("\n## concurrent clients (short chat prompts, 64 tokens each, greedy)");
+    println!(
+        "| clients | raw agg tok/s | inhoused agg tok/s | ratio | vs 1 client | TTFT p50 s | TTFT p95 s | p95 vs 1 client |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut one_client = (f64::NAN, f64::NAN);
+    for &n in &[1usize, 4, 8, 16] {
+        let mut raw_rates = Vec::new();
+        let mut d_rates = Vec::new();
+        let mut ttfts = Vec::new();
+        for r in 0..repeat {
+            let prompts: Vec<Vec<LlamaToken>> = (0..n)
+                .map(|i| raw.tokens(&format!("<|im_start|>user\nQuestion {i}-{r}: name an animal.<|im_end|>\n<|im_start|>assistant\n")))
+                .collect();
+            raw_rates.push(raw.generate(&prompts, 64).0);
+            let client = d.client.clone();
+            let results = rt.block_on(async move {
+                let tasks: Vec<_> = (0..n)
+                    .map(|i| {
+                        let c = client.clone();
+                        tokio::spawn(async move {
+                            timed(
+                                &c,
+                                "/v1/completions",
+                                json!({"model": "smol", "temperature": 0, "max_tokens": 64,
+                                       "prompt": format!("<|im_start|>user\nQuestion {i}-{r}-{n}: name an animal and describe it.<|im_end|>\n<|im_start|>assistant\n")}),
+                            )
+                            .await
+                        })
+                    })
+                    .collect();
+                let t0 = Instant::now();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.expect("task"));
+                }
+                (out, t0.elapsed().as_secs_f64())
+            });
+            let (out, wall) = results;
+            let tokens: u64 = out.iter().map(|t| t.completion_tokens).sum();
+            d_rates.push(tokens as f64 / wall);
+            ttfts.extend(out.iter().map(|t| t.ttft));
+        }
+        let (raw_rate, d_rate) = (median(raw_rates), median(d_rates));
+        let (p50, p95) = (percentile(ttfts.clone(), 0.5), percentile(ttfts, 0.95));
+        if n == 1 {
+            one_client = (d_rate, p95);
+        }
+        println!(
+            "| {n} | {raw_rate:.1} | {d_rate:.1} | {} | {} | {p50:.3} | {p95:.3} | {} |",
+            ratio(d_rate, raw_rate),
+            ratio(d_rate, one_client.0),
+            ratio(p95, one_client.1)
+        );
+    }
+
+    // 3. A five-turn conversation: time to first token of turn five, warm against cold.
+    println!("\n## five-turn conversation: time to first token of the fifth turn");
+    let questions = [
+        "Let's plan a small vegetable garden.",
+        "Which vegetables grow fastest?",
+        "How often should I water them?",
+        "What about pests?",
+        "Summarise the plan in three points.",
+    ];
+    let mut warm = Vec::new();
+    let mut cold = Vec::new();
+    let mut fifth_prompt = 0;
+    for r in 0..repeat {
+        let dw = Daemon::start(&path, threads, 4);
+        let mut messages = vec![
+            json!({"role": "system", "content": format!("You are a gardening assistant (session {r}). Answer briefly and concretely, in plain English.")}),
+        ];
+        let mut last = None;
+        for q in &questions {
+            messages.push(json!({"role": "user", "content": q}));
+            let body = json!({"model": "smol", "messages": messages, "temperature": 0,
+                              "max_tokens": 48});
+            let t = rt.block_on(timed(&dw.client, "/v1/chat/completions", body.clone()));
+            let text = t.text.clone();
+            messages.push(json!({"role": "assistant", "content": text}));
+            last = Some((t, body));
+        }
+        let (t_warm, body) = last.expect("five turns");
+        drop(dw);
+        fifth_prompt = t_warm.prompt_tokens;
+        warm.push(t_warm.ttft);
+        let dc = Daemon::start(&path, threads, 4);
+        cold.push(
+            rt.block_on(timed(&dc.client, "/v1/chat/completions", body))
+                .ttft,
+        );
+    }
+    let (warm, cold) = (median(warm), median(cold));
+    println!("fifth turn prompt: {fifth_prompt} tokens");
+    println!("| | TTFT s |\n|---|---|");
+    println!("| cold (no reuse) | {cold:.3} |");
+    println!("| warm (cache reuse) | {warm:.3} |");
+    println!("| warm / cold | {} |", ratio(warm, cold));
+    println!("\nload after: {}", load_average());
+}

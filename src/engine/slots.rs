@@ -1,0 +1,264 @@
+//! The scheduling rules of continuous batching, free of llama.cpp so they can be unit-tested:
+//! which waiting request is admitted next, and which slot (KV-cache sequence) it gets.
+//!
+//! - Admission is round-robin across callers (uids): a caller with fifty queued requests gets
+//!   one slot per turn like everyone else, so one busy user cannot starve the department.
+//! - A slot keeps the tokens its sequence holds in the KV cache, and whose they are, after its
+//!   request ends. A new request from the same owner that starts with a slot's tokens reuses
+//!   that prefix; only the rest is computed. Across owners nothing is reused unless the config
+//!   allows it: a cached prefix reveals, by timing, what someone else asked.
+
+use std::collections::{BTreeMap, VecDeque};
+
+/// Waiting requests, one FIFO per caller, served round-robin across callers.
+#[derive(Debug)]
+pub struct FairQueue<T> {
+    by_uid: BTreeMap<u32, VecDeque<T>>,
+    /// The caller served last; the next turn goes to the next uid after it.
+    last: Option<u32>,
+    len: usize,
+}
+
+impl<T> Default for FairQueue<T> {
+    fn default() -> Self {
+        FairQueue {
+            by_uid: BTreeMap::new(),
+            last: None,
+            len: 0,
+        }
+    }
+}
+
+impl<T> FairQueue<T> {
+    /// Queues `item` for caller `uid`.
+    pub fn push(&mut self, uid: u32, item: T) {
+        self.by_uid.entry(uid).or_default().push_back(item);
+        self.len += 1;
+    }
+
+    /// The next request: the oldest of the next caller in turn.
+    pub fn pop(&mut self) -> Option<(u32, T)> {
+        let uid = match self.last {
+            Some(last) => self
+                .by_uid
+                .range(last.saturating_add(1)..)
+                .next()
+                .or_else(|| self.by_uid.iter().next())
+                .map(|(u, _)| *u),
+            None => self.by_uid.keys().next().copied(),
+        }?;
+        let q = self.by_uid.get_mut(&uid)?;
+        let item = q.pop_front()?;
+        if q.is_empty() {
+            self.by_uid.remove(&uid);
+        }
+        self.last = Some(uid);
+        self.len -= 1;
+        Some((uid, item))
+    }
+
+    /// Drops the requests `keep` rejects (clients that left while queued); returns how many.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+        let before = self.len;
+        for q in self.by_uid.values_mut() {
+            q.retain(&mut keep);
+        }
+        self.by_uid.retain(|_, q| !q.is_empty());
+        self.len = self.by_uid.values().map(VecDeque::len).sum();
+        before - self.len
+    }
+
+    /// Requests waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Length of the common prefix of two token sequences.
+pub fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// What the slot chooser needs to know about a slot.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotView<'a, T> {
+    /// A request is running in it.
+    pub busy: bool,
+    /// Whose tokens the slot holds (`None`: empty).
+    pub owner: Option<u32>,
+    /// The tokens its sequence holds in the KV cache, in position order.
+    pub tokens: &'a [T],
+    /// When it was last used (larger is more recent).
+    pub last_used: u64,
+}
+
+/// Where a new request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The slot.
+    pub slot: usize,
+    /// How many of the slot's cached tokens stay (the reused prefix); the rest is removed.
+    pub keep: usize,
+}
+
+/// A shorter shared prefix than this is not worth evicting another slot's cache for when an
+/// empty slot is free (a BOS token and a template header are shared by every chat).
+pub const MIN_REUSE: usize = 16;
+
+/// Chooses a free slot for `prompt` from `owner`, or `None` when all are busy.
+///
+/// The free slot with the longest reusable prefix wins when that prefix is at least
+/// [`MIN_REUSE`] tokens (or any length when no other slot is empty); otherwise an empty slot,
+/// otherwise the least recently used one. At least the prompt's last two tokens are always
+/// recomputed: the last one's logits are needed to sample the first answer token, and a prompt
+/// chunk of one token would run on llama.cpp's one-token kernels, which round differently from
+/// the prompt kernels a cold run uses.
+pub fn choose_slot<T: PartialEq>(
+    slots: &[SlotView<'_, T>],
+    prompt: &[T],
+    owner: u32,
+    share_across_owners: bool,
+) -> Option<Placement> {
+    let max_keep = prompt.len().saturating_sub(2);
+    let reusable = |s: &SlotView<'_, T>| s.owner == Some(owner) || share_across_owners;
+    let free = || slots.iter().enumerate().filter(|(_, s)| !s.busy);
+    let best = free()
+        .filter(|(_, s)| reusable(s))
+        .map(|(i, s)| (i, common_prefix(s.tokens, prompt).min(max_keep)))
+        .filter(|(_, n)| *n > 0)
+        .max_by_key(|(i, n)| (*n, slots[*i].last_used));
+    let empty = free().find(|(_, s)| s.tokens.is_empty()).map(|(i, _)| i);
+    match (best, empty) {
+        (Some((slot, keep)), _) if keep >= MIN_REUSE || empty.is_none() => {
+            Some(Placement { slot, keep })
+        }
+        (_, Some(slot)) => Some(Placement { slot, keep: 0 }),
+        _ => free()
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(slot, _)| Placement { slot, keep: 0 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_is_round_robin_across_callers_and_fifo_within_one() {
+        let mut q = FairQueue::default();
+        for i in 0..3 {
+            q.push(1000, format!("a{i}"));
+        }
+        q.push(1001, "b0".to_string());
+        q.push(0, "r0".to_string());
+        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(_, x)| x)).collect();
+        assert_eq!(order, ["r0", "a0", "b0", "a1", "a2"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn queue_turn_continues_after_the_last_caller_served() {
+        let mut q = FairQueue::default();
+        q.push(5, 1);
+        q.push(7, 2);
+        assert_eq!(q.pop(), Some((5, 1)));
+        q.push(5, 3);
+        assert_eq!(q.pop(), Some((7, 2)));
+        assert_eq!(q.pop(), Some((5, 3)));
+    }
+
+    #[test]
+    fn retain_drops_cancelled_requests() {
+        let mut q = FairQueue::default();
+        q.push(1, 1);
+        q.push(1, 2);
+        q.push(2, 3);
+        assert_eq!(q.retain(|x| *x != 2), 1);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.pop(), Some((1, 1)));
+        assert_eq!(q.pop(), Some((2, 3)));
+    }
+
+    fn view(busy: bool, owner: Option<u32>, tokens: &[i32], last_used: u64) -> SlotView<'_, i32> {
+        SlotView {
+            busy,
+            owner,
+            tokens,
+            last_used,
+        }
+    }
+
+    #[test]
+    fn same_owner_reuses_its_prefix_and_recomputes_the_last_token() {
+        let cached: Vec<i32> = (0..40).collect();
+        let prompt: Vec<i32> = (0..50).collect();
+        let slots = [view(false, None, &[], 0), view(false, Some(7), &cached, 1)];
+        assert_eq!(
+            choose_slot(&slots, &prompt, 7, false),
+            Some(Placement { slot: 1, keep: 40 })
+        );
+        // The same prompt again: everything but its last two tokens is reused.
+        assert_eq!(
+            choose_slot(&slots, &cached, 7, false),
+            Some(Placement { slot: 1, keep: 38 })
+        );
+    }
+
+    #[test]
+    fn another_owner_never_reuses_unless_configured() {
+        let cached: Vec<i32> = (0..40).collect();
+        let prompt: Vec<i32> = (0..50).collect();
+        let slots = [view(false, Some(7), &cached, 1), view(false, None, &[], 0)];
+        assert_eq!(
+            choose_slot(&slots, &prompt, 8, false),
+            Some(Placement { slot: 1, keep: 0 })
+        );
+        let full = [view(false, Some(7), &cached, 1)];
+        assert_eq!(
+            choose_slot(&full, &prompt, 8, false),
+            Some(Placement { slot: 0, keep: 0 })
+        );
+        assert_eq!(
+            choose_slot(&slots, &prompt, 8, true),
+            Some(Placement { slot: 0, keep: 40 })
+        );
+    }
+
+    #[test]
+    fn short_prefixes_do_not_evict_when_an_empty_slot_is_free() {
+        let cached = [1, 2, 3, 9, 9];
+        let prompt = [1, 2, 3, 4, 5];
+        let slots = [view(false, Some(7), &cached, 1), view(false, None, &[], 0)];
+        assert_eq!(
+            choose_slot(&slots, &prompt, 7, false),
+            Some(Placement { slot: 1, keep: 0 })
+        );
+        let no_empty = [view(false, Some(7), &cached, 1), view(true, None, &[], 0)];
+        assert_eq!(
+            choose_slot(&no_empty, &prompt, 7, false),
+            Some(Placement { slot: 0, keep: 3 })
+        );
+    }
+
+    #[test]
+    fn least_recently_used_slot_is_evicted_and_busy_slots_are_never_chosen() {
+        let a = [1, 1];
+        let b = [2, 2];
+        let slots = [
+            view(false, Some(1), &a, 5),
+            view(false, Some(2), &b, 3),
+            view(true, None, &[], 0),
+        ];
+        assert_eq!(
+            choose_slot(&slots, &[9, 9], 3, false),
+            Some(Placement { slot: 1, keep: 0 })
+        );
+        let all_busy = [view(true, None, &a, 0)];
+        assert_eq!(choose_slot(&all_busy, &[1], 3, false), None);
+    }
+}

@@ -1,0 +1,391 @@
+//! Continuous batching, prompt-cache reuse and cancellation, end to end: the real daemon, real
+//! llama.cpp, SmolLM2. No timing thresholds in absolute terms: the machines are shared, so
+//! latency checks compare against what the same run measured.
+
+mod common;
+
+use common::*;
+use hyper::Method;
+use inhouse::client::{Client, SseParser};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn chat(prompt: &str, extra: Value) -> Value {
+    chat_turns(&[("user", prompt)], extra)
+}
+
+fn chat_turns(turns: &[(&str, &str)], extra: Value) -> Value {
+    let messages: Vec<Value> = turns
+        .iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    let mut body = json!({"model": "smol", "messages": messages});
+    for (k, v) in extra.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    body
+}
+
+fn answer(v: &Value) -> String {
+    v.pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no answer in {v}"))
+        .to_string()
+}
+
+/// One streamed answer: its text and when each content chunk arrived.
+struct Streamed {
+    text: String,
+    arrivals: Vec<Instant>,
+}
+
+/// Streams a chat or completion request and records when each content chunk arrives.
+async fn stream(client: &Client, path: &str, mut body: Value) -> Streamed {
+    body["stream"] = json!(true);
+    let mut resp = client
+        .send(Method::POST, path, Some(body.to_string().into()))
+        .await
+        .expect("request");
+    assert_eq!(resp.status, 200);
+    let mut parser = SseParser::default();
+    let mut out = Streamed {
+        text: String::new(),
+        arrivals: Vec::new(),
+    };
+    while let Some(chunk) = resp.next_chunk().await {
+        for e in parser.push(&chunk.expect("chunk")) {
+            if e == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(&e).expect("event JSON");
+            let piece = v
+                .pointer("/choices/0/delta/content")
+                .or_else(|| v.pointer("/choices/0/text"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !piece.is_empty() {
+                out.text.push_str(piece);
+                out.arrivals.push(Instant::now());
+            }
+        }
+    }
+    out
+}
+
+async fn metrics_text(client: &Client) -> String {
+    let (status, body) = client
+        .raw(Method::GET, "/metrics", None)
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    String::from_utf8(body.to_vec()).expect("utf-8")
+}
+
+/// The value of one sample line, e.g. `inhouse_cache_reuse_hits_total{model="smol"}`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        .parse()
+        .expect("number")
+}
+
+const PROMPTS: [&str; 8] = [
+    "What is the capital of France?",
+    "Write a haiku about rain.",
+    "Name three colours.",
+    "Why is the sky blue?",
+    "Tell me a fun fact about cats.",
+    "What is 12 times 12?",
+    "Give me a tip for learning to cook.",
+    "Describe a forest in one sentence.",
+];
+
+fn body_for(i: usize) -> Value {
+    // Half greedy, half sampled with their own seeds: both must be unaffected by batching.
+    let sampling = if i & 1 == 0 {
+        json!({"temperature": 0, "max_tokens": 40})
+    } else {
+        json!({"temperature": 0.8, "seed": 100 + i, "max_tokens": 40})
+    };
+    chat(PROMPTS[i], sampling)
+}
+
+#[test]
+fn eight_concurrent_streams_give_the_text_each_gives_alone() {
+    let d = Daemon::start(&[("smol", &smollm2())], &["--slots", "8"]);
+    rt().block_on(async {
+        let c = d.client();
+        let mut alone = Vec::new();
+        for i in 0..PROMPTS.len() {
+            alone.push(stream(&c, "/v1/chat/completions", body_for(i)).await.text);
+        }
+        let together = futures_util::future::join_all(
+            (0..PROMPTS.len()).map(|i| stream(&c, "/v1/chat/completions", body_for(i))),
+        )
+        .await;
+        for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+            assert!(!a.is_empty(), "empty answer to {:?}", PROMPTS[i]);
+            assert_eq!(a, &t.text, "prompt {i} differs when batched");
+        }
+        // They really ran together: the first tokens of all eight arrived before any stream
+        // ended.
+        let first_end = together
+            .iter()
+            .map(|s| *s.arrivals.last().unwrap())
+            .min()
+            .unwrap();
+        let last_start = together.iter().map(|s| s.arrivals[0]).max().unwrap();
+        assert!(last_start <= first_end, "the streams ran one after another");
+    });
+}
+
+#[test]
+fn a_long_prompt_does_not_stop_running_streams() {
+    let d = Daemon::start(&[("smol", &smollm2())], &["--slots", "4"]);
+    rt().block_on(async {
+        let c = d.client();
+        // Streams that go on for a while: counting never reaches an end-of-text token early.
+        let counting = |start: u32| {
+            let prompt: String = (start..start + 8).map(|n| format!("{n}, ")).collect();
+            json!({"model": "smol", "prompt": prompt, "temperature": 0, "max_tokens": 300})
+        };
+        let s1 = tokio::spawn({
+            let c = c.clone();
+            let body = counting(1);
+            async move { stream(&c, "/v1/completions", body).await }
+        });
+        let s2 = tokio::spawn({
+            let c = c.clone();
+            let body = counting(50);
+            async move { stream(&c, "/v1/completions", body).await }
+        });
+        // Let both streams get going.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let long: String =
+            "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(110);
+        let t0 = Instant::now();
+        let (status, v) = post(
+            &c,
+            "/v1/completions",
+            &json!({"model": "smol", "prompt": long, "temperature": 0, "max_tokens": 1})
+                .to_string(),
+        )
+        .await;
+        let t1 = Instant::now();
+        assert_eq!(status, 200, "{v}");
+        let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!(prompt_tokens > 1000, "prompt only {prompt_tokens} tokens");
+        let prefill = t1 - t0;
+        for s in [s1, s2] {
+            let s = s.await.unwrap();
+            let during: Vec<Instant> = s
+                .arrivals
+                .iter()
+                .copied()
+                .filter(|t| *t >= t0 && *t <= t1)
+                .collect();
+            // The prompt is read in chunks of at most 128 tokens per step, so a stream gets a
+            // token every step: many while the long prompt is read, never a gap as long as the
+            // whole prefill.
+            assert!(
+                during.len() >= 4,
+                "only {} tokens in {prefill:?} of prefill",
+                during.len()
+            );
+            let mut edges = vec![t0];
+            edges.extend(&during);
+            edges.push(t1);
+            let max_gap = edges.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+            assert!(
+                max_gap * 3 < prefill,
+                "a gap of {max_gap:?} during a prefill of {prefill:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn cache_reuse_gives_the_cold_text_and_counts_hits() {
+    let first = [
+        (
+            "system",
+            "You are a museum guide. Answer in plain English, briefly, and name your sources.",
+        ),
+        ("user", "Name a famous painter."),
+    ];
+    let warm_daemon = Daemon::start(&[("smol", &smollm2())], &["--slots", "2"]);
+    let cold_daemon = Daemon::start(&[("smol", &smollm2())], &["--slots", "2"]);
+    rt().block_on(async {
+        let greedy = json!({"temperature": 0, "max_tokens": 30});
+        let c = warm_daemon.client();
+        let (_, v1) = post(
+            &c,
+            "/v1/chat/completions",
+            &chat_turns(&first, greedy.clone()).to_string(),
+        )
+        .await;
+        let reply = answer(&v1);
+        let second = [
+            first[0],
+            first[1],
+            ("assistant", reply.as_str()),
+            ("user", "Tell me more about their work."),
+        ];
+        let body = chat_turns(&second, greedy.clone()).to_string();
+        let before = metrics_text(&c).await;
+        let (_, warm) = post(&c, "/v1/chat/completions", &body).await;
+        let after = metrics_text(&c).await;
+        let hits = "inhouse_cache_reuse_hits_total{model=\"smol\"}";
+        let reused = "inhouse_cache_reused_tokens_total{model=\"smol\"}";
+        assert_eq!(sample(&after, hits), sample(&before, hits) + 1.0);
+        assert!(sample(&after, reused) - sample(&before, reused) >= 20.0);
+
+        let (_, cold) = post(&cold_daemon.client(), "/v1/chat/completions", &body).await;
+        let cold_metrics = metrics_text(&cold_daemon.client()).await;
+        assert_eq!(sample(&cold_metrics, hits), 0.0);
+        assert_eq!(answer(&warm), answer(&cold));
+        assert_eq!(warm["usage"], cold["usage"]);
+    });
+}
+
+#[test]
+fn cancelling_a_stream_frees_its_slot_at_once() {
+    let d = Daemon::start(&[("smol", &smollm2())], &["--slots", "1"]);
+    rt().block_on(async {
+        let c = d.client();
+        let long = json!({"model": "smol", "prompt": "1, 2, 3, 4, 5, 6,", "temperature": 0,
+                          "max_tokens": 1000, "stream": true});
+        let mut resp = c
+            .send(
+                Method::POST,
+                "/v1/completions",
+                Some(long.to_string().into()),
+            )
+            .await
+            .unwrap();
+        let mut got = 0;
+        while got < 3 {
+            resp.next_chunk().await.unwrap().unwrap();
+            got += 1;
+        }
+        drop(resp); // the client goes away mid-answer
+                    // The only slot is free again: a new request is answered long before the 1000 tokens
+                    // the cancelled one asked for could have been generated.
+        let t = Instant::now();
+        let (status, v) = post(
+            &c,
+            "/v1/chat/completions",
+            &chat("Say hi.", json!({"temperature": 0, "max_tokens": 5})).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        assert!(t.elapsed() < Duration::from_secs(60));
+        let m = metrics_text(&c).await;
+        assert_eq!(
+            sample(&m, "inhouse_cancelled_requests_total{model=\"smol\"}"),
+            1.0
+        );
+        assert_eq!(sample(&m, "inhouse_busy_slots{model=\"smol\"}"), 0.0);
+        // Fewer tokens were generated than the cancelled request asked for.
+        assert!(sample(&m, "inhouse_generated_tokens_total{model=\"smol\"}") < 500.0);
+    });
+}
+
+/// Sends `body` to `/v1/chat/completions` as another local user (uid/gid 65534), the way a
+/// second person on the server would ask, with the system Python (this test's own binaries live
+/// under a directory that user cannot enter); returns the answer.
+fn chat_as_other_user(d: &Daemon, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // The other user must be able to reach the socket of this test daemon.
+    let dir: &std::path::Path = d.dir.as_ref();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    const CLIENT: &str = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+body = sys.argv[2].encode()
+s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+          + b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+head, _, payload = data.partition(b"\r\n\r\n")
+status = head.split(b" ")[1]
+if status != b"200":
+    sys.exit("status " + status.decode() + ": " + payload.decode(errors="replace"))
+print(json.loads(payload)["choices"][0]["message"]["content"], end="")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", CLIENT])
+        .arg(&d.socket)
+        .arg(body)
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run python3 as uid 65534");
+    assert!(
+        out.status.success(),
+        "request as uid 65534 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn another_caller_never_reuses_a_callers_cache() {
+    // Needs root to act as a second local user; the peer uid comes from the kernel.
+    assert_eq!(
+        effective_uid(),
+        0,
+        "this test must run as root (it connects as uid 65534)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("inhouse.toml");
+    // uid 65534 is given the user role, the only thing it needs.
+    std::fs::write(&config, "[roles]\nuser-uids = [65534]\n").unwrap();
+    let d = Daemon::start(
+        &[("smol", &smollm2())],
+        &["--slots", "2", "--config", config.to_str().unwrap()],
+    );
+    let prompt = "You are a careful assistant for a hospital ward. Never guess. \
+                  In one sentence: what should a nurse check before giving a medicine?";
+    let body = chat(prompt, json!({"temperature": 0, "max_tokens": 24})).to_string();
+    let hits = "inhouse_cache_reuse_hits_total{model=\"smol\"}";
+    let (mine, m1) = rt().block_on(async {
+        let c = d.client();
+        let (_, v) = post(&c, "/v1/chat/completions", &body).await;
+        (answer(&v), metrics_text(&c).await)
+    });
+    assert_eq!(sample(&m1, hits), 0.0);
+    // The same prompt from someone else: computed from scratch, same text.
+    let theirs = chat_as_other_user(&d, &body);
+    let m2 = rt().block_on(metrics_text(&d.client()));
+    assert_eq!(sample(&m2, hits), 0.0, "another caller reused the cache");
+    assert_eq!(theirs, mine);
+    // The owner asking again does reuse its own prefix.
+    rt().block_on(async {
+        let c = d.client();
+        let (_, v) = post(&c, "/v1/chat/completions", &body).await;
+        assert_eq!(answer(&v), mine);
+        assert_eq!(sample(&metrics_text(&c).await, hits), 1.0);
+    });
+}
+
+/// The effective uid, read from `/proc` (no `unsafe` libc call needed).
+fn effective_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap()
+}
