@@ -51,6 +51,8 @@ pub struct Streaming {
     pub status: StatusCode,
     /// The `Content-Type` header.
     pub content_type: String,
+    /// All response headers.
+    pub headers: hyper::HeaderMap,
     body: Incoming,
 }
 
@@ -117,9 +119,11 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let headers = resp.headers().clone();
         Ok(Streaming {
             status,
             content_type,
+            headers,
             body: resp.into_body(),
         })
     }

@@ -44,6 +44,47 @@ pub struct Config {
     /// Most prompt tokens prefilled per decode step while other requests generate (bounds their
     /// inter-token gaps while a long prompt is read).
     pub prefill_chunk: u32,
+    /// Who may do what, by peer uid and group.
+    pub roles: RolesConfig,
+    /// The master key file (32 raw bytes or 64 hex digits, mode 0600). When absent the systemd
+    /// credential `$CREDENTIALS_DIRECTORY/inhouse-master-key` is used.
+    pub key_file: Option<PathBuf>,
+    /// Records older than this many days are purged; absent means kept until erased.
+    pub retention_days: Option<u32>,
+    /// How often the retention purge runs, in seconds.
+    pub retention_check_secs: u64,
+}
+
+/// Which local users and groups hold which role. A caller's groups are its peer gid plus the
+/// supplementary groups the group database gives its uid.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RolesConfig {
+    /// Groups whose members may run inference and read their own history.
+    pub user_groups: Vec<String>,
+    /// Groups whose members administer the daemon (models, keys, erasure, audit).
+    pub admin_groups: Vec<String>,
+    /// Groups whose members may read, verify and export the audit log (never prompt text).
+    pub auditor_groups: Vec<String>,
+    /// Uids with the user role.
+    pub user_uids: Vec<u32>,
+    /// Uids with the admin role.
+    pub admin_uids: Vec<u32>,
+    /// Uids with the auditor role.
+    pub auditor_uids: Vec<u32>,
+}
+
+impl Default for RolesConfig {
+    fn default() -> Self {
+        RolesConfig {
+            user_groups: vec!["inhouse".into()],
+            admin_groups: vec!["inhouse-admin".into()],
+            auditor_groups: vec!["inhouse-auditor".into()],
+            user_uids: vec![],
+            admin_uids: vec![0],
+            auditor_uids: vec![],
+        }
+    }
 }
 
 impl Default for Config {
@@ -63,6 +104,10 @@ impl Default for Config {
             slots: 4,
             cache_reuse_across_users: false,
             prefill_chunk: 128,
+            roles: RolesConfig::default(),
+            key_file: None,
+            retention_days: None,
+            retention_check_secs: 3600,
         }
     }
 }
@@ -160,6 +205,12 @@ impl Config {
         }
         if self.default_max_tokens == 0 {
             return bad("default-max-tokens must be at least 1".into());
+        }
+        if self.retention_days == Some(0) {
+            return bad("retention-days must be at least 1 (leave it out to keep records)".into());
+        }
+        if self.retention_check_secs == 0 {
+            return bad("retention-check-secs must be at least 1".into());
         }
         if self.queue_size == 0 {
             return bad("queue-size must be at least 1".into());

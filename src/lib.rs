@@ -7,6 +7,9 @@
 //! - [`scheduler`]: untrusted JSON validated into checked requests.
 //! - [`engine`]: the only code that touches llama.cpp, on its own OS thread; continuous batching.
 //! - [`metrics`]: serving metrics for `GET /metrics` (Prometheus text).
+//! - [`storage`]: the encrypted SQLite store on its own thread: records, history, erasure,
+//!   rotation, the audit chain.
+//! - [`crypto`]: master key, sub-keys, per-user data keys, sealing fields (AES-256-GCM via ring).
 //! - [`client`]: the socket client used by the `inhouse` CLI and the tests.
 // `deny`, not `forbid`: the one exception is `engine::ffi` (ggml's CPU-variant registry), which
 // allows it for itself with a SAFETY comment on each block.
@@ -16,7 +19,9 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
 pub mod engine;
 pub mod metrics;
 pub mod scheduler;
+pub mod storage;

@@ -421,9 +421,15 @@ fn bad_model_file_and_bad_config_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("bogus.gguf");
     std::fs::write(&bogus, b"this is not a gguf file").unwrap();
+    let key = dir.path().join("k");
+    inhouse::crypto::generate_key_file(&key).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_inhoused"))
         .arg("--socket")
         .arg(dir.path().join("s.sock"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("--key-file")
+        .arg(&key)
         .arg("--model")
         .arg(format!("bogus={}", bogus.display()))
         .output()

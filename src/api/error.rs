@@ -44,6 +44,20 @@ impl ApiError {
         }
     }
 
+    /// 403 for a caller without the role a route needs.
+    pub fn forbidden(role: crate::api::auth::Role) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            code: "forbidden",
+            message: format!(
+                "this endpoint needs the {} role, which your uid and groups do not grant",
+                role.name()
+            ),
+            param: None,
+        }
+    }
+
     /// 404 for a route that does not exist.
     pub fn no_route() -> Self {
         ApiError {
@@ -138,6 +152,34 @@ impl From<EngineError> for ApiError {
             kind,
             code,
             message,
+            param: None,
+        }
+    }
+}
+
+impl From<crate::storage::StoreError> for ApiError {
+    fn from(e: crate::storage::StoreError) -> Self {
+        let kind = e.kind();
+        let status = match kind {
+            "not_found" => StatusCode::NOT_FOUND,
+            "invalid_input" => StatusCode::BAD_REQUEST,
+            "rotation_conflict" => StatusCode::CONFLICT,
+            "storage_full" => StatusCode::INSUFFICIENT_STORAGE,
+            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        // Store messages name ids and key ids, never key bytes or record text. Server-side
+        // store failures carry the store's own kind as their type (`integrity_error`,
+        // `storage_full`, …) so that clients can tell them apart.
+        ApiError {
+            status,
+            kind: if status.is_server_error() {
+                kind
+            } else {
+                "invalid_request_error"
+            },
+            code: kind,
+            message: e.to_string(),
             param: None,
         }
     }

@@ -3,7 +3,9 @@
 //! HTTP/1.1 only, on a Unix socket only; the caller's uid and gid come from the kernel
 //! (`SO_PEERCRED`) for every connection, never from anything the client says.
 
+pub mod auth;
 pub mod error;
+pub mod history;
 pub mod metrics;
 pub mod openai;
 
@@ -56,18 +58,73 @@ pub struct AppState {
     pub engine: Arc<dyn Engine>,
     /// Validation limits.
     pub limits: Limits,
+    /// Who holds which role.
+    pub roles: Arc<auth::Roles>,
+    /// The encrypted store: records, history, audit log.
+    pub store: crate::storage::StoreHandle,
 }
 
-/// All routes. Each route family lives in its own module.
+/// All routes, each with the role it needs: this table is the one place where access is
+/// declared. `/health` is open to anyone who can reach the socket (it reveals no data).
 pub fn router(state: AppState) -> Router {
+    use auth::Role::{Admin, Auditor, User};
+    let needs = |role| {
+        axum::middleware::from_fn_with_state(
+            auth::Requirement {
+                roles: state.roles.clone(),
+                role,
+            },
+            auth::require,
+        )
+    };
     Router::new()
         .route("/health", get(openai::health))
         .route("/metrics", get(metrics::metrics))
-        .route("/v1/models", get(openai::list_models))
-        .route("/v1/models/{id}", get(openai::get_model))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/embeddings", post(openai::embeddings))
+        .route(
+            "/v1/models",
+            get(openai::list_models).route_layer(needs(User)),
+        )
+        .route(
+            "/v1/models/{id}",
+            get(openai::get_model).route_layer(needs(User)),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(openai::chat_completions).route_layer(needs(User)),
+        )
+        .route(
+            "/v1/completions",
+            post(openai::completions).route_layer(needs(User)),
+        )
+        .route(
+            "/v1/embeddings",
+            post(openai::embeddings).route_layer(needs(User)),
+        )
+        .route("/v1/history", get(history::list).route_layer(needs(User)))
+        .route(
+            "/v1/history/{id}",
+            get(history::get)
+                .delete(history::delete)
+                .route_layer(needs(User)),
+        )
+        .route(
+            "/admin/erase",
+            post(history::erase).route_layer(needs(Admin)),
+        )
+        .route(
+            "/admin/rotate-key",
+            post(history::rotate_key)
+                .get(history::rotation_status)
+                .route_layer(needs(Admin)),
+        )
+        .route(
+            "/audit/verify",
+            get(history::audit_verify).route_layer(needs(Auditor)),
+        )
+        .route(
+            "/audit/export",
+            get(history::audit_export).route_layer(needs(Auditor)),
+        )
         .fallback(|| async { error::ApiError::no_route() })
         .method_not_allowed_fallback(|| async { error::ApiError::wrong_method() })
         .with_state(state)

@@ -2,9 +2,11 @@
 //! `/v1/completions`, `/v1/embeddings`.
 
 use super::error::ApiError;
+use super::history;
 use super::{AppState, Caller};
-use crate::engine::{Event, FinishReason};
+use crate::engine::{Event, FinishReason, Prompt};
 use crate::scheduler::{self, ValidGenerate};
+use crate::storage::RequestStatus;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
@@ -34,7 +36,7 @@ fn new_id(prefix: &str) -> String {
 }
 
 /// Turns a body-reading failure (too large, broken transfer) into an API error.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -178,6 +180,41 @@ async fn generate(
     result
 }
 
+/// What is recorded about a request, gathered before it runs.
+fn outcome_for(caller: &Caller, req: &crate::engine::GenerateRequest) -> history::Outcome {
+    let prompt = match &req.prompt {
+        Prompt::Chat(messages) => Value::Array(
+            messages
+                .iter()
+                .map(|m| json!({"role": m.role, "content": m.content}))
+                .collect(),
+        ),
+        Prompt::Text(t) => Value::String(t.clone()),
+    };
+    let sp = &req.sampling;
+    history::Outcome {
+        uid: caller.uid,
+        model: req.model.clone(),
+        params: json!({"temperature": sp.temperature, "top_p": sp.top_p, "top_k": sp.top_k,
+            "min_p": sp.min_p, "presence_penalty": sp.presence_penalty,
+            "frequency_penalty": sp.frequency_penalty, "seed": sp.seed,
+            "max_tokens": req.max_tokens, "stop": req.stop}),
+        prompt,
+        created_at: crate::storage::now_unix(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        status: RequestStatus::Error,
+        response: String::new(),
+    }
+}
+
+/// Records a request that failed; the caller already gets the failure, so a store error here
+/// is logged (and counted by the store) rather than replacing it.
+async fn record_failure(s: &AppState, mut o: history::Outcome, status: RequestStatus) {
+    o.status = status;
+    let _ = history::record(s, o).await;
+}
+
 async fn run_generate(
     s: AppState,
     caller: Caller,
@@ -186,14 +223,19 @@ async fn run_generate(
 ) -> Result<Response, ApiError> {
     let model = valid.request.model.clone();
     tracing::info!(uid = caller.uid, model = %model, stream = valid.stream, "generation request");
+    let mut outcome = outcome_for(&caller, &valid.request);
     let mut events = s.engine.generate(valid.request)?;
     // Wait for the prompt to be accepted, so that prompt errors get a proper status code even
     // when streaming.
     let prompt_tokens = match events.recv().await {
         Some(Event::Started { prompt_tokens }) => prompt_tokens,
-        Some(Event::Failed(e)) => return Err(e.into()),
+        Some(Event::Failed(e)) => {
+            record_failure(&s, outcome, RequestStatus::Error).await;
+            return Err(e.into());
+        }
         _ => return Err(crate::engine::EngineError::ShuttingDown.into()),
     };
+    outcome.prompt_tokens = prompt_tokens;
     let id = new_id(flavor.id_prefix());
     let created = now();
     if valid.stream {
@@ -207,6 +249,10 @@ async fn run_generate(
                 include_usage: valid.include_usage,
                 prompt_tokens,
             },
+            Recorder {
+                state: s,
+                outcome: Some(outcome),
+            },
         ))
     } else {
         let mut text = String::new();
@@ -218,20 +264,89 @@ async fn run_generate(
                     prompt_tokens,
                     completion_tokens,
                 }) => break (reason, prompt_tokens, completion_tokens),
-                Some(Event::Failed(e)) => return Err(e.into()),
+                Some(Event::Failed(e)) => {
+                    outcome.response = text;
+                    record_failure(&s, outcome, RequestStatus::Error).await;
+                    return Err(e.into());
+                }
                 Some(Event::Started { .. }) => {}
                 None => return Err(crate::engine::EngineError::ShuttingDown.into()),
             }
         };
-        Ok(Json(json!({
+        outcome.completion_tokens = completion_tokens;
+        outcome.status = RequestStatus::Completed;
+        outcome.response = text.clone();
+        // The answer is released only once its record is durable: a failed write is reported
+        // to the caller, never dropped silently.
+        let stored = std::time::Instant::now();
+        let record_id = history::record(&s, outcome).await?;
+        let store_micros = stored.elapsed().as_micros();
+        let mut resp = Json(json!({
             "id": id,
             "object": flavor.object(false),
             "created": created,
             "model": model,
             "choices": [flavor.choice(Some(&text), Some(reason), false)],
             "usage": usage(prompt_tokens, completion_tokens),
+            "inhouse_record_id": record_id,
         }))
-        .into_response())
+        .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&record_id.to_string()) {
+            resp.headers_mut().insert(RECORD_ID_HEADER, v);
+        }
+        if let Ok(v) = header::HeaderValue::from_str(&store_micros.to_string()) {
+            resp.headers_mut().insert(STORE_TIME_HEADER, v);
+        }
+        Ok(resp)
+    }
+}
+
+/// The response header that carries the id of the request's stored record.
+pub const RECORD_ID_HEADER: &str = "x-inhouse-record-id";
+/// The response header that says how long storing the record took, in microseconds (what the
+/// encrypted store adds to the request; measured by the store benchmark).
+pub const STORE_TIME_HEADER: &str = "x-inhouse-store-micros";
+
+/// Records a streamed request: completed when the stream finishes, aborted when the client goes
+/// away first (the body, and this with it, is dropped).
+struct Recorder {
+    state: AppState,
+    outcome: Option<history::Outcome>,
+}
+
+impl Recorder {
+    fn push(&mut self, text: &str) {
+        if let Some(o) = &mut self.outcome {
+            o.response.push_str(text);
+        }
+    }
+
+    async fn finish(
+        &mut self,
+        status: RequestStatus,
+        completion_tokens: u32,
+    ) -> Result<i64, ApiError> {
+        let mut o = self
+            .outcome
+            .take()
+            .ok_or_else(|| ApiError::invalid("internal", "recorded twice"))?;
+        o.status = status;
+        o.completion_tokens = completion_tokens;
+        history::record(&self.state, o).await
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(mut o) = self.outcome.take() {
+            o.status = RequestStatus::Aborted;
+            let state = self.state.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = history::record(&state, o).await;
+                });
+            }
+        }
     }
 }
 
@@ -246,6 +361,10 @@ struct StreamMeta {
 
 impl StreamMeta {
     fn chunk(&self, choices: Value, usage: Option<Value>) -> Bytes {
+        sse(self.chunk_value(choices, usage))
+    }
+
+    fn chunk_value(&self, choices: Value, usage: Option<Value>) -> Value {
         let mut v = json!({
             "id": self.id,
             "object": self.flavor.object(true),
@@ -256,8 +375,13 @@ impl StreamMeta {
         if let Some(u) = usage {
             v["usage"] = u;
         }
-        Bytes::from(format!("data: {v}\n\n"))
+        v
     }
+}
+
+/// One server-sent event.
+fn sse(v: Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
 }
 
 enum StreamState {
@@ -269,10 +393,14 @@ enum StreamState {
 /// Server-sent events: a role chunk (chat), content chunks, a finish chunk, optionally a usage
 /// chunk, then `data: [DONE]`. Dropping the body (client gone) drops `events`, which cancels the
 /// generation in the engine.
-fn stream_response(events: UnboundedReceiver<Event>, meta: StreamMeta) -> Response {
+fn stream_response(
+    events: UnboundedReceiver<Event>,
+    meta: StreamMeta,
+    recorder: Recorder,
+) -> Response {
     let body = stream::unfold(
-        (events, meta, StreamState::Opening),
-        |(mut events, meta, state)| async move {
+        (events, meta, StreamState::Opening, recorder),
+        |(mut events, meta, state, mut rec)| async move {
             match state {
                 StreamState::Done => None,
                 StreamState::Opening => {
@@ -284,15 +412,16 @@ fn stream_response(events: UnboundedReceiver<Event>, meta: StreamMeta) -> Respon
                         ),
                         Flavor::Text => Bytes::new(),
                     };
-                    Some((vec![first], (events, meta, StreamState::Running)))
+                    Some((vec![first], (events, meta, StreamState::Running, rec)))
                 }
                 StreamState::Running => loop {
                     match events.recv().await {
                         Some(Event::Text(t)) if t.is_empty() => continue,
                         Some(Event::Text(t)) => {
+                            rec.push(&t);
                             let c =
                                 meta.chunk(json!([meta.flavor.choice(Some(&t), None, true)]), None);
-                            break Some((vec![c], (events, meta, StreamState::Running)));
+                            break Some((vec![c], (events, meta, StreamState::Running, rec)));
                         }
                         Some(Event::Started { .. }) => continue,
                         Some(Event::Finished {
@@ -300,10 +429,24 @@ fn stream_response(events: UnboundedReceiver<Event>, meta: StreamMeta) -> Respon
                             completion_tokens,
                             ..
                         }) => {
-                            let mut out = vec![meta.chunk(
+                            let record_id = match rec
+                                .finish(RequestStatus::Completed, completion_tokens)
+                                .await
+                            {
+                                Ok(id) => id,
+                                Err(e) => {
+                                    // Reported in the stream, which then ends without
+                                    // [DONE]: the client sees the request did not complete.
+                                    let out = vec![sse(e.body())];
+                                    break Some((out, (events, meta, StreamState::Done, rec)));
+                                }
+                            };
+                            let mut last = meta.chunk_value(
                                 json!([meta.flavor.choice(None, Some(reason), true)]),
                                 None,
-                            )];
+                            );
+                            last["inhouse_record_id"] = json!(record_id);
+                            let mut out = vec![sse(last)];
                             if meta.include_usage {
                                 out.push(meta.chunk(
                                     json!([]),
@@ -311,12 +454,13 @@ fn stream_response(events: UnboundedReceiver<Event>, meta: StreamMeta) -> Respon
                                 ));
                             }
                             out.push(Bytes::from_static(b"data: [DONE]\n\n"));
-                            break Some((out, (events, meta, StreamState::Done)));
+                            break Some((out, (events, meta, StreamState::Done, rec)));
                         }
                         Some(Event::Failed(e)) => {
+                            let _ = rec.finish(RequestStatus::Error, 0).await;
                             let err = ApiError::from(e).body();
-                            let out = vec![Bytes::from(format!("data: {err}\n\n"))];
-                            break Some((out, (events, meta, StreamState::Done)));
+                            let out = vec![sse(err)];
+                            break Some((out, (events, meta, StreamState::Done, rec)));
                         }
                         None => break None,
                     }
@@ -343,7 +487,27 @@ pub async fn embeddings(
     let body = body_bytes(body)?;
     let valid = scheduler::validate_embeddings(scheduler::parse_body(&body)?)?;
     tracing::info!(uid = caller.uid, model = %valid.model, inputs = valid.inputs.len(), "embeddings request");
-    let out = s.engine.embed(valid.model.clone(), valid.inputs).await?;
+    let mut outcome = history::Outcome {
+        uid: caller.uid,
+        model: valid.model.clone(),
+        params: json!({"endpoint": "embeddings", "inputs": valid.inputs.len()}),
+        prompt: json!(valid.inputs),
+        created_at: crate::storage::now_unix(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        status: RequestStatus::Error,
+        response: String::new(),
+    };
+    let out = match s.engine.embed(valid.model.clone(), valid.inputs).await {
+        Ok(out) => out,
+        Err(e) => {
+            record_failure(&s, outcome, RequestStatus::Error).await;
+            return Err(e.into());
+        }
+    };
+    outcome.status = RequestStatus::Completed;
+    outcome.prompt_tokens = out.prompt_tokens;
+    let record_id = history::record(&s, outcome).await?;
     let data: Vec<Value> = out
         .vectors
         .iter()
@@ -363,6 +527,7 @@ pub async fn embeddings(
         "data": data,
         "model": valid.model,
         "usage": {"prompt_tokens": out.prompt_tokens, "total_tokens": out.prompt_tokens},
+        "inhouse_record_id": record_id,
     }))
     .into_response())
 }

@@ -1,6 +1,7 @@
 //! `inhouse`: the client for the daemon's socket.
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use hyper::Method;
 use inhouse::client::Client;
@@ -43,6 +44,72 @@ enum Command {
         system: Option<String>,
         #[command(flatten)]
         opts: GenOpts,
+    },
+    /// Your own stored requests.
+    #[command(subcommand)]
+    History(HistoryCmd),
+    /// Administration: keys, erasure, audit.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum HistoryCmd {
+    /// Lists your records, newest first.
+    List {
+        /// Records per page.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only records older than this id (the previous page's next_before).
+        #[arg(long)]
+        before: Option<i64>,
+    },
+    /// Shows one record with its prompt and response.
+    Show {
+        /// Record id.
+        id: i64,
+    },
+    /// Deletes one record.
+    Rm {
+        /// Record id.
+        id: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Writes a new random 32-byte master key to PATH (mode 0600; never overwrites).
+    GenKey {
+        /// Where to write the key.
+        path: PathBuf,
+    },
+    /// Destroys every stored record of a uid (crypto-shredding its data key first).
+    Erase {
+        /// The uid to erase.
+        #[arg(long)]
+        uid: u32,
+    },
+    /// Rewraps every data key under a new master key, online. Afterwards install the new key
+    /// (credential or key file) in place of the old one: only it opens the store.
+    RotateKey {
+        /// The new key file (mode 0600), e.g. made with `inhouse admin gen-key`.
+        #[arg(long, value_name = "PATH")]
+        new_key_file: PathBuf,
+    },
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Checks the chain; names the first modified, deleted or reordered row. Exit 1 if broken.
+    Verify,
+    /// Writes the log as JSON lines to stdout or a file.
+    Export {
+        /// Output file (default stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -136,6 +203,100 @@ async fn run(args: Args) -> Result<()> {
                 opts.apply(&mut body);
                 let answer = stream_answer(&client, &body).await?;
                 messages.push(json!({"role": "assistant", "content": answer}));
+            }
+        }
+        Command::History(cmd) => history(&client, cmd).await?,
+        Command::Admin(cmd) => admin(&client, cmd).await?,
+    }
+    Ok(())
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn history(client: &Client, cmd: HistoryCmd) -> Result<()> {
+    match cmd {
+        HistoryCmd::List { limit, before } => {
+            let mut path = format!("/v1/history?limit={limit}");
+            if let Some(b) = before {
+                path.push_str(&format!("&before={b}"));
+            }
+            let v = client.json(Method::GET, &path, None).await?;
+            for r in v["data"].as_array().context("unexpected answer")? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}+{} tokens",
+                    r["id"],
+                    r["created_at"],
+                    r["model"].as_str().unwrap_or("?"),
+                    r["status"].as_str().unwrap_or("?"),
+                    r["prompt_tokens"],
+                    r["completion_tokens"]
+                );
+            }
+            if let Some(next) = v["next_before"].as_i64() {
+                eprintln!("more: --before {next}");
+            }
+        }
+        HistoryCmd::Show { id } => print_json(
+            &client
+                .json(Method::GET, &format!("/v1/history/{id}"), None)
+                .await?,
+        )?,
+        HistoryCmd::Rm { id } => print_json(
+            &client
+                .json(Method::DELETE, &format!("/v1/history/{id}"), None)
+                .await?,
+        )?,
+    }
+    Ok(())
+}
+
+async fn admin(client: &Client, cmd: AdminCmd) -> Result<()> {
+    match cmd {
+        AdminCmd::GenKey { path } => {
+            let id = inhouse::crypto::generate_key_file(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote a new master key to {} (key id {id})", path.display());
+            eprintln!("keep a copy offline: without it the stored data cannot be read");
+        }
+        AdminCmd::Erase { uid } => print_json(
+            &client
+                .json(Method::POST, "/admin/erase", Some(&json!({"uid": uid})))
+                .await?,
+        )?,
+        AdminCmd::RotateKey { new_key_file } => {
+            // Read and check the file here (mode 0600, format), then send the key over the
+            // socket, which only the daemon's admins can use.
+            let key = std::fs::read(&new_key_file)
+                .with_context(|| format!("reading {}", new_key_file.display()))?;
+            inhouse::crypto::MasterKey::load(&new_key_file)
+                .with_context(|| format!("checking {}", new_key_file.display()))?;
+            let body = json!({"key": base64::engine::general_purpose::STANDARD.encode(&key)});
+            print_json(
+                &client
+                    .json(Method::POST, "/admin/rotate-key", Some(&body))
+                    .await?,
+            )?
+        }
+        AdminCmd::Audit(AuditCmd::Verify) => {
+            let v = client.json(Method::GET, "/audit/verify", None).await?;
+            print_json(&v)?;
+            if v["ok"] != json!(true) {
+                anyhow::bail!("the audit log does not verify (see first_fault above)");
+            }
+        }
+        AdminCmd::Audit(AuditCmd::Export { out }) => {
+            let (status, body) = client.raw(Method::GET, "/audit/export", None).await?;
+            if !status.is_success() {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                anyhow::bail!("{status}: {}", inhouse::client::error_message(&v, &body));
+            }
+            match out {
+                Some(path) => std::fs::write(&path, &body)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::io::stdout().write_all(&body)?,
             }
         }
     }

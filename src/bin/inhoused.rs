@@ -21,6 +21,9 @@ struct Args {
     /// A model to serve: PATH (named after the file stem, lower-cased) or NAME=PATH. Repeatable.
     #[arg(long = "model", value_name = "[NAME=]PATH")]
     models: Vec<String>,
+    /// Master key file (mode 0600). Default: the systemd credential inhouse-master-key.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
     /// CPU threads for llama.cpp.
     #[arg(long, value_name = "N")]
     threads: Option<u32>,
@@ -78,6 +81,9 @@ fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
         let (name, path) = config::parse_model_arg(m)?;
         cfg.models.insert(name, path);
     }
+    if let Some(k) = &args.key_file {
+        cfg.key_file = Some(k.clone());
+    }
     if let Some(t) = args.threads {
         cfg.threads = t;
     }
@@ -104,14 +110,8 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INHOUSE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    // To the journal with structured fields under systemd, plain lines on stderr otherwise.
+    inhouse::daemon::systemd::init_logging("info,llama-cpp-2=warn");
     let cfg = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -123,6 +123,14 @@ fn main() -> ExitCode {
         println!("{cfg:#?}");
         return ExitCode::SUCCESS;
     }
+    // Before the runtime starts any thread: this reads and unsets systemd's variables.
+    let activation = match inhouse::daemon::systemd::Activation::from_env() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("inhoused: socket activation: {e}");
+            return ExitCode::from(inhouse::daemon::EXIT_CONFIG as u8);
+        }
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -130,7 +138,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(inhouse::daemon::run(cfg)) {
+    match rt.block_on(inhouse::daemon::run(cfg, activation)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("inhoused: {e}");

@@ -135,6 +135,12 @@ impl MasterKey {
         self.id
     }
 
+    /// Parses key material that did not come from a file (the rotate-key API, which receives
+    /// the new key over the socket): the same two formats as a key file. `None` when neither.
+    pub fn from_material(content: &[u8]) -> Option<MasterKey> {
+        parse_key_bytes(content)
+    }
+
     /// Builds a key from known bytes (golden tests and fixtures).
     #[cfg(test)]
     pub(crate) fn from_bytes(bytes: &[u8; KEY_LEN]) -> MasterKey {

@@ -2,6 +2,11 @@
 //!
 //! Order matters: models are loaded before the socket is bound, so "the socket accepts" means
 //! "ready to answer"; on SIGTERM or SIGINT the listener closes first and open requests finish.
+//! Under systemd ([`systemd`]) the socket is passed in already listening, READY=1 is sent once
+//! the models are loaded, and STOPPING=1 as soon as the shutdown signal arrives.
+
+pub mod store;
+pub mod systemd;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
@@ -23,6 +28,9 @@ pub enum DaemonError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The master key or the database was refused.
+    #[error(transparent)]
+    Store(#[from] store::StoreStartError),
     /// A model failed to load.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -43,7 +51,7 @@ impl DaemonError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Config(_) => EXIT_CONFIG,
+            DaemonError::Config(_) | DaemonError::Store(_) => EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -93,8 +101,11 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// Runs the daemon with a checked configuration until a shutdown signal.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs the daemon with a checked configuration until a shutdown signal. `activation` is what
+/// systemd passed (see [`systemd::Activation::from_env`]); [`systemd::Activation::none`] binds
+/// `config.socket` instead.
+pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), DaemonError> {
+    let _watchdog = systemd::spawn_watchdog(activation.watchdog);
     config.check()?;
     if config.models.is_empty() {
         return Err(crate::config::ConfigError::Invalid(
@@ -102,6 +113,23 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         )
         .into());
     }
+    // The key and the database come first: a wrong key must stop the daemon (status 78)
+    // before any model is loaded or the socket opened.
+    let store = store::open(&config).await?;
+    let _ = store
+        .audit_append(
+            "daemon_start",
+            None,
+            serde_json::json!({"pid": std::process::id()}).to_string(),
+        )
+        .await;
+    let retention = config.retention_days.map(|days| {
+        tokio::spawn(store::retention_loop(
+            store.clone(),
+            days,
+            std::time::Duration::from_secs(config.retention_check_secs),
+        ))
+    });
     let engine_cfg = EngineConfig {
         threads: config.threads,
         ctx_size: config.ctx_size,
@@ -116,6 +144,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .iter()
         .map(|(n, p)| (n.clone(), p.clone()))
         .collect();
+    systemd::notify_status(&format!("loading {} model(s)", models.len()));
     let engine = tokio::task::spawn_blocking(move || LlamaEngine::start(models, engine_cfg))
         .await
         .map_err(|e| EngineError::Inference(format!("engine start panicked: {e}")))??;
@@ -129,11 +158,51 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             default_max_tokens: config.default_max_tokens,
             max_tokens_cap: max_ctx,
         },
+        roles: crate::api::auth::Roles::new(&config.roles),
+        store: store.clone(),
     };
-    let listener = bind_socket(&config.socket)?;
-    tracing::info!(socket = %config.socket.display(), "listening");
-    api::serve(listener, state, shutdown_signal()).await?;
-    let _ = std::fs::remove_file(&config.socket);
+    let n_models = config.models.len();
+    // The activated socket belongs to systemd (inhoused.socket): it outlives this process and is
+    // never removed here. A socket we bound ourselves is removed on the way out.
+    let (listener, bound) = match activation.listener {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+            let path = path.unwrap_or_default().display().to_string();
+            tracing::info!(socket = %path, "listening on the socket systemd passed");
+            (UnixListener::from_std(l)?, None)
+        }
+        None => {
+            let l = bind_socket(&config.socket)?;
+            tracing::info!(socket = %config.socket.display(), "listening");
+            (l, Some(config.socket.clone()))
+        }
+    };
+    systemd::notify_ready(&format!("serving {n_models} model(s)"));
+    let shutdown = async {
+        shutdown_signal().await;
+        systemd::notify_stopping();
+    };
+    api::serve(listener, state, shutdown).await?;
+    if let Some(path) = bound {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(r) = retention {
+        r.abort();
+    }
+    // Every request has finished: flush the store's queue, log the stop, close the database.
+    let _ = store
+        .audit_append(
+            "daemon_stop",
+            None,
+            serde_json::json!({"pid": std::process::id()}).to_string(),
+        )
+        .await;
+    store.close().await;
+    tracing::info!("store closed");
     tracing::info!("stopped");
     Ok(())
 }

@@ -47,6 +47,8 @@ pub mod kinds {
     pub const UID_ERASED: &str = "uid_erased";
     /// The retention job deleted old records (detail: `cutoff`, `deleted`).
     pub const RETENTION_PURGE: &str = "retention_purge";
+    /// A request was served and recorded (detail: `id`, `model`, `status`, token counts).
+    pub const REQUEST: &str = "request";
 }
 
 /// The longest event kind accepted.

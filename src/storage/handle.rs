@@ -134,6 +134,11 @@ impl StoreHandle {
         self.write(move |s| s.record_request(&rec)).await
     }
 
+    /// See [`Store::record_request_audited`].
+    pub async fn record_request_audited(&self, rec: NewRecord) -> Result<i64, StoreError> {
+        self.write(move |s| s.record_request_audited(&rec)).await
+    }
+
     /// See [`Store::list_history`].
     pub async fn list_history(
         &self,

@@ -74,6 +74,17 @@ impl Store {
     /// back everything. With `synchronous=FULL`, once this returns `Ok` the record survives a
     /// crash or power loss.
     pub fn record_request(&mut self, rec: &NewRecord) -> Result<i64, StoreError> {
+        self.insert_record(rec, false)
+    }
+
+    /// [`Store::record_request`] plus the request's `request` audit event (metadata only: id,
+    /// model, status, token counts) in the same transaction, so that both land with one fsync
+    /// and neither exists without the other.
+    pub fn record_request_audited(&mut self, rec: &NewRecord) -> Result<i64, StoreError> {
+        self.insert_record(rec, true)
+    }
+
+    fn insert_record(&mut self, rec: &NewRecord, audited: bool) -> Result<i64, StoreError> {
         if serde_json::from_str::<serde::de::IgnoredAny>(&rec.params_json).is_err() {
             return Err(StoreError::InvalidInput(
                 "params_json is not valid JSON".into(),
@@ -107,6 +118,19 @@ impl Store {
             "UPDATE requests SET prompt_ct = ?1, response_ct = ?2 WHERE id = ?3",
             params![prompt_ct, response_ct, id],
         )?;
+        if audited {
+            let detail = serde_json::json!({"id": id, "model": rec.model,
+                "status": rec.status.as_str(), "prompt_tokens": rec.prompt_tokens,
+                "completion_tokens": rec.completion_tokens});
+            let key = self.keys.active.audit_key();
+            super::audit::append_in(
+                &tx,
+                &key,
+                super::audit_kinds::REQUEST,
+                Some(rec.uid),
+                &detail.to_string(),
+            )?;
+        }
         tx.commit()?;
         Ok(id)
     }

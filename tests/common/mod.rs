@@ -42,7 +42,10 @@ pub fn gemma() -> PathBuf {
 /// A running daemon; stopped (SIGKILL) when dropped unless [`Daemon::terminate`] was called.
 pub struct Daemon {
     pub child: Child,
-    pub dir: tempfile::TempDir,
+    /// The state directory (database, socket, log).
+    pub dir: PathBuf,
+    /// Owns the temporary directory when the daemon made it.
+    _tmp: Option<tempfile::TempDir>,
     pub socket: PathBuf,
 }
 
@@ -51,13 +54,28 @@ impl Daemon {
     /// socket accepts connections.
     pub fn start(models: &[(&str, &Path)], extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("inhouse.sock");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let key = dir.path().join("master.key");
+        inhouse::crypto::generate_key_file(&key).expect("key file");
+        let mut d = Daemon::start_in(dir.path(), &key, models, extra);
+        d._tmp = Some(dir);
+        d
+    }
+
+    /// Starts `inhoused` with its state in `dir` and the master key `key`.
+    pub fn start_in(dir: &Path, key: &Path, models: &[(&str, &Path)], extra: &[&str]) -> Daemon {
+        let socket = dir.join("inhouse.sock");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_inhoused"));
         cmd.arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
-            .arg(dir.path())
+            .arg(dir)
+            .arg("--key-file")
+            .arg(key)
             .args(["--threads", "2", "--ctx-size", "2048"]);
         for (name, path) in models {
             cmd.arg("--model").arg(format!("{name}={}", path.display()));
@@ -68,7 +86,12 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log);
         let child = cmd.spawn().expect("spawn inhoused");
-        let mut d = Daemon { child, dir, socket };
+        let mut d = Daemon {
+            child,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            socket,
+        };
         d.wait_ready();
         d
     }
@@ -101,7 +124,7 @@ impl Daemon {
 
     /// What the daemon wrote to stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
     /// A client for this daemon's socket.

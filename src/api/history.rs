@@ -1,0 +1,236 @@
+//! History (a caller's own records), administration of stored data (erasure, key rotation) and
+//! the audit log.
+//!
+//! A user sees only records whose owner uid is their own peer uid: another uid's record answers
+//! 404, exactly like one that does not exist. Auditors see the audit log (metadata only), never
+//! prompt or response text.
+
+use super::error::ApiError;
+use super::{AppState, Caller};
+use crate::crypto::MasterKey;
+use crate::storage::RequestStatus;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Default and largest page of history.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 1000;
+
+/// `GET /v1/history` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Records per page (1..=1000, default 50).
+    pub limit: Option<u32>,
+    /// Only records with an id below this (the previous page's `next_before`).
+    pub before: Option<i64>,
+}
+
+/// `GET /v1/history`: the caller's records, newest first, metadata only.
+pub async fn list(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(page) = page.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_param(
+            "limit",
+            format!("limit must be 1..={MAX_PAGE}"),
+        ));
+    }
+    // One more than asked tells whether another page follows.
+    let mut rows = s
+        .store
+        .list_history(caller.uid, limit + 1, page.before)
+        .await?;
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_before = if has_more {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "object": "list",
+        "data": rows,
+        "has_more": has_more,
+        "next_before": next_before,
+    })))
+}
+
+/// `GET /v1/history/{id}`: one of the caller's records, decrypted.
+pub async fn get(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let r = s.store.get_history(caller.uid, id).await?;
+    let prompt: Value =
+        serde_json::from_str(&r.prompt_text).unwrap_or(Value::String(r.prompt_text.clone()));
+    let mut v = serde_json::to_value(&r.meta).unwrap_or_default();
+    v["prompt"] = prompt;
+    v["response"] = Value::String(r.response_text.clone());
+    Ok(Json(v))
+}
+
+/// `DELETE /v1/history/{id}`.
+pub async fn delete(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    s.store.delete_history(caller.uid, id).await?;
+    Ok(Json(
+        json!({"id": id, "object": "history.record", "deleted": true}),
+    ))
+}
+
+/// Appends an audit event for an admin action; the action already happened, so a failure to
+/// log it is reported in the response rather than undoing it.
+async fn audit_admin(s: &AppState, caller: &Caller, kind: &str, detail: Value) -> Option<String> {
+    s.store
+        .audit_append(kind, Some(caller.uid), detail.to_string())
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// `POST /admin/erase` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EraseBody {
+    /// The uid whose data is destroyed.
+    pub uid: u32,
+}
+
+/// `POST /admin/erase`: crypto-shreds a uid (destroys its data key, then purges its rows).
+pub async fn erase(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = super::openai::body_bytes(body)?;
+    let req: EraseBody = crate::scheduler::parse_body(&body)?;
+    let report = s.store.erase_uid(req.uid).await?;
+    tracing::info!(admin = caller.uid, uid = req.uid, "uid erased");
+    let audit_error = audit_admin(&s, &caller, "admin_erase", json!({"uid": req.uid})).await;
+    Ok(Json(
+        json!({"uid": req.uid, "report": report, "audit_error": audit_error}),
+    ))
+}
+
+/// `POST /admin/rotate-key` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// The new master key, base64 of its 32 bytes (the client reads it from a 0600 file).
+    pub key: String,
+}
+
+/// `POST /admin/rotate-key`: rewraps every data key under a new master key, in batches, while
+/// serving. Afterwards only the new key opens the store.
+pub async fn rotate_key(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = super::openai::body_bytes(body)?;
+    let req: RotateBody = crate::scheduler::parse_body(&body)?;
+    let bytes = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(req.key.trim())
+            .map_err(|_| ApiError::bad_param("key", "key must be base64"))?,
+    );
+    let key = MasterKey::from_material(&bytes).ok_or_else(|| {
+        ApiError::bad_param(
+            "key",
+            "key must be 32 bytes (or 64 hex digits), base64-encoded",
+        )
+    })?;
+    let status = s.store.rotate_key(key).await?;
+    tracing::info!(admin = caller.uid, new_key = %status.new_key_id, "master key rotated");
+    let audit_error = audit_admin(
+        &s,
+        &caller,
+        "admin_rotate_key",
+        json!({"old_key_id": status.old_key_id, "new_key_id": status.new_key_id}),
+    )
+    .await;
+    Ok(Json(json!({"status": status, "audit_error": audit_error})))
+}
+
+/// `GET /admin/rotate-key`: the state of an unfinished rotation, if any.
+pub async fn rotation_status(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"rotation": s.store.rotation_status().await?})))
+}
+
+/// `GET /audit/verify`: checks the whole chain and names the first bad row.
+pub async fn audit_verify(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let report = s.store.audit_verify().await?;
+    tracing::info!(uid = caller.uid, ok = report.is_ok(), "audit verified");
+    Ok(Json(json!({"ok": report.is_ok(), "report": report})))
+}
+
+/// `GET /audit/export`: the audit log as JSON lines.
+pub async fn audit_export(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+) -> Result<Response, ApiError> {
+    let (buf, rows) = s.store.audit_export(Vec::new()).await?;
+    tracing::info!(uid = caller.uid, rows, "audit exported");
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], buf).into_response())
+}
+
+/// What a finished request leaves in the store: metadata in clear, text sealed.
+pub struct Outcome {
+    /// Caller.
+    pub uid: u32,
+    /// Model.
+    pub model: String,
+    /// Sampling parameters, as JSON.
+    pub params: Value,
+    /// The prompt, as JSON (messages or text).
+    pub prompt: Value,
+    /// When the request arrived.
+    pub created_at: i64,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Generated tokens.
+    pub completion_tokens: u32,
+    /// How it ended.
+    pub status: RequestStatus,
+    /// The answer (possibly partial).
+    pub response: String,
+}
+
+/// Stores a request's record and its audit event (one transaction); returns the record id.
+pub async fn record(s: &AppState, o: Outcome) -> Result<i64, ApiError> {
+    let rec = crate::storage::NewRecord {
+        uid: o.uid,
+        model: o.model.clone(),
+        params_json: o.params.to_string(),
+        created_at: o.created_at,
+        finished_at: Some(crate::storage::now_unix()),
+        prompt_tokens: o.prompt_tokens,
+        completion_tokens: o.completion_tokens,
+        status: o.status,
+        prompt_text: o.prompt.to_string(),
+        response_text: o.response,
+    };
+    s.store.record_request_audited(rec).await.map_err(|e| {
+        tracing::error!(error = %e, kind = e.kind(), uid = o.uid, "request record not stored");
+        ApiError::from(e)
+    })
+}

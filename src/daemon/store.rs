@@ -1,0 +1,81 @@
+//! Start-up of the encrypted store: find the master key, open (or create) the database, finish
+//! an interrupted key rotation, and run the retention purge on a schedule.
+//!
+//! Every failure here is a configuration problem the admin must fix (missing or wrong key, loose
+//! key file, database newer than the binary), so it ends the daemon with status 78 before the
+//! socket is opened.
+
+use crate::config::Config;
+use crate::crypto::MasterKey;
+use crate::storage::{StoreError, StoreHandle};
+use std::time::Duration;
+
+/// The database file inside the state directory.
+pub const DB_FILE: &str = "inhouse.db";
+
+/// Why the store could not be opened; always exit status 78.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreStartError {
+    /// No key configured or found.
+    #[error(
+        "no master key: pass --key-file PATH (or key-file in the config), or provide the systemd \
+         credential inhouse-master-key; create a key with `inhouse admin gen-key PATH`"
+    )]
+    NoKey,
+    /// The key file was refused.
+    #[error("master key: {0}")]
+    Key(String),
+    /// The store refused the key or the database.
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+/// Finds the master key: `key-file` when configured, else the systemd credential.
+pub fn load_master_key(config: &Config) -> Result<MasterKey, StoreStartError> {
+    if let Some(path) = &config.key_file {
+        return MasterKey::load(path).map_err(|e| StoreStartError::Key(e.to_string()));
+    }
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(_) => {
+            MasterKey::from_systemd_credential().map_err(|e| StoreStartError::Key(e.to_string()))
+        }
+        None => Err(StoreStartError::NoKey),
+    }
+}
+
+/// Opens the store in the state directory and finishes a rotation a crash interrupted.
+pub async fn open(config: &Config) -> Result<StoreHandle, StoreStartError> {
+    let key = load_master_key(config)?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        StoreStartError::Store(StoreError::Io(std::io::Error::new(
+            e.kind(),
+            format!("state directory {}: {e}", config.state_dir.display()),
+        )))
+    })?;
+    let store = StoreHandle::open(config.state_dir.join(DB_FILE), key)
+        .await
+        .map_err(StoreStartError::Store)?;
+    if let Some(status) = store
+        .resume_rotation()
+        .await
+        .map_err(StoreStartError::Store)?
+    {
+        tracing::info!(?status, "finished an interrupted key rotation");
+    }
+    Ok(store)
+}
+
+/// Purges records older than `retention-days`, now and then every `retention-check-secs`.
+pub async fn retention_loop(store: StoreHandle, days: u32, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let cutoff = crate::storage::now_unix() - i64::from(days) * 86_400;
+        match store.purge_older_than(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, days, "retention purge"),
+            Err(StoreError::Closed) => return,
+            Err(e) => tracing::error!(error = %e, kind = e.kind(), "retention purge failed"),
+        }
+    }
+}
