@@ -201,6 +201,22 @@ fn another_users_records_are_invisible() {
     // Root's record is intact.
     let (st, _) = rt().block_on(get(&d.client(), &format!("/v1/history/{id}")));
     assert_eq!(st, 200);
+    // The refusal is in the audit log, with the uid and the path.
+    let out = cli(&d.socket, &["admin", "audit", "export"]);
+    let denied: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["actor_uid"], 4242);
+    assert!(
+        denied[0]["detail_json"]
+            .as_str()
+            .unwrap()
+            .contains("/admin/erase"),
+        "{denied:?}"
+    );
 }
 
 #[test]

@@ -149,6 +149,8 @@ pub struct Requirement {
     pub roles: Arc<Roles>,
     /// What the route needs.
     pub role: Role,
+    /// Where denials are audited.
+    pub store: crate::storage::StoreHandle,
 }
 
 /// Middleware: refuses a caller without the route's role with 403.
@@ -161,13 +163,26 @@ pub async fn require(
     if req_role.roles.of(&caller).allows(req_role.role) {
         return Ok(next.run(request).await);
     }
+    let path = request.uri().path().to_string();
     tracing::warn!(
         uid = caller.uid,
         gid = caller.gid,
-        path = %request.uri().path(),
+        path = %path,
         needs = req_role.role.name(),
         "request denied"
     );
+    // Audited off the request path: a refusal must not wait on (or be blocked by) the disk.
+    let detail = serde_json::json!({"path": path, "method": request.method().as_str(),
+        "needs": req_role.role.name(), "gid": caller.gid});
+    let store = req_role.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store
+            .audit_append("denied", Some(caller.uid), detail.to_string())
+            .await
+        {
+            tracing::error!(error = %e, "audit event for a denied request not stored");
+        }
+    });
     Err(ApiError::forbidden(req_role.role))
 }
 

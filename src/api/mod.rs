@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
             auth::Requirement {
                 roles: state.roles.clone(),
                 role,
+                store: state.store.clone(),
             },
             auth::require,
         )
