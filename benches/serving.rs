@@ -10,7 +10,6 @@
 
 use hyper::Method;
 use inhouse::client::{Client, SseParser};
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -18,13 +17,12 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use serde_json::{json, Value};
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CTX: u32 = 2048;
-const N_BATCH: u32 = 512;
+const N_BATCH: u32 = inhouse::engine::llama::N_BATCH;
 
 fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("INHOUSE_BENCH_MODEL") {
@@ -82,6 +80,16 @@ fn long_prompt(tag: usize, words: usize) -> String {
 
 // ----- raw llama.cpp, in process -----
 
+/// What one raw generation run measured.
+struct Gen {
+    /// All generated tokens over the whole run (prompts included), per second.
+    aggregate: f64,
+    /// Tokens after each sequence's first, per second of generation alone.
+    generation: f64,
+    /// Each sequence's time to its first token, seconds.
+    ttft: Vec<f64>,
+}
+
 struct Raw {
     backend: LlamaBackend,
     model: LlamaModel,
@@ -102,15 +110,9 @@ impl Raw {
         }
     }
 
+    /// A context with exactly the daemon's settings (see `serving_params`).
     fn ctx(&self, seqs: u32) -> llama_cpp_2::context::LlamaContext<'_> {
-        let p = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(CTX * seqs))
-            .with_n_batch(N_BATCH)
-            .with_n_ubatch(N_BATCH)
-            .with_n_seq_max(seqs)
-            .with_kv_unified(true)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
+        let p = inhouse::engine::llama::serving_params(CTX, seqs, self.threads as u32);
         self.model.new_context(&self.backend, p).expect("context")
     }
 
@@ -136,15 +138,14 @@ impl Raw {
         tokens.len() as f64 / t.elapsed().as_secs_f64()
     }
 
-    /// Aggregate generated tokens/s of `n` sequences decoded together, `gen` tokens each, and
-    /// each sequence's time to its first token (all prompts prefilled in one batch).
-    fn generate(&self, prompts: &[Vec<LlamaToken>], gen: usize) -> (f64, Vec<f64>) {
+    /// `n` sequences decoded together, `gen` tokens each (all prompts prefilled first, packed
+    /// into full batches).
+    fn generate(&self, prompts: &[Vec<LlamaToken>], gen: usize) -> Gen {
         let n = prompts.len();
         let mut ctx = self.ctx(n as u32);
         let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
         let mut samplers: Vec<LlamaSampler> = (0..n).map(|_| LlamaSampler::greedy()).collect();
         let t0 = Instant::now();
-        let mut logits_at = vec![0i32; n];
         let mut pos = vec![0usize; n];
         // Prefill, packing prompts into batches.
         let mut pending: Vec<(usize, usize)> = Vec::new();
@@ -153,42 +154,54 @@ impl Raw {
                 pending.push((s, i));
             }
         }
+        // The first token of each sequence is sampled right after the batch holding its last
+        // prompt token (the next decode replaces the logits).
+        let mut next = vec![LlamaToken(0); n];
+        let mut ttft = vec![0.0; n];
+        let mut produced = 0usize;
         for chunk in pending.chunks(N_BATCH as usize) {
             batch.clear();
+            let mut done = Vec::new();
             for (k, &(s, i)) in chunk.iter().enumerate() {
                 let last = i + 1 == prompts[s].len();
                 batch
                     .add(prompts[s][i], i as i32, &[s as i32], last)
                     .unwrap();
                 if last {
-                    logits_at[s] = k as i32;
+                    done.push((s, k as i32));
                 }
             }
             ctx.decode(&mut batch).unwrap();
+            for (s, k) in done {
+                next[s] = samplers[s].sample(&ctx, k);
+                ttft[s] = t0.elapsed().as_secs_f64();
+                produced += 1;
+            }
         }
         for (s, p) in prompts.iter().enumerate() {
             pos[s] = p.len();
         }
-        let mut ttft = vec![0.0; n];
-        let t_gen = Instant::now();
-        let mut produced = 0usize;
-        for step in 0..gen {
+        let t_first = Instant::now();
+        for _ in 1..gen {
             batch.clear();
             for s in 0..n {
-                let tok = samplers[s].sample(&ctx, logits_at[s]);
-                samplers[s].accept(tok);
-                if step == 0 {
-                    ttft[s] = t0.elapsed().as_secs_f64();
-                }
-                produced += 1;
-                batch.add(tok, pos[s] as i32, &[s as i32], true).unwrap();
-                logits_at[s] = s as i32;
+                batch
+                    .add(next[s], pos[s] as i32, &[s as i32], true)
+                    .unwrap();
                 pos[s] += 1;
             }
             ctx.decode(&mut batch).unwrap();
+            for (s, tok) in next.iter_mut().enumerate() {
+                *tok = samplers[s].sample(&ctx, s as i32);
+                produced += 1;
+            }
         }
-        let _ = t_gen;
-        (produced as f64 / t0.elapsed().as_secs_f64(), ttft)
+        let gen_rate = (produced - n) as f64 / t_first.elapsed().as_secs_f64();
+        Gen {
+            aggregate: produced as f64 / t0.elapsed().as_secs_f64(),
+            generation: gen_rate,
+            ttft,
+        }
     }
 }
 
@@ -304,6 +317,11 @@ async fn timed(client: &Client, path: &str, mut body: Value) -> Timed {
     }
 }
 
+/// A prompt the model continues for as long as asked (no early end-of-text), different per `n`.
+fn counting(n: usize) -> String {
+    (n * 10 + 1..n * 10 + 9).map(|k| format!("{k}, ")).collect()
+}
+
 fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}x", a / b)
 }
@@ -341,17 +359,11 @@ fn main() {
     let gen_n = 128;
 
     // 1. Single stream: prompt and generation rates.
-    let mut raw_pp = Vec::new();
-    let mut raw_tg = Vec::new();
+    let d = Daemon::start(&path, threads, 16);
+    let (mut raw_pp, mut raw_tg, mut d_pp, mut d_tg) = (vec![], vec![], vec![], vec![]);
+    // Raw and daemon alternate, so that a change in the machine's load hits both alike.
     for r in 0..repeat {
         raw_pp.push(raw.prompt_rate(&raw.tokens(&long_prompt(1000 + r, 400))));
-        let (rate, _) = raw.generate(&[raw.tokens("1, 2, 3, 4, 5, 6, 7, 8,")], gen_n);
-        raw_tg.push(rate);
-    }
-    let d = Daemon::start(&path, threads, 16);
-    let mut d_pp = Vec::new();
-    let mut d_tg = Vec::new();
-    for r in 0..repeat {
         let t = rt.block_on(timed(
             &d.client,
             "/v1/completions",
@@ -359,11 +371,12 @@ fn main() {
                    "temperature": 0}),
         ));
         d_pp.push(t.prompt_tokens as f64 / t.ttft);
+        raw_tg.push(raw.generate(&[raw.tokens(&counting(r))], gen_n).generation);
         let t = rt.block_on(timed(
             &d.client,
             "/v1/completions",
-            json!({"model": "smol", "prompt": format!("{}, 2, 3, 4, 5, 6, 7, 8,", r + 1),
-                   "max_tokens": gen_n, "temperature": 0}),
+            json!({"model": "smol", "prompt": counting(100 + r), "max_tokens": gen_n,
+                   "temperature": 0}),
         ));
         d_tg.push((t.completion_tokens.saturating_sub(1)) as f64 / (t.total - t.ttft));
     }
@@ -383,56 +396,60 @@ fn main() {
     );
 
     // 2. Concurrent clients: aggregate generated tokens/s, p50/p95 time to first token.
-    println!("\n## concurrent clients (short chat prompts, 64 tokens each, greedy)");
+    println!("\n## concurrent clients (short counting prompts, 64 tokens each, greedy)");
     println!(
-        "| clients | raw agg tok/s | inhoused agg tok/s | ratio | vs 1 client | TTFT p50 s | TTFT p95 s | p95 vs 1 client |"
+        "| clients | raw agg tok/s | inhoused agg tok/s | ratio | vs 1 client | raw TTFT p95 s | TTFT p50 s | TTFT p95 s | p95 vs 1 client |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut one_client = (f64::NAN, f64::NAN);
     for &n in &[1usize, 4, 8, 16] {
         let mut raw_rates = Vec::new();
+        let mut raw_ttfts = Vec::new();
         let mut d_rates = Vec::new();
         let mut ttfts = Vec::new();
         for r in 0..repeat {
             let prompts: Vec<Vec<LlamaToken>> = (0..n)
-                .map(|i| raw.tokens(&format!("<|im_start|>user\nQuestion {i}-{r}: name an animal.<|im_end|>\n<|im_start|>assistant\n")))
+                .map(|i| raw.tokens(&counting(1000 * r + 50 * i + n)))
                 .collect();
-            raw_rates.push(raw.generate(&prompts, 64).0);
+            let g = raw.generate(&prompts, 64);
+            raw_rates.push(g.aggregate);
+            raw_ttfts.extend(g.ttft);
             let client = d.client.clone();
-            let results = rt.block_on(async move {
+            let (out, wall) = rt.block_on(async move {
+                let t0 = Instant::now();
                 let tasks: Vec<_> = (0..n)
                     .map(|i| {
                         let c = client.clone();
+                        let prompt = counting(1000 * r + 50 * i + n + 500);
                         tokio::spawn(async move {
                             timed(
                                 &c,
                                 "/v1/completions",
                                 json!({"model": "smol", "temperature": 0, "max_tokens": 64,
-                                       "prompt": format!("<|im_start|>user\nQuestion {i}-{r}-{n}: name an animal and describe it.<|im_end|>\n<|im_start|>assistant\n")}),
+                                       "prompt": prompt}),
                             )
                             .await
                         })
                     })
                     .collect();
-                let t0 = Instant::now();
                 let mut out = Vec::new();
                 for t in tasks {
                     out.push(t.await.expect("task"));
                 }
                 (out, t0.elapsed().as_secs_f64())
             });
-            let (out, wall) = results;
             let tokens: u64 = out.iter().map(|t| t.completion_tokens).sum();
             d_rates.push(tokens as f64 / wall);
             ttfts.extend(out.iter().map(|t| t.ttft));
         }
         let (raw_rate, d_rate) = (median(raw_rates), median(d_rates));
+        let raw_p95 = percentile(raw_ttfts, 0.95);
         let (p50, p95) = (percentile(ttfts.clone(), 0.5), percentile(ttfts, 0.95));
         if n == 1 {
             one_client = (d_rate, p95);
         }
         println!(
-            "| {n} | {raw_rate:.1} | {d_rate:.1} | {} | {} | {p50:.3} | {p95:.3} | {} |",
+            "| {n} | {raw_rate:.1} | {d_rate:.1} | {} | {} | {raw_p95:.3} | {p50:.3} | {p95:.3} | {} |",
             ratio(d_rate, raw_rate),
             ratio(d_rate, one_client.0),
             ratio(p95, one_client.1)
