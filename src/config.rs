@@ -53,6 +53,51 @@ pub struct Config {
     pub retention_days: Option<u32>,
     /// How often the retention purge runs, in seconds.
     pub retention_check_secs: u64,
+    /// Group that owns the socket (mode 0660): its members can connect. Absent: the daemon's
+    /// own group.
+    pub socket_group: Option<String>,
+    /// Limits against hostile or runaway clients.
+    pub limits: LimitsConfig,
+}
+
+/// Limits on what one request, one caller and all connections together may use.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LimitsConfig {
+    /// Largest request body, bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted in a body (deeper: 400).
+    pub max_json_depth: usize,
+    /// Most messages in one chat request.
+    pub max_messages: usize,
+    /// Open connections at most; further ones are closed at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this many seconds; also the idle keep-alive limit.
+    pub header_timeout_secs: u64,
+    /// A request's body must arrive within this many seconds (slower: 408).
+    pub body_timeout_secs: u64,
+    /// Requests one uid may have running at once (more: 429).
+    pub per_uid_concurrency: u32,
+    /// Requests one uid may start per minute (more: 429 with Retry-After).
+    pub per_uid_per_minute: u32,
+    /// On SIGTERM, seconds open requests get to finish before they are cancelled.
+    pub shutdown_deadline_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 2 << 20,
+            max_json_depth: 32,
+            max_messages: 256,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            per_uid_concurrency: 8,
+            per_uid_per_minute: 600,
+            shutdown_deadline_secs: 30,
+        }
+    }
 }
 
 /// Which local users and groups hold which role. A caller's groups are its peer gid plus the
@@ -108,6 +153,8 @@ impl Default for Config {
             key_file: None,
             retention_days: None,
             retention_check_secs: 3600,
+            socket_group: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -205,6 +252,24 @@ impl Config {
         }
         if self.default_max_tokens == 0 {
             return bad("default-max-tokens must be at least 1".into());
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.max-body-bytes", l.max_body_bytes as u64),
+            ("limits.max-json-depth", l.max_json_depth as u64),
+            ("limits.max-messages", l.max_messages as u64),
+            ("limits.max-connections", l.max_connections as u64),
+            ("limits.header-timeout-secs", l.header_timeout_secs),
+            ("limits.body-timeout-secs", l.body_timeout_secs),
+            (
+                "limits.per-uid-concurrency",
+                u64::from(l.per_uid_concurrency),
+            ),
+            ("limits.per-uid-per-minute", u64::from(l.per_uid_per_minute)),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
         }
         if self.retention_days == Some(0) {
             return bad("retention-days must be at least 1 (leave it out to keep records)".into());

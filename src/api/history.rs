@@ -119,7 +119,7 @@ pub async fn erase(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = super::openai::body_bytes(body)?;
-    let req: EraseBody = crate::scheduler::parse_body(&body)?;
+    let req: EraseBody = crate::scheduler::parse_body(&body, s.limits.max_json_depth)?;
     let report = s.store.erase_uid(req.uid).await?;
     tracing::info!(admin = caller.uid, uid = req.uid, "uid erased");
     let audit_error = audit_admin(&s, &caller, "admin_erase", json!({"uid": req.uid})).await;
@@ -144,7 +144,7 @@ pub async fn rotate_key(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = super::openai::body_bytes(body)?;
-    let req: RotateBody = crate::scheduler::parse_body(&body)?;
+    let req: RotateBody = crate::scheduler::parse_body(&body, s.limits.max_json_depth)?;
     let bytes = zeroize::Zeroizing::new(
         base64::engine::general_purpose::STANDARD
             .decode(req.key.trim())

@@ -6,13 +6,14 @@
 pub mod auth;
 pub mod error;
 pub mod history;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
+pub mod server;
 
 use crate::engine::Engine;
 use crate::scheduler::Limits;
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use axum::Router;
 use std::future::Future;
 use std::sync::Arc;
@@ -38,19 +39,6 @@ impl Caller {
     };
 }
 
-impl axum::extract::connect_info::Connected<IncomingStream<'_, UnixListener>> for Caller {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
-            Ok(c) => Caller {
-                uid: c.uid(),
-                gid: c.gid(),
-                pid: c.pid(),
-            },
-            Err(_) => Caller::UNKNOWN,
-        }
-    }
-}
-
 /// Everything a handler needs, shared by all connections.
 #[derive(Clone)]
 pub struct AppState {
@@ -62,6 +50,12 @@ pub struct AppState {
     pub roles: Arc<auth::Roles>,
     /// The encrypted store: records, history, audit log.
     pub store: crate::storage::StoreHandle,
+    /// Per-uid rate and concurrency limits.
+    pub uid_limits: Arc<limits::UidLimits>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Time allowed to receive a request body.
+    pub body_timeout: std::time::Duration,
 }
 
 /// All routes, each with the role it needs: this table is the one place where access is
@@ -78,9 +72,15 @@ pub fn router(state: AppState) -> Router {
             auth::require,
         )
     };
+    let limited = axum::middleware::from_fn_with_state(state.uid_limits.clone(), limits::per_uid);
+    let max_body = state.max_body_bytes;
+    let body_timeout = state.body_timeout;
     Router::new()
         .route("/health", get(openai::health))
-        .route("/metrics", get(metrics::metrics))
+        .route(
+            "/metrics",
+            get(metrics::metrics).route_layer(needs(Auditor)),
+        )
         .route(
             "/v1/models",
             get(openai::list_models).route_layer(needs(User)),
@@ -91,15 +91,21 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/chat/completions",
-            post(openai::chat_completions).route_layer(needs(User)),
+            post(openai::chat_completions)
+                .route_layer(limited.clone())
+                .route_layer(needs(User)),
         )
         .route(
             "/v1/completions",
-            post(openai::completions).route_layer(needs(User)),
+            post(openai::completions)
+                .route_layer(limited.clone())
+                .route_layer(needs(User)),
         )
         .route(
             "/v1/embeddings",
-            post(openai::embeddings).route_layer(needs(User)),
+            post(openai::embeddings)
+                .route_layer(limited.clone())
+                .route_layer(needs(User)),
         )
         .route("/v1/history", get(history::list).route_layer(needs(User)))
         .route(
@@ -128,17 +134,20 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { error::ApiError::no_route() })
         .method_not_allowed_fallback(|| async { error::ApiError::wrong_method() })
+        .layer(axum::middleware::from_fn(limits::json_only))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then lets open requests finish.
+/// Serves the API on `listener` until `shutdown` resolves (see [`server::serve`]).
 pub async fn serve(
     listener: UnixListener,
     state: AppState,
+    limits: server::ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<Caller>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, router(state), limits, shutdown).await
 }

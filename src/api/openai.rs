@@ -39,7 +39,16 @@ fn new_id(prefix: &str) -> String {
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
+        let text = rejection.body_text();
+        if text.contains("timed out") || text.contains("timeout") {
+            ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                kind: "invalid_request_error",
+                code: "body_timeout",
+                message: "the request body did not arrive in time".into(),
+                param: None,
+            }
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError {
                 status,
                 kind: "invalid_request_error",
@@ -144,7 +153,11 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
-    let valid = scheduler::validate_chat(scheduler::parse_body(&body)?, caller.uid, &s.limits)?;
+    let valid = scheduler::validate_chat(
+        scheduler::parse_body(&body, s.limits.max_json_depth)?,
+        caller.uid,
+        &s.limits,
+    )?;
     generate(s, caller, valid, Flavor::Chat).await
 }
 
@@ -155,8 +168,11 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
-    let valid =
-        scheduler::validate_completion(scheduler::parse_body(&body)?, caller.uid, &s.limits)?;
+    let valid = scheduler::validate_completion(
+        scheduler::parse_body(&body, s.limits.max_json_depth)?,
+        caller.uid,
+        &s.limits,
+    )?;
     generate(s, caller, valid, Flavor::Text).await
 }
 
@@ -485,7 +501,8 @@ pub async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
-    let valid = scheduler::validate_embeddings(scheduler::parse_body(&body)?)?;
+    let valid =
+        scheduler::validate_embeddings(scheduler::parse_body(&body, s.limits.max_json_depth)?)?;
     tracing::info!(uid = caller.uid, model = %valid.model, inputs = valid.inputs.len(), "embeddings request");
     let mut outcome = history::Outcome {
         uid: caller.uid,

@@ -57,14 +57,72 @@ impl DaemonError {
     }
 }
 
-/// Binds the API socket at `path`. An existing path is removed only when it is a socket that
-/// nobody answers on (a stale one); anything else there is an error, never deleted.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+/// Lets the process use as many file descriptors as its hard limit allows, so that the
+/// connection cap, not `EMFILE`, is what bounds connections.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            tracing::warn!(soft, hard, "cannot raise the open-file limit");
+        }
+    }
+}
+
+/// Checks the socket's parent directory: it must be a real directory (not a symlink), owned by
+/// root or by us, and not writable by others unless sticky (like `/tmp`), so that no other
+/// user can swap the socket for one of their own.
+fn check_socket_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(dir).map_err(|e| format!("directory {}: {e}", dir.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "directory {} is a symlink; refusing it",
+            dir.display()
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "directory {} is owned by uid {}, not by root or by this daemon (uid {me})",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(format!(
+            "directory {} is writable by group or others (mode {:o}) without the sticky bit",
+            dir.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the API socket at `path`. The parent directory is checked first; an existing path is
+/// removed only when it is a socket that nobody answers on (a stale one); a symlink or anything
+/// else there is an error, never deleted. The socket gets mode 0660 and, when configured, the
+/// group whose members may connect.
+pub fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener, DaemonError> {
     let err = |reason: String| DaemonError::Socket {
         path: path.display().to_string(),
         reason,
     };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    check_socket_dir(parent).map_err(err)?;
     match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(err(
+                "the path is a symlink; refusing to follow or replace it".into(),
+            ))
+        }
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(err("another daemon is already listening there".into()));
@@ -80,10 +138,21 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e.to_string())),
     }
+    let gid = match group {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Some(g.gid),
+            _ => return Err(err(format!("socket-group {name:?} does not exist"))),
+        },
+    };
     let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
-    // Owner and group may connect; the group is how clients are admitted (see the socket unit).
+    // Owner and group may connect; the group is how clients are admitted.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| err(format!("cannot set mode 0660: {e}")))?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| err(format!("cannot give the socket to its group: {e}")))?;
+    }
     Ok(listener)
 }
 
@@ -157,9 +226,17 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         limits: Limits {
             default_max_tokens: config.default_max_tokens,
             max_tokens_cap: max_ctx,
+            max_json_depth: config.limits.max_json_depth,
+            max_messages: config.limits.max_messages,
         },
         roles: crate::api::auth::Roles::new(&config.roles),
         store: store.clone(),
+        uid_limits: crate::api::limits::UidLimits::new(
+            config.limits.per_uid_per_minute,
+            config.limits.per_uid_concurrency,
+        ),
+        max_body_bytes: config.limits.max_body_bytes,
+        body_timeout: std::time::Duration::from_secs(config.limits.body_timeout_secs),
     };
     let n_models = config.models.len();
     // The activated socket belongs to systemd (inhoused.socket): it outlives this process and is
@@ -176,7 +253,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
             (UnixListener::from_std(l)?, None)
         }
         None => {
-            let l = bind_socket(&config.socket)?;
+            let l = bind_socket(&config.socket, config.socket_group.as_deref())?;
             tracing::info!(socket = %config.socket.display(), "listening");
             (l, Some(config.socket.clone()))
         }
@@ -186,7 +263,13 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         shutdown_signal().await;
         systemd::notify_stopping();
     };
-    api::serve(listener, state, shutdown).await?;
+    let server_limits = crate::api::server::ServerLimits {
+        max_connections: config.limits.max_connections,
+        header_timeout: std::time::Duration::from_secs(config.limits.header_timeout_secs),
+        shutdown_deadline: std::time::Duration::from_secs(config.limits.shutdown_deadline_secs),
+    };
+    raise_fd_limit();
+    api::serve(listener, state, server_limits, shutdown).await?;
     if let Some(path) = bound {
         let _ = std::fs::remove_file(path);
     }

@@ -16,8 +16,16 @@ pub const MAX_STOP_STRINGS: usize = 4;
 /// Most inputs in one embeddings request.
 pub const MAX_EMBED_INPUTS: usize = 256;
 
-/// Parses a JSON body into `T`, turning each failure into a 400 that names the problem.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// Parses a JSON body into `T`, turning each failure into a 400 that names the problem. Bodies
+/// nested deeper than `max_depth` are refused before serde looks at them.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8], max_depth: usize) -> Result<T, ApiError> {
+    let depth = crate::api::limits::json_depth(body);
+    if depth > max_depth {
+        return Err(ApiError::invalid(
+            "json_too_deep",
+            format!("the body nests {depth} levels deep; at most {max_depth} are accepted"),
+        ));
+    }
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid("invalid_json", format!("the body is not valid JSON: {e}"))
     })?;
@@ -214,6 +222,10 @@ pub struct Limits {
     pub default_max_tokens: u32,
     /// The largest `max_tokens` accepted.
     pub max_tokens_cap: u32,
+    /// Deepest JSON nesting accepted.
+    pub max_json_depth: usize,
+    /// Most messages in one chat request.
+    pub max_messages: usize,
 }
 
 fn ranged(name: &str, v: Option<f64>, lo: f64, hi: f64, default: f32) -> Result<f32, ApiError> {
@@ -346,8 +358,13 @@ fn validate_sampling(
 }
 
 fn check_model_name(model: &str) -> Result<(), ApiError> {
-    if model.is_empty() {
-        return Err(ApiError::bad_param("model", "model must not be empty"));
+    // Names are looked up, never used as paths; a malformed one cannot name a model.
+    // (`base+adapter` names each part.)
+    if !model.split('+').all(crate::config::valid_model_name) {
+        return Err(ApiError::bad_param(
+            "model",
+            "model must be a model name (^[a-z0-9][a-z0-9._:-]{0,63}$)",
+        ));
     }
     Ok(())
 }
@@ -387,6 +404,12 @@ pub fn validate_chat(
         return Err(ApiError::bad_param(
             "messages",
             "messages must not be empty",
+        ));
+    }
+    if w.messages.len() > limits.max_messages {
+        return Err(ApiError::bad_param(
+            "messages",
+            format!("at most {} messages are accepted", limits.max_messages),
         ));
     }
     if w.tools.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -526,10 +549,16 @@ mod tests {
     const LIMITS: Limits = Limits {
         default_max_tokens: 100,
         max_tokens_cap: 4096,
+        max_json_depth: 8,
+        max_messages: 3,
     };
 
     fn chat(body: &str) -> Result<ValidGenerate, ApiError> {
-        validate_chat(parse_body(body.as_bytes())?, 1000, &LIMITS)
+        validate_chat(
+            parse_body(body.as_bytes(), LIMITS.max_json_depth)?,
+            1000,
+            &LIMITS,
+        )
     }
 
     #[test]
@@ -577,6 +606,27 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(ok.request.max_tokens, 5);
+    }
+
+    #[test]
+    fn depth_messages_and_model_names_are_bounded() {
+        let deep = format!(
+            "{{\"model\":\"m\",\"x\":{}1{}}}",
+            "[".repeat(20),
+            "]".repeat(20)
+        );
+        assert_eq!(chat(&deep).unwrap_err().code, "json_too_deep");
+        let four = r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"user","content":"a"},{"role":"user","content":"a"},{"role":"user","content":"a"}]}"#;
+        assert_eq!(chat(four).unwrap_err().param.as_deref(), Some("messages"));
+        for bad in ["../../etc/passwd", "/abs", "Upper", ""] {
+            let body =
+                format!(r#"{{"model":"{bad}","messages":[{{"role":"user","content":"a"}}]}}"#);
+            assert_eq!(
+                chat(&body).unwrap_err().param.as_deref(),
+                Some("model"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,197 @@
+//! Per-caller limits and request hygiene, as middleware: content type, per-uid rate and
+//! concurrency.
+//!
+//! The rate limit is a keyed GCRA limiter from `governor` (a well-kept crate made for exactly
+//! this); concurrency is a count per uid held until the response body is finished, so a long
+//! stream counts for as long as it runs.
+
+use super::error::ApiError;
+use super::Caller;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+/// Per-uid rate and concurrency limits.
+pub struct UidLimits {
+    rate: DefaultKeyedRateLimiter<u32>,
+    max_concurrent: u32,
+    running: Mutex<HashMap<u32, u32>>,
+}
+
+/// Holds one of a uid's concurrency slots; released on drop.
+struct Slot {
+    limits: Arc<UidLimits>,
+    uid: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.limits.running.lock() {
+            if let Some(n) = running.get_mut(&self.uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    running.remove(&self.uid);
+                }
+            }
+        }
+    }
+}
+
+impl UidLimits {
+    /// `per_minute` requests per minute (as a steady rate, with that many as the burst) and
+    /// `max_concurrent` at once, per uid.
+    pub fn new(per_minute: u32, max_concurrent: u32) -> Arc<UidLimits> {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        Arc::new(UidLimits {
+            rate: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            max_concurrent: max_concurrent.max(1),
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn acquire(self: &Arc<Self>, uid: u32) -> Option<Slot> {
+        let mut running = self.running.lock().ok()?;
+        let n = running.entry(uid).or_insert(0);
+        if *n >= self.max_concurrent {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            limits: self.clone(),
+            uid,
+        })
+    }
+}
+
+fn too_many(message: String, retry_after_secs: u64) -> Response {
+    let err = ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        kind: "rate_limit_error",
+        code: "rate_limited",
+        message,
+        param: None,
+    };
+    let mut resp = err.into_response();
+    if let Ok(v) = HeaderValue::from_str(&retry_after_secs.max(1).to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// Middleware for the expensive routes: refuses a uid over its rate or concurrency with 429
+/// and `Retry-After`.
+pub async fn per_uid(
+    State(limits): State<Arc<UidLimits>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Err(not_until) = limits.rate.check_key(&caller.uid) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        return too_many(
+            format!("uid {} is over its request rate; retry later", caller.uid),
+            wait.as_secs_f64().ceil() as u64,
+        );
+    }
+    let Some(slot) = limits.acquire(caller.uid) else {
+        return too_many(
+            format!(
+                "uid {} already has {} requests running; retry when one finishes",
+                caller.uid, limits.max_concurrent
+            ),
+            1,
+        );
+    };
+    let response = next.run(request).await;
+    // Keep the slot until the body (a stream, possibly) is finished or dropped.
+    let (parts, body) = response.into_parts();
+    let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let _held = &slot;
+        chunk
+    }));
+    Response::from_parts(parts, body)
+}
+
+/// Middleware: a body sent to the API must be JSON. A missing `Content-Type` is accepted (many
+/// simple clients omit it); anything else gets 415.
+pub async fn json_only(request: Request, next: Next) -> Result<Response, ApiError> {
+    if request.method() == Method::POST || request.method() == Method::PUT {
+        if let Some(ct) = request.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if essence != "application/json" {
+                return Err(ApiError {
+                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    kind: "invalid_request_error",
+                    code: "unsupported_media_type",
+                    message: format!(
+                        "Content-Type {essence:?} is not accepted: send application/json"
+                    ),
+                    param: None,
+                });
+            }
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// The deepest nesting of arrays and objects in a JSON text, counted without parsing it (so a
+/// hostile, deeply nested body is refused before serde recurses into it). Brackets inside
+/// strings do not count.
+pub fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(json_depth(br#"{"a":[1,{"b":"[[[["}]}"#), 3);
+        assert_eq!(json_depth(br#""\"[""#), 0);
+        assert_eq!(json_depth(b"[[[[[]]]]]"), 5);
+        assert_eq!(json_depth(b""), 0);
+    }
+
+    #[test]
+    fn concurrency_slots_are_per_uid_and_released() {
+        let l = UidLimits::new(1000, 2);
+        let a = l.acquire(1).unwrap();
+        let _b = l.acquire(1).unwrap();
+        assert!(l.acquire(1).is_none());
+        assert!(l.acquire(2).is_some(), "another uid is not affected");
+        drop(a);
+        assert!(l.acquire(1).is_some());
+    }
+}
