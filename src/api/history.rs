@@ -10,7 +10,7 @@ use super::{AppState, Caller};
 use crate::crypto::MasterKey;
 use crate::storage::RequestStatus;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -67,12 +67,19 @@ pub async fn list(
     })))
 }
 
+/// A record id from the path; anything but an integer is a 400 with a JSON body.
+fn record_id(id: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
+    id.map(|Path(id)| id)
+        .map_err(|_| ApiError::bad_param("id", "a record id is an integer"))
+}
+
 /// `GET /v1/history/{id}`: one of the caller's records, decrypted.
 pub async fn get(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let id = record_id(id)?;
     let r = s.store.get_history(caller.uid, id).await?;
     let prompt: Value =
         serde_json::from_str(&r.prompt_text).unwrap_or(Value::String(r.prompt_text.clone()));
@@ -86,8 +93,9 @@ pub async fn get(
 pub async fn delete(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let id = record_id(id)?;
     s.store.delete_history(caller.uid, id).await?;
     Ok(Json(
         json!({"id": id, "object": "history.record", "deleted": true}),

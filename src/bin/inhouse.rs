@@ -48,6 +48,16 @@ enum Command {
     /// Your own stored requests.
     #[command(subcommand)]
     History(HistoryCmd),
+    /// Sends any request to the API and prints the status line and the body (like curl).
+    Request {
+        /// HTTP method, e.g. GET or POST.
+        method: String,
+        /// Path, e.g. /v1/models.
+        path: String,
+        /// JSON body.
+        #[arg(long)]
+        data: Option<String>,
+    },
     /// Administration: keys, erasure, audit.
     #[command(subcommand)]
     Admin(AdminCmd),
@@ -206,6 +216,14 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         Command::History(cmd) => history(&client, cmd).await?,
+        Command::Request { method, path, data } => {
+            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .context("not an HTTP method")?;
+            let (status, body) = client.raw(method, &path, data.map(Into::into)).await?;
+            println!("{}", status.as_u16());
+            std::io::stdout().write_all(&body)?;
+            println!();
+        }
         Command::Admin(cmd) => admin(&client, cmd).await?,
     }
     Ok(())

@@ -791,11 +791,9 @@ fn load(
         path: path.display().to_string(),
         reason,
     };
-    // llama.cpp asserts on some malformed files; refuse what is plainly not a file first.
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(err("not a regular file".into()));
-    }
+    // llama.cpp asserts (aborting the process) on some malformed files, so every file is
+    // validated in Rust first: magic, version, counts, lengths, types, offsets, alignment.
+    inhouse_quantize::gguf::open(path).map_err(|e| err(format!("not a valid GGUF file: {e}")))?;
     let params = LlamaModelParams::default().with_n_gpu_layers(cfg.gpu_layers);
     let model = LlamaModel::load_from_file(backend, path, &params)
         .map_err(|e| err(format!("llama.cpp could not load it ({e})")))?;
