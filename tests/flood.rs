@@ -1,0 +1,140 @@
+//! Slow and numerous clients: 500 connections trickling bytes and 2,000 connections at once.
+//! A normal client is still served, the daemon's memory and file descriptors stay bounded, and
+//! nothing crashes.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn slow_and_numerous_clients_do_not_starve_a_normal_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    inhouse::crypto::generate_key_file(&key).unwrap();
+    let cfg = dir.path().join("c.toml");
+    let max_connections = 512;
+    std::fs::write(
+        &cfg,
+        format!("[limits]\nmax-connections = {max_connections}\nheader-timeout-secs = 3\nbody-timeout-secs = 3\n"),
+    )
+    .unwrap();
+    let d = Daemon::start_in(
+        dir.path(),
+        &key,
+        &[("smol", &smollm2())],
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let pid = d.child.id();
+    let socket = d.socket.clone();
+    let (fds_before, rss_before) = (fd_count(pid), rss_kib(pid));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        // 500 slow clients: a request header one byte every 100 ms, for up to 20 s.
+        for _ in 0..500 {
+            let (socket, stop) = (socket.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let Ok(mut s) = tokio::net::UnixStream::connect(&socket).await else { return };
+                let req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
+                for b in req.iter().cycle().take(200) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) || s.write_all(&[*b]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }));
+        }
+        // 2,000 more connections opened at once and held (most beyond the cap: closed at once).
+        let mut held = Vec::new();
+        for _ in 0..2000 {
+            if let Ok(s) = tokio::net::UnixStream::connect(&socket).await {
+                held.push(s);
+            }
+        }
+        // The daemon's descriptors stay bounded by the cap while all this is open.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fds_during = fd_count(pid);
+        assert!(
+            fds_during <= fds_before + max_connections + 16,
+            "{fds_during} descriptors open (before: {fds_before}, cap {max_connections})"
+        );
+        // A normal client is served: retried while slots are full, within the header timeout
+        // that evicts the slow ones.
+        let c = inhouse::client::Client::new(&socket);
+        let body = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
+        let t = Instant::now();
+        let served = loop {
+            match c.json(hyper::Method::POST, "/v1/chat/completions", Some(&body)).await {
+                Ok(v) => break v,
+                Err(_) if t.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("a normal client was not served in 30 s: {e}"),
+            }
+        };
+        assert!(served["choices"][0]["message"]["content"].is_string());
+        eprintln!(
+            "normal client served after {:?}; daemon fds {fds_before} -> {fds_during}",
+            t.elapsed()
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(held);
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    // Afterwards: nothing crashed, descriptors return, memory bounded.
+    let mut d = d;
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "the daemon died:\n{}",
+        d.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fd_count(pid) > fds_before + 4 {
+        assert!(
+            Instant::now() < deadline,
+            "descriptors not released: {} (before {fds_before})",
+            fd_count(pid)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rss_after = rss_kib(pid);
+    eprintln!("daemon RSS {rss_before} KiB -> {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 256 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    rt_ok(&d);
+}
+
+fn rt_ok(d: &Daemon) {
+    let v = rt()
+        .block_on(d.client().json(hyper::Method::GET, "/health", None))
+        .unwrap();
+    assert_eq!(v["status"], "ok");
+}
