@@ -462,3 +462,97 @@ fn sigterm_mid_generation_exits_zero_within_the_deadline_with_the_store_intact()
         .unwrap();
     assert_eq!(v["ok"], true, "{v}");
 }
+
+#[test]
+fn a_full_queue_answers_503_and_a_busy_uid_answers_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    inhouse::crypto::generate_key_file(&key).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "slots = 1\nqueue-size = 1\n[limits]\nper-uid-concurrency = 64\nper-uid-per-minute = 100000\n",
+    )
+    .unwrap();
+    let d = Daemon::start_in(
+        dir.path(),
+        &key,
+        &[("smol", &smollm2())],
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let statuses: Vec<u16> = rt().block_on(async {
+        let body =
+            json!({"model": "smol", "messages": [{"role": "user", "content": "Write a story."}],
+                          "max_tokens": 16, "temperature": 0})
+            .to_string();
+        let reqs = (0..8).map(|_| {
+            let c = d.client();
+            let body = body.clone();
+            async move { post(&c, "/v1/chat/completions", &body).await }
+        });
+        let results = futures_util::future::join_all(reqs).await;
+        results
+            .into_iter()
+            .map(|(st, v)| {
+                if st == 503 {
+                    assert_eq!(v["error"]["code"], "queue_full", "{v}");
+                }
+                st
+            })
+            .collect()
+    });
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&503),
+        "one slot and a queue of one cannot take 8 at once: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+
+    // Per-uid concurrency: a second daemon allowing one running request per uid.
+    let dir2 = tempfile::tempdir().unwrap();
+    let cfg2 = dir2.path().join("c.toml");
+    std::fs::write(
+        &cfg2,
+        "[limits]\nper-uid-concurrency = 1\nper-uid-per-minute = 3\n",
+    )
+    .unwrap();
+    let key2 = dir2.path().join("k");
+    inhouse::crypto::generate_key_file(&key2).unwrap();
+    let d2 = Daemon::start_in(
+        dir2.path(),
+        &key2,
+        &[("smol", &smollm2())],
+        &["--config", cfg2.to_str().unwrap()],
+    );
+    rt().block_on(async {
+        let c = d2.client();
+        let long = json!({"model": "smol", "messages": [{"role": "user", "content": "Write a story."}],
+                          "max_tokens": 200, "temperature": 0, "stream": true});
+        let mut running = c
+            .send(hyper::Method::POST, "/v1/chat/completions", Some(long.to_string().into()))
+            .await
+            .unwrap();
+        running.next_chunk().await.unwrap().unwrap();
+        let resp = c
+            .send(hyper::Method::POST, "/v1/chat/completions", Some(chat_json("").into()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status.as_u16(), 429, "a second concurrent request from the same uid");
+        assert!(resp.headers.contains_key("retry-after"));
+        drop(running);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The rate limit: 3 per minute, two used; the third passes, the fourth is refused.
+        let (st, _) = post(&c, "/v1/chat/completions", &chat_json("")).await;
+        assert_eq!(st, 200);
+        let resp = c
+            .send(hyper::Method::POST, "/v1/chat/completions", Some(chat_json("").into()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status.as_u16(), 429);
+        let retry: u64 = resp.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    });
+}
