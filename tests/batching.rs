@@ -114,7 +114,14 @@ fn body_for(i: usize) -> Value {
 
 #[test]
 fn eight_concurrent_streams_give_the_text_each_gives_alone() {
-    let d = Daemon::start(&[("smol", &smollm2())], &["--slots", "8"]);
+    // All eight come from this test's uid: make sure the per-uid limit is not what is tested.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("inhouse.toml");
+    std::fs::write(&config, "[limits]\nper-uid-concurrency = 16\n").unwrap();
+    let d = Daemon::start(
+        &[("smol", &smollm2())],
+        &["--slots", "8", "--config", config.to_str().unwrap()],
+    );
     rt().block_on(async {
         let c = d.client();
         let mut alone = Vec::new();
@@ -270,10 +277,10 @@ fn cancelling_a_stream_frees_its_slot_at_once() {
             resp.next_chunk().await.unwrap().unwrap();
             got += 1;
         }
-        drop(resp); // the client goes away mid-answer
-                    // The only slot is free again: a new request is answered long before the 1000 tokens
-                    // the cancelled one asked for could have been generated.
-        let t = Instant::now();
+        // The client goes away mid-answer.
+        drop(resp);
+        // The only slot is free again: a new request is answered without waiting for the 1000
+        // tokens the cancelled one asked for (checked below by the tokens generated in all).
         let (status, v) = post(
             &c,
             "/v1/chat/completions",
@@ -281,7 +288,6 @@ fn cancelling_a_stream_frees_its_slot_at_once() {
         )
         .await;
         assert_eq!(status, 200, "{v}");
-        assert!(t.elapsed() < Duration::from_secs(60));
         let m = metrics_text(&c).await;
         assert_eq!(
             sample(&m, "inhouse_cancelled_requests_total{model=\"smol\"}"),
@@ -304,23 +310,19 @@ fn chat_as_other_user(d: &Daemon, body: &str) -> String {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     const CLIENT: &str = r#"
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-body = sys.argv[2].encode()
-s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-          + b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-data = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-head, _, payload = data.partition(b"\r\n\r\n")
-status = head.split(b" ")[1]
-if status != b"200":
-    sys.exit("status " + status.decode() + ": " + payload.decode(errors="replace"))
-print(json.loads(payload)["choices"][0]["message"]["content"], end="")
+import http.client, json, socket, sys
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sys.argv[1])
+c = Unix("inhouse")
+c.request("POST", "/v1/chat/completions", body=sys.argv[2].encode(),
+          headers={"Content-Type": "application/json"})
+r = c.getresponse()
+data = r.read()
+if r.status != 200:
+    sys.exit("status %d: %s" % (r.status, data.decode(errors="replace")))
+print(json.loads(data)["choices"][0]["message"]["content"], end="")
 "#;
     let out = std::process::Command::new("python3")
         .args(["-c", CLIENT])
