@@ -8,6 +8,7 @@ pub mod error;
 pub mod history;
 pub mod limits;
 pub mod metrics;
+pub mod ollama;
 pub mod openai;
 pub mod server;
 
@@ -131,6 +132,29 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/audit/export",
             get(history::audit_export).route_layer(needs(Auditor)),
+        )
+        // Ollama's API, same roles and limits as /v1.
+        .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama::tags).route_layer(needs(User)))
+        .route("/api/ps", get(ollama::ps).route_layer(needs(User)))
+        .route("/api/show", post(ollama::show).route_layer(needs(User)))
+        .route(
+            "/api/chat",
+            post(ollama::chat)
+                .route_layer(limited.clone())
+                .route_layer(needs(User)),
+        )
+        .route(
+            "/api/generate",
+            post(ollama::generate)
+                .route_layer(limited.clone())
+                .route_layer(needs(User)),
+        )
+        .route(
+            "/api/embed",
+            post(ollama::embed)
+                .route_layer(limited.clone())
+                .route_layer(needs(User)),
         )
         .fallback(|| async { error::ApiError::no_route() })
         .method_not_allowed_fallback(|| async { error::ApiError::wrong_method() })

@@ -197,7 +197,10 @@ async fn generate(
 }
 
 /// What is recorded about a request, gathered before it runs.
-fn outcome_for(caller: &Caller, req: &crate::engine::GenerateRequest) -> history::Outcome {
+pub(crate) fn outcome_for(
+    caller: &Caller,
+    req: &crate::engine::GenerateRequest,
+) -> history::Outcome {
     let prompt = match &req.prompt {
         Prompt::Chat(messages) => Value::Array(
             messages
@@ -226,9 +229,98 @@ fn outcome_for(caller: &Caller, req: &crate::engine::GenerateRequest) -> history
 
 /// Records a request that failed; the caller already gets the failure, so a store error here
 /// is logged (and counted by the store) rather than replacing it.
-async fn record_failure(s: &AppState, mut o: history::Outcome, status: RequestStatus) {
+pub(crate) async fn record_failure(s: &AppState, mut o: history::Outcome, status: RequestStatus) {
     o.status = status;
     let _ = history::record(s, o).await;
+}
+
+/// A generation whose prompt the engine accepted, with its record pending.
+pub(crate) struct Generation {
+    /// Events from the engine.
+    pub events: UnboundedReceiver<Event>,
+    /// Records the request when it ends (aborted if dropped first).
+    pub recorder: Recorder,
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+}
+
+/// A non-streamed generation's result, after its record is durable.
+pub(crate) struct Collected {
+    pub text: String,
+    pub reason: FinishReason,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub record_id: i64,
+    pub store_micros: u128,
+}
+
+/// Queues a checked request and waits until the engine accepts its prompt, so that prompt
+/// errors get a proper status code even when the answer is streamed. Shared by the OpenAI and
+/// Ollama routes.
+pub(crate) async fn start(
+    s: &AppState,
+    caller: Caller,
+    request: crate::engine::GenerateRequest,
+) -> Result<Generation, ApiError> {
+    let mut outcome = outcome_for(&caller, &request);
+    let mut events = s.engine.generate(request)?;
+    let prompt_tokens = match events.recv().await {
+        Some(Event::Started { prompt_tokens }) => prompt_tokens,
+        Some(Event::Failed(e)) => {
+            record_failure(s, outcome, RequestStatus::Error).await;
+            return Err(e.into());
+        }
+        _ => return Err(crate::engine::EngineError::ShuttingDown.into()),
+    };
+    outcome.prompt_tokens = prompt_tokens;
+    Ok(Generation {
+        events,
+        recorder: Recorder {
+            state: s.clone(),
+            outcome: Some(outcome),
+        },
+        prompt_tokens,
+    })
+}
+
+impl Generation {
+    /// Runs to the end and stores the record. The answer is released only once its record is
+    /// durable: a failed write is reported to the caller, never dropped silently.
+    pub(crate) async fn collect(mut self) -> Result<Collected, ApiError> {
+        let mut text = String::new();
+        let (reason, prompt_tokens, completion_tokens) = loop {
+            match self.events.recv().await {
+                Some(Event::Text(t)) => {
+                    self.recorder.push(&t);
+                    text.push_str(&t);
+                }
+                Some(Event::Finished {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                }) => break (reason, prompt_tokens, completion_tokens),
+                Some(Event::Failed(e)) => {
+                    let _ = self.recorder.finish(RequestStatus::Error, 0).await;
+                    return Err(e.into());
+                }
+                Some(Event::Started { .. }) => {}
+                None => return Err(crate::engine::EngineError::ShuttingDown.into()),
+            }
+        };
+        let stored = std::time::Instant::now();
+        let record_id = self
+            .recorder
+            .finish(RequestStatus::Completed, completion_tokens)
+            .await?;
+        Ok(Collected {
+            text,
+            reason,
+            prompt_tokens,
+            completion_tokens,
+            record_id,
+            store_micros: stored.elapsed().as_micros(),
+        })
+    }
 }
 
 async fn run_generate(
@@ -239,24 +331,13 @@ async fn run_generate(
 ) -> Result<Response, ApiError> {
     let model = valid.request.model.clone();
     tracing::info!(uid = caller.uid, model = %model, stream = valid.stream, "generation request");
-    let mut outcome = outcome_for(&caller, &valid.request);
-    let mut events = s.engine.generate(valid.request)?;
-    // Wait for the prompt to be accepted, so that prompt errors get a proper status code even
-    // when streaming.
-    let prompt_tokens = match events.recv().await {
-        Some(Event::Started { prompt_tokens }) => prompt_tokens,
-        Some(Event::Failed(e)) => {
-            record_failure(&s, outcome, RequestStatus::Error).await;
-            return Err(e.into());
-        }
-        _ => return Err(crate::engine::EngineError::ShuttingDown.into()),
-    };
-    outcome.prompt_tokens = prompt_tokens;
+    let generation = start(&s, caller, valid.request).await?;
     let id = new_id(flavor.id_prefix());
     let created = now();
     if valid.stream {
+        let prompt_tokens = generation.prompt_tokens;
         Ok(stream_response(
-            events,
+            generation.events,
             StreamMeta {
                 id,
                 created,
@@ -265,52 +346,24 @@ async fn run_generate(
                 include_usage: valid.include_usage,
                 prompt_tokens,
             },
-            Recorder {
-                state: s,
-                outcome: Some(outcome),
-            },
+            generation.recorder,
         ))
     } else {
-        let mut text = String::new();
-        let (reason, prompt_tokens, completion_tokens) = loop {
-            match events.recv().await {
-                Some(Event::Text(t)) => text.push_str(&t),
-                Some(Event::Finished {
-                    reason,
-                    prompt_tokens,
-                    completion_tokens,
-                }) => break (reason, prompt_tokens, completion_tokens),
-                Some(Event::Failed(e)) => {
-                    outcome.response = text;
-                    record_failure(&s, outcome, RequestStatus::Error).await;
-                    return Err(e.into());
-                }
-                Some(Event::Started { .. }) => {}
-                None => return Err(crate::engine::EngineError::ShuttingDown.into()),
-            }
-        };
-        outcome.completion_tokens = completion_tokens;
-        outcome.status = RequestStatus::Completed;
-        outcome.response = text.clone();
-        // The answer is released only once its record is durable: a failed write is reported
-        // to the caller, never dropped silently.
-        let stored = std::time::Instant::now();
-        let record_id = history::record(&s, outcome).await?;
-        let store_micros = stored.elapsed().as_micros();
+        let c = generation.collect().await?;
         let mut resp = Json(json!({
             "id": id,
             "object": flavor.object(false),
             "created": created,
             "model": model,
-            "choices": [flavor.choice(Some(&text), Some(reason), false)],
-            "usage": usage(prompt_tokens, completion_tokens),
-            "inhouse_record_id": record_id,
+            "choices": [flavor.choice(Some(&c.text), Some(c.reason), false)],
+            "usage": usage(c.prompt_tokens, c.completion_tokens),
+            "inhouse_record_id": c.record_id,
         }))
         .into_response();
-        if let Ok(v) = header::HeaderValue::from_str(&record_id.to_string()) {
+        if let Ok(v) = header::HeaderValue::from_str(&c.record_id.to_string()) {
             resp.headers_mut().insert(RECORD_ID_HEADER, v);
         }
-        if let Ok(v) = header::HeaderValue::from_str(&store_micros.to_string()) {
+        if let Ok(v) = header::HeaderValue::from_str(&c.store_micros.to_string()) {
             resp.headers_mut().insert(STORE_TIME_HEADER, v);
         }
         Ok(resp)
@@ -325,19 +378,19 @@ pub const STORE_TIME_HEADER: &str = "x-inhouse-store-micros";
 
 /// Records a streamed request: completed when the stream finishes, aborted when the client goes
 /// away first (the body, and this with it, is dropped).
-struct Recorder {
+pub(crate) struct Recorder {
     state: AppState,
     outcome: Option<history::Outcome>,
 }
 
 impl Recorder {
-    fn push(&mut self, text: &str) {
+    pub(crate) fn push(&mut self, text: &str) {
         if let Some(o) = &mut self.outcome {
             o.response.push_str(text);
         }
     }
 
-    async fn finish(
+    pub(crate) async fn finish(
         &mut self,
         status: RequestStatus,
         completion_tokens: u32,
@@ -494,6 +547,39 @@ fn stream_response(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// Embeds `inputs` and records the request (inputs sealed as its prompt); shared by the OpenAI
+/// and Ollama routes.
+pub(crate) async fn embed(
+    s: &AppState,
+    caller: Caller,
+    model: &str,
+    inputs: Vec<String>,
+) -> Result<(crate::engine::Embeddings, i64), ApiError> {
+    tracing::info!(uid = caller.uid, model = %model, inputs = inputs.len(), "embeddings request");
+    let mut outcome = history::Outcome {
+        uid: caller.uid,
+        model: model.to_string(),
+        params: json!({"endpoint": "embeddings", "inputs": inputs.len()}),
+        prompt: json!(inputs),
+        created_at: crate::storage::now_unix(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        status: RequestStatus::Error,
+        response: String::new(),
+    };
+    let out = match s.engine.embed(model.to_string(), inputs).await {
+        Ok(out) => out,
+        Err(e) => {
+            record_failure(s, outcome, RequestStatus::Error).await;
+            return Err(e.into());
+        }
+    };
+    outcome.status = RequestStatus::Completed;
+    outcome.prompt_tokens = out.prompt_tokens;
+    let record_id = history::record(s, outcome).await?;
+    Ok((out, record_id))
+}
+
 /// `POST /v1/embeddings`.
 pub async fn embeddings(
     State(s): State<AppState>,
@@ -503,28 +589,7 @@ pub async fn embeddings(
     let body = body_bytes(body)?;
     let valid =
         scheduler::validate_embeddings(scheduler::parse_body(&body, s.limits.max_json_depth)?)?;
-    tracing::info!(uid = caller.uid, model = %valid.model, inputs = valid.inputs.len(), "embeddings request");
-    let mut outcome = history::Outcome {
-        uid: caller.uid,
-        model: valid.model.clone(),
-        params: json!({"endpoint": "embeddings", "inputs": valid.inputs.len()}),
-        prompt: json!(valid.inputs),
-        created_at: crate::storage::now_unix(),
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        status: RequestStatus::Error,
-        response: String::new(),
-    };
-    let out = match s.engine.embed(valid.model.clone(), valid.inputs).await {
-        Ok(out) => out,
-        Err(e) => {
-            record_failure(&s, outcome, RequestStatus::Error).await;
-            return Err(e.into());
-        }
-    };
-    outcome.status = RequestStatus::Completed;
-    outcome.prompt_tokens = out.prompt_tokens;
-    let record_id = history::record(&s, outcome).await?;
+    let (out, record_id) = embed(&s, caller, &valid.model, valid.inputs).await?;
     let data: Vec<Value> = out
         .vectors
         .iter()

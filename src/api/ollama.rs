@@ -1,0 +1,373 @@
+//! Ollama-compatible routes on the same socket, for local tools that speak Ollama's API:
+//! `/api/version`, `/api/tags`, `/api/show`, `/api/ps`, `/api/chat`, `/api/generate`,
+//! `/api/embed`. Streaming is newline-delimited JSON, Ollama's default (`"stream": false` for
+//! one object).
+//!
+//! Requests are translated into the OpenAI wire types and pass the same validation, limits,
+//! engine and encrypted records as `/v1`.
+
+use super::error::ApiError;
+use super::openai::{self, body_bytes, Generation};
+use super::{AppState, Caller};
+use crate::engine::{Event, ModelInfo};
+use crate::scheduler::{self, ChatWire, CompletionWire};
+use crate::storage::RequestStatus;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::convert::Infallible;
+use std::time::{Instant, SystemTime};
+
+/// RFC 3339 time, as Ollama writes it.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn details(m: &ModelInfo) -> Value {
+    json!({
+        "format": "gguf",
+        "family": m.architecture,
+        "families": [m.architecture],
+        "parameter_size": format!("{:.0}M", m.n_params as f64 / 1e6),
+        "quantization_level": "",
+    })
+}
+
+fn model_entry(m: &ModelInfo) -> Value {
+    let loaded = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(m.loaded_at);
+    json!({
+        "name": m.name,
+        "model": m.name,
+        "modified_at": rfc3339(loaded),
+        "size": m.size_bytes,
+        "digest": "",
+        "details": details(m),
+    })
+}
+
+/// `GET /api/version`.
+pub async fn version() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// `GET /api/tags`: the models served.
+pub async fn tags(State(s): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = s.engine.models().iter().map(model_entry).collect();
+    Json(json!({"models": models}))
+}
+
+/// `GET /api/ps`: the models loaded (all served models are resident).
+pub async fn ps(State(s): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = s
+        .engine
+        .models()
+        .iter()
+        .map(|m| {
+            let mut e = model_entry(m);
+            e["size_vram"] = json!(0);
+            e["expires_at"] = json!("9999-12-31T23:59:59Z");
+            e
+        })
+        .collect();
+    Json(json!({"models": models}))
+}
+
+#[derive(Debug, Deserialize)]
+struct ShowBody {
+    model: Option<String>,
+    name: Option<String>,
+}
+
+/// `POST /api/show`: one model's details.
+pub async fn show(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body_bytes(body)?;
+    let b: ShowBody = scheduler::parse_body(&body, s.limits.max_json_depth)?;
+    let name = b
+        .model
+        .or(b.name)
+        .ok_or_else(|| ApiError::invalid("missing_field", "model is required"))?;
+    let m = s
+        .engine
+        .models()
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| ApiError::from(crate::engine::EngineError::UnknownModel(name.clone())))?;
+    Ok(Json(json!({
+        "modelfile": "",
+        "parameters": "",
+        "template": m.chat_template.clone().unwrap_or_default(),
+        "details": details(m),
+        "model_info": {
+            "general.architecture": m.architecture,
+            "general.parameter_count": m.n_params,
+            format!("{}.context_length", m.architecture): m.n_ctx_train,
+            format!("{}.embedding_length", m.architecture): m.n_embd,
+        },
+    })))
+}
+
+/// Ollama's `options` mapped onto OpenAI's sampling fields; unknown options are ignored, as
+/// Ollama does.
+fn sampling_from(body: &Map<String, Value>) -> Value {
+    let mut out = Map::new();
+    if let Some(Value::Object(opts)) = body.get("options") {
+        for (from, to) in [
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("top_k", "top_k"),
+            ("min_p", "min_p"),
+            ("seed", "seed"),
+            ("num_predict", "max_tokens"),
+            ("stop", "stop"),
+            ("presence_penalty", "presence_penalty"),
+            ("frequency_penalty", "frequency_penalty"),
+        ] {
+            if let Some(v) = opts.get(from) {
+                out.insert(to.into(), v.clone());
+            }
+        }
+    }
+    // Ollama streams unless told otherwise.
+    out.insert(
+        "stream".into(),
+        body.get("stream").cloned().unwrap_or(Value::Bool(true)),
+    );
+    Value::Object(out)
+}
+
+fn object(body: &[u8], s: &AppState) -> Result<Map<String, Value>, ApiError> {
+    scheduler::parse_body(body, s.limits.max_json_depth)
+}
+
+fn into_wire<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::invalid("invalid_type", format!("invalid request: {e}")))
+}
+
+/// `POST /api/chat`.
+pub async fn chat(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = object(&body_bytes(body)?, &s)?;
+    let mut wire = sampling_from(&body);
+    wire["model"] = body.get("model").cloned().unwrap_or(Value::Null);
+    wire["messages"] = body.get("messages").cloned().unwrap_or(Value::Null);
+    let wire: ChatWire = into_wire(wire)?;
+    let valid = scheduler::validate_chat(wire, caller.uid, &s.limits)?;
+    respond(s, caller, valid, Kind::Chat).await
+}
+
+/// `POST /api/generate`: the prompt goes through the model's chat template (with `system`,
+/// if given) unless `raw` is true, as in Ollama.
+pub async fn generate(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = object(&body_bytes(body)?, &s)?;
+    let mut wire = sampling_from(&body);
+    let model = body.get("model").cloned().unwrap_or(Value::Null);
+    let prompt = body.get("prompt").cloned().unwrap_or(Value::Null);
+    wire["model"] = model;
+    let valid = if body.get("raw") == Some(&Value::Bool(true)) {
+        wire["prompt"] = prompt;
+        let w: CompletionWire = into_wire(wire)?;
+        scheduler::validate_completion(w, caller.uid, &s.limits)?
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = body.get("system") {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        messages.push(json!({"role": "user", "content": prompt}));
+        wire["messages"] = Value::Array(messages);
+        let w: ChatWire = into_wire(wire)?;
+        scheduler::validate_chat(w, caller.uid, &s.limits)?
+    };
+    respond(s, caller, valid, Kind::Generate).await
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Generate,
+}
+
+impl Kind {
+    fn piece(self, model: &str, text: &str, done: bool) -> Value {
+        let mut v = json!({"model": model, "created_at": rfc3339(SystemTime::now()), "done": done});
+        match self {
+            Kind::Chat => v["message"] = json!({"role": "assistant", "content": text}),
+            Kind::Generate => v["response"] = json!(text),
+        }
+        v
+    }
+}
+
+fn finish_fields(
+    v: &mut Value,
+    reason: crate::engine::FinishReason,
+    prompt: u32,
+    eval: u32,
+    started: Instant,
+) {
+    v["done_reason"] = json!(reason);
+    v["total_duration"] = json!(started.elapsed().as_nanos() as u64);
+    v["prompt_eval_count"] = json!(prompt);
+    v["eval_count"] = json!(eval);
+}
+
+async fn respond(
+    s: AppState,
+    caller: Caller,
+    valid: scheduler::ValidGenerate,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let model = valid.request.model.clone();
+    let started = Instant::now();
+    let generation = openai::start(&s, caller, valid.request).await?;
+    if !valid.stream {
+        let c = generation.collect().await?;
+        let mut v = kind.piece(&model, &c.text, true);
+        finish_fields(
+            &mut v,
+            c.reason,
+            c.prompt_tokens,
+            c.completion_tokens,
+            started,
+        );
+        v["inhouse_record_id"] = json!(c.record_id);
+        return Ok(Json(v).into_response());
+    }
+    let body = stream::unfold(Some(generation), move |state| {
+        let model = model.clone();
+        async move {
+            let mut g: Generation = state?;
+            loop {
+                match g.events.recv().await {
+                    Some(Event::Text(t)) if t.is_empty() => continue,
+                    Some(Event::Text(t)) => {
+                        g.recorder.push(&t);
+                        let line = ndjson(&kind.piece(&model, &t, false));
+                        return Some((line, Some(g)));
+                    }
+                    Some(Event::Started { .. }) => continue,
+                    Some(Event::Finished {
+                        reason,
+                        prompt_tokens,
+                        completion_tokens,
+                    }) => {
+                        let line = match g
+                            .recorder
+                            .finish(RequestStatus::Completed, completion_tokens)
+                            .await
+                        {
+                            Ok(id) => {
+                                let mut v = kind.piece(&model, "", true);
+                                finish_fields(
+                                    &mut v,
+                                    reason,
+                                    prompt_tokens,
+                                    completion_tokens,
+                                    started,
+                                );
+                                v["inhouse_record_id"] = json!(id);
+                                ndjson(&v)
+                            }
+                            Err(e) => ndjson(&json!({"error": e.message})),
+                        };
+                        return Some((line, None));
+                    }
+                    Some(Event::Failed(e)) => {
+                        let _ = g.recorder.finish(RequestStatus::Error, 0).await;
+                        return Some((ndjson(&json!({"error": e.to_string()})), None));
+                    }
+                    None => return None,
+                }
+            }
+        }
+    })
+    .map(Ok::<_, Infallible>);
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+fn ndjson(v: &Value) -> Bytes {
+    Bytes::from(format!("{v}\n"))
+}
+
+/// `POST /api/embed`.
+pub async fn embed(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = object(&body_bytes(body)?, &s)?;
+    let wire = json!({"model": body.get("model"), "input": body.get("input")});
+    let valid = scheduler::validate_embeddings(into_wire(wire)?)?;
+    let (out, record_id) = openai::embed(&s, caller, &valid.model, valid.inputs).await?;
+    Ok(Json(json!({
+        "model": valid.model,
+        "embeddings": out.vectors,
+        "prompt_eval_count": out.prompt_tokens,
+        "inhouse_record_id": record_id,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_862_615);
+        assert_eq!(rfc3339(t), "2026-11-28T10:43:35Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn options_map_to_openai_fields() {
+        let body: Map<String, Value> = serde_json::from_str(
+            r#"{"options":{"temperature":0,"num_predict":5,"seed":3,"mirostat":1},"stream":false}"#,
+        )
+        .unwrap();
+        let w = sampling_from(&body);
+        assert_eq!(w["max_tokens"], 5);
+        assert_eq!(w["temperature"], 0);
+        assert_eq!(w["stream"], false);
+        assert!(w.get("mirostat").is_none());
+    }
+}
