@@ -111,6 +111,10 @@ fn assert_still_serving(socket: &Path, after: &str) {
     assert_eq!(st, 200, "after {after}: a normal request failed: {body}");
 }
 
+/// A hostile case: name, raw request bytes, half-close after sending, expected status, expected
+/// error code.
+type Case<'a> = (&'a str, Vec<u8>, bool, u16, Option<&'a str>);
+
 #[test]
 fn thirty_plus_hostile_inputs_each_get_their_status_and_the_daemon_keeps_serving() {
     let d = Daemon::smol();
@@ -129,8 +133,7 @@ fn thirty_plus_hostile_inputs_each_get_their_status_and_the_daemon_keeps_serving
         "a".repeat(3 << 20)
     );
     let json = Some("application/json");
-    // (name, raw request bytes, half-close after sending, expected status, expected error code)
-    let mut cases: Vec<(&str, Vec<u8>, bool, u16, Option<&str>)> = vec![
+    let mut cases: Vec<Case> = vec![
         ("huge body", post_raw("/v1/chat/completions", json, huge.as_bytes()), false, 413, Some("body_too_large")),
         ("deep JSON", post_raw("/v1/chat/completions", json, deep.as_bytes()), false, 400, Some("json_too_deep")),
         ("invalid UTF-8", post_raw("/v1/chat/completions", json, b"{\"model\":\"smol\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}"), false, 400, Some("invalid_json")),
