@@ -221,8 +221,9 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         tracing::info!(model = %m.name, arch = %m.architecture, n_ctx = m.n_ctx, "model loaded");
     }
     let max_ctx = config.ctx_size;
+    let engine = Arc::new(engine);
     let state = AppState {
-        engine: Arc::new(engine),
+        engine: engine.clone(),
         limits: Limits {
             default_max_tokens: config.default_max_tokens,
             max_tokens_cap: max_ctx,
@@ -276,6 +277,9 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
     if let Some(r) = retention {
         r.abort();
     }
+    // Stop the engine thread before the process exits (see LlamaEngine::shutdown).
+    let stopping = engine.clone();
+    let _ = tokio::task::spawn_blocking(move || stopping.shutdown()).await;
     // Every request has finished: flush the store's queue, log the stop, close the database.
     let _ = store
         .audit_append(

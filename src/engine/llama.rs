@@ -29,7 +29,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -116,9 +116,25 @@ pub struct LlamaEngine {
     /// Generation requests sent to the engine and not yet in a slot.
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    /// Tells the engine thread to stop after its current step.
+    stop: Arc<AtomicBool>,
+    /// The engine thread, joined by [`LlamaEngine::shutdown`].
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl LlamaEngine {
+    /// Stops the engine thread and waits for it: requests still running are dropped (their
+    /// callers see the stream end), then contexts, models and the backend are freed on that
+    /// thread. Call before the process exits: exiting while the thread is inside llama.cpp would
+    /// run ggml's static destructors (which unload the CPU-variant library) under its feet.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Relaxed);
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
     /// Starts the engine thread and loads every model; returns once all are loaded, or with the
     /// first model that failed.
     pub fn start(models: Vec<(String, PathBuf)>, cfg: EngineConfig) -> Result<Self, EngineError> {
@@ -133,9 +149,11 @@ impl LlamaEngine {
             waiting: waiting.clone(),
             metrics: metrics.clone(),
         };
-        std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || run(models, cfg, rx, ready_tx, shared))
+            .spawn(move || run(models, cfg, rx, ready_tx, shared, thread_stop))
             .map_err(|e| EngineError::Inference(format!("cannot start the engine thread: {e}")))?;
         let models = ready_rx.recv().map_err(|_| EngineError::ShuttingDown)??;
         Ok(LlamaEngine {
@@ -144,6 +162,8 @@ impl LlamaEngine {
             queue_size,
             waiting,
             metrics,
+            stop,
+            thread: std::sync::Mutex::new(Some(thread)),
         })
     }
 
@@ -310,6 +330,7 @@ fn run(
     jobs: std_mpsc::Receiver<Job>,
     ready: std_mpsc::Sender<Result<Vec<ModelInfo>, EngineError>>,
     shared: Shared,
+    stop: Arc<AtomicBool>,
 ) {
     // llama.cpp's own log lines go to tracing at debug level; they never include prompt text.
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
@@ -358,16 +379,17 @@ fn run(
     }
 
     let mut open = true;
-    loop {
+    while !stop.load(Relaxed) {
         let busy = runners.iter().any(Runner::has_work);
         if !busy {
             if !open {
                 break;
             }
-            // Idle: sleep until a job arrives.
-            match jobs.recv() {
+            // Idle: sleep until a job arrives, looking at the stop flag now and then.
+            match jobs.recv_timeout(std::time::Duration::from_millis(100)) {
                 Ok(job) => take(job, &mut runners, &backend, &cfg, &shared),
-                Err(_) => break,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         loop {
