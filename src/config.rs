@@ -310,6 +310,36 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_parses_and_documents_only_real_keys() {
+        let shipped = include_str!("../packaging/inhouse.toml");
+        Config::from_toml(shipped).unwrap();
+        // Uncomment every documented `key = value` and `[table]` line: all must be known keys.
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| {
+                let Some(rest) = l.strip_prefix("# ") else {
+                    return l.to_string();
+                };
+                let is_key = rest.split_once(" = ").is_some_and(|(k, _)| {
+                    k.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
+                let is_table = rest.starts_with('[') && rest.ends_with(']');
+                if is_key || is_table {
+                    rest.split(" #").next().unwrap_or(rest).to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        c.check().unwrap();
+        assert_eq!(c.limits.max_connections, 1024);
+        assert_eq!(c.roles.admin_uids, vec![0]);
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("thread = 4").unwrap_err();
         assert!(err.contains("unknown field"), "{err}");
