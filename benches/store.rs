@@ -47,6 +47,32 @@ fn store_throughput() {
     );
 }
 
+/// The same writes through the store's own thread (`StoreHandle`), as the daemon makes them.
+fn handle_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = inhouse::crypto::MasterKey::generate().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = inhouse::storage::StoreHandle::open(dir.path().join("h.db"), key)
+            .await
+            .unwrap();
+        let mut times = vec![];
+        for i in 0..200 {
+            let t = Instant::now();
+            store.record_request_audited(record(i)).await.unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        println!(
+            "store thread: median {:.2} ms per sealed, audited record through StoreHandle",
+            median(&mut times) / 1000.0
+        );
+    });
+}
+
 fn models_dir() -> std::path::PathBuf {
     std::env::var_os("INHOUSE_MODELS_DIR")
         .map(Into::into)
@@ -123,5 +149,6 @@ fn request_share() {
 
 fn main() {
     store_throughput();
+    handle_latency();
     request_share();
 }
