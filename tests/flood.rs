@@ -26,22 +26,10 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn slow_and_numerous_clients_do_not_starve_a_normal_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k");
-    inhouse::crypto::generate_key_file(&key).unwrap();
-    let cfg = dir.path().join("c.toml");
     let max_connections = 512;
-    std::fs::write(
-        &cfg,
-        format!("[limits]\nmax-connections = {max_connections}\nheader-timeout-secs = 3\nbody-timeout-secs = 3\n"),
-    )
-    .unwrap();
-    let d = Daemon::start_in(
-        dir.path(),
-        &key,
-        &[("smol", &smollm2())],
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let d = Daemon::smol_with_config(&format!(
+        "[limits]\nmax-connections = {max_connections}\nheader-timeout-secs = 3\nbody-timeout-secs = 3\n"
+    ));
     let pid = d.child.id();
     let socket = d.socket.clone();
     let (fds_before, rss_before) = (fd_count(pid), rss_kib(pid));

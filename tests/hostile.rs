@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
@@ -227,23 +226,10 @@ fn cli_as(uid: u32, socket: &Path, method: &str, path: &str, data: Option<&str>)
 
 #[test]
 fn role_matrix_over_every_route() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k");
-    inhouse::crypto::generate_key_file(&key).unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let d = Daemon::smol_with_config(
         "[roles]\nuser-groups = []\nuser-uids = [4242]\nauditor-uids = [4343]\n",
-    )
-    .unwrap();
-    let d = Daemon::start_in(
-        dir.path(),
-        &key,
-        &[("smol", &smollm2())],
-        &["--config", cfg.to_str().unwrap()],
     );
-    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    d.open_to_all();
     let chat = chat_json("");
     let (admin, user, auditor, stranger) = (0, 4242, 4343, 4141);
     // (method, path, body, [admin, user, auditor, stranger])
@@ -468,21 +454,7 @@ fn sigterm_mid_generation_exits_zero_within_the_deadline_with_the_store_intact()
 
 #[test]
 fn a_full_queue_answers_503_and_a_busy_uid_answers_429() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k");
-    inhouse::crypto::generate_key_file(&key).unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        "slots = 1\nqueue-size = 1\n[limits]\nper-uid-concurrency = 64\nper-uid-per-minute = 100000\n",
-    )
-    .unwrap();
-    let d = Daemon::start_in(
-        dir.path(),
-        &key,
-        &[("smol", &smollm2())],
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let d = Daemon::smol_with_config("slots = 1\nqueue-size = 1\n[limits]\nper-uid-concurrency = 64\nper-uid-per-minute = 100000\n");
     let statuses: Vec<u16> = rt().block_on(async {
         let body =
             json!({"model": "smol", "messages": [{"role": "user", "content": "Write a story."}],

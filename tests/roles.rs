@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 /// Runs the `inhouse` CLI as `uid`:`gid` with no supplementary groups.
@@ -24,20 +23,11 @@ fn cli_as(uid: u32, gid: u32, socket: &std::path::Path, args: &[&str]) -> std::p
 
 #[test]
 fn strangers_are_refused_and_configured_users_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("inhouse.toml");
-    std::fs::write(
-        &cfg,
+    let d = Daemon::smol_with_config(
         "[roles]\nuser-uids = [4242]\nauditor-uids = [4343]\nuser-groups = []\n",
-    )
-    .unwrap();
-    let d = Daemon::start(
-        &[("smol", &smollm2())],
-        &["--config", cfg.to_str().unwrap()],
     );
     // Let other uids reach the socket; the daemon, not the file mode, is under test here.
-    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    d.open_to_all();
 
     for (who, uid, models_ok) in [
         ("stranger", 4141, false),

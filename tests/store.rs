@@ -163,19 +163,8 @@ fn history_lists_reads_and_deletes_only_the_callers_records() {
 
 #[test]
 fn another_users_records_are_invisible() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("c.toml"), "[roles]\nuser-uids = [4242]\n").unwrap();
-    let key = new_key(dir.path(), "k");
-    let cfg = dir.path().join("c.toml");
-    let d = Daemon::start_in(
-        dir.path(),
-        &key,
-        &[("smol", &smollm2())],
-        &["--config", cfg.to_str().unwrap()],
-    );
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let d = Daemon::smol_with_config("[roles]\nuser-uids = [4242]\n");
+    d.open_to_all();
     let id = rt().block_on(async { record_id(&chat(&d.client(), "root's secret", 2).await.1) });
     let as_4242 = |args: &[&str]| {
         Command::new("setpriv")
@@ -373,19 +362,8 @@ fn rotation_then_restart_with_only_the_new_key_reads_everything() {
 
 #[test]
 fn erasing_a_uid_shreds_its_key_and_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = new_key(dir.path(), "k");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[roles]\nuser-uids = [4242]\n").unwrap();
-    let d = Daemon::start_in(
-        dir.path(),
-        &key,
-        &[("smol", &smollm2())],
-        &["--config", cfg.to_str().unwrap()],
-    );
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let d = Daemon::smol_with_config("[roles]\nuser-uids = [4242]\n");
+    d.open_to_all();
     for p in ["Say one", "Say two"] {
         let out = Command::new("setpriv")
             .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
@@ -679,16 +657,7 @@ fn disk_full_is_reported_and_writes_resume_when_space_returns() {
 
 #[test]
 fn retention_purges_old_records_on_schedule() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = new_key(dir.path(), "k");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "retention-days = 7\nretention-check-secs = 1\n").unwrap();
-    let d = Daemon::start_in(
-        dir.path(),
-        &key,
-        &[("smol", &smollm2())],
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let d = Daemon::smol_with_config("retention-days = 7\nretention-check-secs = 1\n");
     rt().block_on(async {
         let old = record_id(&chat(&d.client(), "old", 1).await.1);
         let fresh = record_id(&chat(&d.client(), "fresh", 1).await.1);

@@ -101,6 +101,33 @@ impl Daemon {
         Daemon::start(&[("smol", &smollm2())], &[])
     }
 
+    /// Starts a daemon serving SmolLM2 as `smol` with `toml` as its config file, in a temporary
+    /// state directory with a fresh key.
+    pub fn smol_with_config(toml: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = dir.path().join("inhouse.toml");
+        std::fs::write(&cfg, toml).expect("config file");
+        let cfg = cfg.to_str().expect("UTF-8 path").to_string();
+        let key = dir.path().join("master.key");
+        inhouse::crypto::generate_key_file(&key).expect("key file");
+        let mut d = Daemon::start_in(
+            dir.path(),
+            &key,
+            &[("smol", &smollm2())],
+            &["--config", &cfg],
+        );
+        d._tmp = Some(dir);
+        d
+    }
+
+    /// Lets every local uid reach the socket, so that the daemon's own checks (roles, limits),
+    /// not the file mode, decide (tests run clients as other uids with setpriv).
+    pub fn open_to_all(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
