@@ -111,8 +111,12 @@ fn request_share() {
         .build()
         .unwrap();
     let c = Client::new(&socket);
-    let body = serde_json::json!({"model": "smol", "max_tokens": 8, "temperature": 0,
-        "messages": [{"role": "user", "content": "Say something short."}]})
+    let tokens: u32 = std::env::var("INHOUSE_BENCH_STORE_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let body = serde_json::json!({"model": "smol", "max_tokens": tokens, "temperature": 0,
+        "messages": [{"role": "user", "content": "Count from one to one hundred."}]})
     .to_string();
     let (mut total, mut store) = (vec![], vec![]);
     for i in 0..25 {
@@ -139,8 +143,8 @@ fn request_share() {
     let _ = child.wait();
     let (t, s) = (median(&mut total), median(&mut store));
     println!(
-        "store in a request: median {:.2} ms of a {:.1} ms chat request (8 tokens, SmolLM2, 2 threads) \
-         = {:.2}% of its latency",
+        "store in a request: median {:.2} ms of a {:.1} ms chat request ({tokens} tokens, SmolLM2, \
+         2 threads) = {:.2}% of its latency",
         s / 1000.0,
         t / 1000.0,
         100.0 * s / t
