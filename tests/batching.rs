@@ -26,13 +26,6 @@ fn chat_turns(turns: &[(&str, &str)], extra: Value) -> Value {
     body
 }
 
-fn answer(v: &Value) -> String {
-    v.pointer("/choices/0/message/content")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("no answer in {v}"))
-        .to_string()
-}
-
 /// One streamed answer: its text and when each content chunk arrived.
 struct Streamed {
     text: String,

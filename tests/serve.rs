@@ -15,13 +15,6 @@ fn chat_body(model: &str, prompt: &str, extra: Value) -> Value {
     body
 }
 
-fn answer(v: &Value) -> String {
-    v.pointer("/choices/0/message/content")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("no answer in {v}"))
-        .to_string()
-}
-
 /// Concatenated content of a chat stream, the number of content chunks, the finish reason.
 fn stream_text(events: &[String]) -> (String, usize, String) {
     let mut text = String::new();

@@ -230,6 +230,14 @@ pub async fn post_stream(client: &Client, path: &str, body: &Value) -> (u16, Str
     (resp.status.as_u16(), resp.content_type.clone(), events)
 }
 
+/// The assistant's text of a non-streamed chat completion.
+pub fn answer(v: &Value) -> String {
+    v.pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no answer in {v}"))
+        .to_string()
+}
+
 /// Does `text` read as English? Non-empty, mostly ASCII letters, and at least one very common
 /// English word.
 pub fn looks_english(text: &str) -> bool {
