@@ -315,17 +315,7 @@ fn crafted_bad_gguf_files_are_refused_with_a_clear_error() {
     for (name, bytes, needle) in cases {
         let path = dir.path().join("bad.gguf");
         std::fs::write(&path, &bytes).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_inhoused"))
-            .arg("--socket")
-            .arg(dir.path().join("s.sock"))
-            .arg("--state-dir")
-            .arg(dir.path())
-            .arg("--key-file")
-            .arg(&key)
-            .arg("--model")
-            .arg(format!("bad={}", path.display()))
-            .output()
-            .unwrap();
+        let out = run_inhoused(dir.path(), &key, &format!("bad={}", path.display()));
         let err = String::from_utf8_lossy(&out.stderr);
         // A clean refusal: exit status 1 with a message, never a signal (abort, segfault).
         assert_eq!(

@@ -416,17 +416,7 @@ fn bad_model_file_and_bad_config_fail_clearly() {
     std::fs::write(&bogus, b"this is not a gguf file").unwrap();
     let key = dir.path().join("k");
     inhouse::crypto::generate_key_file(&key).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inhoused"))
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .arg("--state-dir")
-        .arg(dir.path())
-        .arg("--key-file")
-        .arg(&key)
-        .arg("--model")
-        .arg(format!("bogus={}", bogus.display()))
-        .output()
-        .unwrap();
+    let out = run_inhoused(dir.path(), &key, &format!("bogus={}", bogus.display()));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot load model \"bogus\""), "{err}");

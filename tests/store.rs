@@ -254,26 +254,14 @@ fn a_wrong_or_exposed_key_stops_the_daemon_with_status_78() {
     let good = new_key(dir.path(), "good.key");
     let mut d = Daemon::start_in(dir.path(), &good, &[("smol", &smollm2())], &[]);
     assert!(d.terminate().success());
-    let run = |key: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_inhoused"))
-            .arg("--socket")
-            .arg(dir.path().join("x.sock"))
-            .arg("--state-dir")
-            .arg(dir.path())
-            .arg("--key-file")
-            .arg(key)
-            .arg("--model")
-            .arg(format!("smol={}", smollm2().display()))
-            .output()
-            .unwrap()
-    };
+    let run = |key: &Path| run_inhoused(dir.path(), key, &format!("smol={}", smollm2().display()));
     let wrong = new_key(dir.path(), "wrong.key");
     let out = run(&wrong);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("key"), "{err}");
     assert!(
-        !dir.path().join("x.sock").exists(),
+        !dir.path().join("s.sock").exists(),
         "no socket before the key is accepted"
     );
     use std::os::unix::fs::PermissionsExt;

@@ -189,6 +189,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `inhoused` to completion (for start-up failures): state in `dir`, socket `dir/s.sock`,
+/// master key `key`, one `--model NAME=PATH`; returns its exit status and output.
+pub fn run_inhoused(dir: &Path, key: &Path, model: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_inhoused"))
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("--key-file")
+        .arg(key)
+        .arg("--model")
+        .arg(model)
+        .output()
+        .expect("run inhoused")
+}
+
 /// A current-thread runtime for a test body.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
