@@ -11,3 +11,6 @@
 
 pub mod gguf;
 pub mod inspect;
+pub mod gguf_write;
+pub mod prepare;
+pub mod sign;

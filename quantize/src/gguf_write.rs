@@ -1,0 +1,1 @@
+//! GGUF writer (work in progress).

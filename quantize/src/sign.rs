@@ -1,0 +1,1 @@
+//! Ed25519 model signatures (work in progress).
