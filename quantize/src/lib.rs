@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod gguf;
-pub mod inspect;
 pub mod gguf_write;
+pub mod inspect;
 pub mod prepare;
 pub mod sign;
