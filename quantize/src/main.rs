@@ -2,7 +2,8 @@
 //!
 //! Thin on purpose: it parses arguments, calls the library and maps errors to exit codes.
 //! Exit codes: 0 success, 2 the file is not a valid GGUF model (or cannot be opened; clap also
-//! uses 2 for usage errors), 1 anything else (such as failing to write the report).
+//! uses 2 for usage errors, and `prepare` for an invalid config), 1 anything else (such as
+//! failing to write the report, or `prepare --on-error fail` meeting a bad input line).
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
@@ -13,9 +14,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use inhouse_quantize::gguf::{self, GgufError};
 use inhouse_quantize::inspect;
+use inhouse_quantize::prepare::{self, Config, OnError, PrepareError};
 
 /// Exit status for a file that is missing, unreadable or not a valid GGUF model.
 const EXIT_BAD_FILE: u8 = 2;
+/// Exit status for an invalid `prepare` config or option, like clap's usage errors.
+const EXIT_USAGE: u8 = 2;
 
 /// inhouse's model toolchain.
 #[derive(Parser)]
@@ -35,12 +39,87 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Turn documents (.txt, .md, .jsonl; folders recursively) into a cleaned, de-duplicated,
+    /// anonymized train/eval set: DIR/train.jsonl, DIR/eval.jsonl and DIR/report.json.
+    Prepare(PrepareArgs),
+}
+
+/// Arguments of `prepare`. Flags override the config file, which overrides the defaults.
+#[derive(clap::Args)]
+struct PrepareArgs {
+    /// Input files and folders.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// JSON config file: split, filters, custom PII patterns, names (see `prepare::config`).
+    #[arg(long, value_name = "FILE.json")]
+    config: Option<PathBuf>,
+    /// Seed of the train/eval split [default: 0].
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Expected share of documents in eval.jsonl [default: 0.1].
+    #[arg(long, value_name = "F")]
+    eval_share: Option<f64>,
+    /// Estimated Jaccard similarity from which a document is a near-duplicate [default: 0.8].
+    #[arg(long, value_name = "J")]
+    near_dup_threshold: Option<f64>,
+    /// Bad input: skip and count it, or stop with exit code 1 [default: skip].
+    #[arg(long, value_enum)]
+    on_error: Option<OnErrorArg>,
+}
+
+/// `--on-error` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnErrorArg {
+    Skip,
+    Fail,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { path, json } => inspect_cmd(&path, json),
+        Command::Prepare(args) => prepare_cmd(args),
+    }
+}
+
+fn prepare_cmd(args: PrepareArgs) -> ExitCode {
+    let config = match args.config.as_deref().map(Config::load).transpose() {
+        Ok(config) => config.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("inhouse-quantize: prepare: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = Config {
+        seed: args.seed.unwrap_or(config.seed),
+        eval_share: args.eval_share.unwrap_or(config.eval_share),
+        near_dup_threshold: args.near_dup_threshold.unwrap_or(config.near_dup_threshold),
+        on_error: args.on_error.map_or(config.on_error, |o| match o {
+            OnErrorArg::Skip => OnError::Skip,
+            OnErrorArg::Fail => OnError::Fail,
+        }),
+        ..config
+    };
+    let options = prepare::Options {
+        inputs: args.inputs,
+        out: args.out,
+        config,
+    };
+    match prepare::run(&options) {
+        Ok(report) => {
+            eprint!("{}", report.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("inhouse-quantize: prepare: {e}");
+            match e {
+                PrepareError::Config(_) => ExitCode::from(EXIT_USAGE),
+                PrepareError::Input(_) | PrepareError::Output { .. } => ExitCode::FAILURE,
+            }
+        }
     }
 }
 
