@@ -42,7 +42,9 @@ fn main() {
     if let Ok(entries) = std::fs::read_dir(&backends) {
         for e in entries.flatten() {
             let name = e.file_name();
-            if name.to_string_lossy().starts_with("libggml-cpu-") {
+            // The CPU variants, and a GPU backend (libggml-cuda.so, libggml-vulkan.so) when one
+            // was built: every backend is a module loaded from this directory.
+            if name.to_string_lossy().starts_with("libggml-") {
                 println!("cargo:rerun-if-changed={}", e.path().display());
                 install(&e.path(), &variants.join(&name));
             }

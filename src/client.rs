@@ -23,6 +23,14 @@ pub enum ClientError {
         /// Why.
         source: std::io::Error,
     },
+    /// A local file could not be read.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// HTTP failed.
     #[error("http: {0}")]
     Http(#[from] hyper::Error),
@@ -150,6 +158,76 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let body = body.map(|b| Bytes::from(b.to_string()));
         let (status, bytes) = self.raw(method, path, body).await?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(ClientError::Api {
+                status,
+                message: error_message(&value, &bytes),
+            });
+        }
+        Ok(value)
+    }
+
+    /// Uploads a file as the body of a `POST` (streamed from disk in 1 MiB pieces, never held in
+    /// memory whole), with extra headers; parses the JSON answer like [`Client::json`].
+    pub async fn upload(
+        &self,
+        path: &str,
+        file: &Path,
+        headers: &[(&str, String)],
+    ) -> Result<Value, ClientError> {
+        use tokio::io::AsyncReadExt;
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|source| ClientError::File {
+                path: file.to_path_buf(),
+                source,
+            })?;
+        let len = f
+            .metadata()
+            .await
+            .map_err(|source| ClientError::File {
+                path: file.to_path_buf(),
+                source,
+            })?
+            .len();
+        let chunks = futures_util::stream::unfold(Some(f), |f| async move {
+            let mut f = f?;
+            let mut buf = vec![0u8; 1 << 20];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), Some(f)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(hyper::header::HOST, "inhouse")
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .header(hyper::header::CONTENT_LENGTH, len);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let req = req.body(http_body_util::StreamBody::new(chunks))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
             return Err(ClientError::Api {

@@ -15,6 +15,133 @@ pub const DEFAULT_SOCKET: &str = "/run/inhouse/inhouse.sock";
 /// The state directory used when neither the file nor a flag names one.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inhouse";
 
+/// Where trusted publisher keys are looked for when the config names no directory.
+pub const DEFAULT_TRUSTED_KEYS_DIR: &str = "/etc/inhouse/trusted-keys";
+
+/// `gpu-layers`: a count or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawSetting")]
+pub enum GpuLayersSetting {
+    /// As many as fit.
+    Auto,
+    /// This many.
+    Count(u32),
+}
+
+/// A size in bytes: a number, a string with a unit, or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawSetting")]
+pub enum ByteSize {
+    /// Chosen from the machine.
+    Auto,
+    /// Exactly this many bytes.
+    Bytes(u64),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSetting {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<RawSetting> for GpuLayersSetting {
+    type Error = String;
+    fn try_from(r: RawSetting) -> Result<Self, String> {
+        match r {
+            RawSetting::Number(n) => u32::try_from(n)
+                .map(GpuLayersSetting::Count)
+                .map_err(|_| format!("gpu-layers {n} is too large")),
+            RawSetting::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for GpuLayersSetting {
+    type Err = String;
+    fn from_str(t: &str) -> Result<Self, String> {
+        if t.eq_ignore_ascii_case("auto") {
+            return Ok(GpuLayersSetting::Auto);
+        }
+        t.trim()
+            .parse()
+            .map(GpuLayersSetting::Count)
+            .map_err(|_| format!("gpu-layers must be a number or \"auto\", not {t:?}"))
+    }
+}
+
+impl TryFrom<RawSetting> for ByteSize {
+    type Error = String;
+    fn try_from(r: RawSetting) -> Result<Self, String> {
+        match r {
+            RawSetting::Number(n) => Ok(ByteSize::Bytes(n)),
+            RawSetting::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    /// `auto`, `1234`, `512MiB`, `8GiB`, `1.5GB` (decimal units are powers of 1000).
+    fn from_str(t: &str) -> Result<Self, String> {
+        let t = t.trim();
+        if t.eq_ignore_ascii_case("auto") {
+            return Ok(ByteSize::Auto);
+        }
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => {
+                return Err(format!(
+                    "unknown unit in size {t:?} (use B, KiB, MiB, GiB, TiB)"
+                ))
+            }
+        };
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("size {t:?} must be a number with an optional unit, like 8GiB"))?;
+        if !n.is_finite() || n < 0.0 || n * mult as f64 > u64::MAX as f64 {
+            return Err(format!("size {t:?} is out of range"));
+        }
+        Ok(ByteSize::Bytes((n * mult as f64) as u64))
+    }
+}
+
+impl ByteSize {
+    /// Bytes, with `auto` resolved to `auto_bytes`.
+    pub fn resolve(self, auto_bytes: impl FnOnce() -> u64) -> u64 {
+        match self {
+            ByteSize::Auto => auto_bytes(),
+            ByteSize::Bytes(n) => n,
+        }
+    }
+}
+
+/// 80% of the machine's memory (`MemTotal`), or 8 GiB when it cannot be read.
+pub fn default_memory_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024 / 10 * 8)
+        .unwrap_or(8 << 30)
+}
+
 /// The complete, checked daemon configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -29,8 +156,20 @@ pub struct Config {
     pub threads: u32,
     /// Context size (tokens) of each model's context.
     pub ctx_size: u32,
-    /// Layers offloaded to the GPU (0 on a CPU build).
-    pub gpu_layers: u32,
+    /// Layers offloaded to the GPU: a number, or `"auto"` for as many as the free device memory
+    /// allows (0 on a CPU build or without a GPU).
+    pub gpu_layers: GpuLayersSetting,
+    /// Most memory the resident models may use together (estimated: weights, KV cache, compute),
+    /// as bytes or with a unit (`"12GiB"`, `"800MiB"`); `"auto"`: 80% of the machine's memory.
+    pub memory_budget: ByteSize,
+    /// Seconds a model loaded on demand stays in memory after its last request.
+    pub keep_alive_secs: u64,
+    /// Refuse models without a valid signature by a trusted key, at import and at load.
+    pub require_signed_models: bool,
+    /// Directory of trusted publisher keys (`*.pub`, from `inhouse models sign keygen`).
+    pub trusted_keys_dir: PathBuf,
+    /// Largest model file accepted by an import, bytes or with a unit.
+    pub max_model_bytes: ByteSize,
     /// `max_tokens` used when a request gives none.
     pub default_max_tokens: u32,
     /// Requests waiting for the engine before new ones are refused with 503.
@@ -143,7 +282,12 @@ impl Default for Config {
                 .unwrap_or(2)
                 .min(16),
             ctx_size: 4096,
-            gpu_layers: 0,
+            gpu_layers: GpuLayersSetting::Count(0),
+            memory_budget: ByteSize::Auto,
+            keep_alive_secs: 300,
+            require_signed_models: false,
+            trusted_keys_dir: PathBuf::from(DEFAULT_TRUSTED_KEYS_DIR),
+            max_model_bytes: ByteSize::Bytes(256 << 30),
             default_max_tokens: 512,
             queue_size: 64,
             slots: 4,

@@ -5,7 +5,9 @@
 //! - [`daemon`]: start-up and shutdown order, the socket, signals.
 //! - [`api`]: the Unix-socket HTTP API, caller identity from peer credentials, the error table.
 //! - [`scheduler`]: untrusted JSON validated into checked requests.
-//! - [`engine`]: the only code that touches llama.cpp, on its own OS thread; continuous batching.
+//! - [`engine`]: the only code that touches llama.cpp, on its own OS thread; continuous batching;
+//!   the pool of resident models (load on demand, memory budget, eviction, keep-alive).
+//! - [`models`]: the content-addressed model store: import, verify, sign-check, manifests.
 //! - [`metrics`]: serving metrics for `GET /metrics` (Prometheus text).
 //! - [`storage`]: the encrypted SQLite store on its own thread: records, history, erasure,
 //!   rotation, the audit chain.
@@ -23,5 +25,6 @@ pub mod crypto;
 pub mod daemon;
 pub mod engine;
 pub mod metrics;
+pub mod models;
 pub mod scheduler;
 pub mod storage;

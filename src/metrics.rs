@@ -142,7 +142,9 @@ type Series = (&'static str, &'static str, fn(&ModelMetrics) -> &AtomicU64);
 /// All models' metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    models: Vec<Arc<ModelMetrics>>,
+    /// One entry per model the daemon knows (configured or in the store), added as models
+    /// are registered and kept when they unload, so counters never go backwards.
+    models: std::sync::RwLock<Vec<Arc<ModelMetrics>>>,
     /// The CPU variant label of `inhouse_build_info`.
     cpu_variant: String,
 }
@@ -151,17 +153,38 @@ impl Metrics {
     /// Metrics for these models.
     pub fn new(models: &[String], cpu_variant: &str) -> Self {
         Metrics {
-            models: models
-                .iter()
-                .map(|m| Arc::new(ModelMetrics::new(m)))
-                .collect(),
+            models: std::sync::RwLock::new(
+                models
+                    .iter()
+                    .map(|m| Arc::new(ModelMetrics::new(m)))
+                    .collect(),
+            ),
             cpu_variant: cpu_variant.to_string(),
         }
     }
 
+    fn list(&self) -> Vec<Arc<ModelMetrics>> {
+        self.models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// One model's metrics, when it is served.
-    pub fn model(&self, name: &str) -> Option<&Arc<ModelMetrics>> {
-        self.models.iter().find(|m| m.name == name)
+    pub fn model(&self, name: &str) -> Option<Arc<ModelMetrics>> {
+        self.list().into_iter().find(|m| m.name == name)
+    }
+
+    /// One model's metrics, registered now if it has none yet. Only names of models the daemon
+    /// serves (checked names from the config or the store) may be registered.
+    pub fn ensure(&self, name: &str) -> Arc<ModelMetrics> {
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = models.iter().find(|m| m.name == name) {
+            return m.clone();
+        }
+        let m = Arc::new(ModelMetrics::new(name));
+        models.push(m.clone());
+        m
     }
 
     /// Counts an answered generation request; requests for models not served are not counted
@@ -174,6 +197,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let models = self.list();
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -192,7 +216,7 @@ impl Metrics {
             "counter",
             "Generation requests answered, by model and HTTP status.",
         );
-        for m in &self.models {
+        for m in &models {
             let r = m.requests.lock().unwrap_or_else(|e| e.into_inner());
             for (status, n) in r.iter() {
                 let _ = writeln!(
@@ -229,7 +253,7 @@ impl Metrics {
         ];
         for (name, help, get) in counters {
             header(&mut out, name, "counter", help);
-            for m in &self.models {
+            for m in &models {
                 let _ = writeln!(
                     out,
                     "{name}{{model=\"{}\"}} {}",
@@ -261,7 +285,7 @@ impl Metrics {
         ];
         for (name, help, get) in gauges {
             header(&mut out, name, "gauge", help);
-            for m in &self.models {
+            for m in &models {
                 let _ = writeln!(
                     out,
                     "{name}{{model=\"{}\"}} {}",
@@ -276,7 +300,7 @@ impl Metrics {
             "histogram",
             "Time from a request reaching the engine to its first generated token.",
         );
-        for m in &self.models {
+        for m in &models {
             m.ttft
                 .render(&mut out, "inhouse_time_to_first_token_seconds", &m.name);
         }
@@ -286,7 +310,7 @@ impl Metrics {
             "histogram",
             "Time between consecutive generated tokens of one request.",
         );
-        for m in &self.models {
+        for m in &models {
             m.itl
                 .render(&mut out, "inhouse_inter_token_seconds", &m.name);
         }

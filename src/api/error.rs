@@ -141,6 +141,19 @@ impl From<EngineError> for ApiError {
                 "server_error",
                 "shutting_down",
             ),
+            EngineError::DoesNotFit { .. } => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "server_error",
+                "model_too_large",
+            ),
+            EngineError::Busy(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "model_busy",
+            ),
+            EngineError::Refused { .. } => {
+                (StatusCode::FORBIDDEN, "permission_error", "model_refused")
+            }
             EngineError::Inference(_) | EngineError::Load { .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -152,6 +165,67 @@ impl From<EngineError> for ApiError {
             kind,
             code,
             message,
+            param: None,
+        }
+    }
+}
+
+impl From<crate::models::ModelStoreError> for ApiError {
+    fn from(e: crate::models::ModelStoreError) -> Self {
+        use crate::models::ModelStoreError as E;
+        let (status, kind, code) = match &e {
+            E::InvalidName(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_model_name",
+            ),
+            E::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            E::Exists(_) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "model_exists",
+            ),
+            E::DigestMismatch { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "digest_mismatch",
+            ),
+            E::InvalidGguf(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "invalid_gguf",
+            ),
+            E::Adapter(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "invalid_adapter",
+            ),
+            E::Signature(_) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "signature_refused",
+            ),
+            E::Tampered { .. } => (StatusCode::FORBIDDEN, "permission_error", "model_refused"),
+            E::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "model_too_large",
+            ),
+            E::Io(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "model_store_error",
+            ),
+        };
+        ApiError {
+            status,
+            kind,
+            code,
+            message: e.to_string(),
             param: None,
         }
     }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod history;
 pub mod limits;
 pub mod metrics;
+pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod server;
@@ -45,6 +46,8 @@ impl Caller {
 pub struct AppState {
     /// The engine (real or, in unit tests, fake).
     pub engine: Arc<dyn Engine>,
+    /// The model pool and store behind the engine, for the model-management routes.
+    pub pool: Option<Arc<crate::engine::pool::ModelPool>>,
     /// Validation limits.
     pub limits: Limits,
     /// Who holds which role.
@@ -76,7 +79,19 @@ pub fn router(state: AppState) -> Router {
     let limited = axum::middleware::from_fn_with_state(state.uid_limits.clone(), limits::per_uid);
     let max_body = state.max_body_bytes;
     let body_timeout = state.body_timeout;
+    // Model imports stream a whole model file: no body size or JSON rule, and a per-chunk idle
+    // timeout inside the handler instead of one for the whole body.
+    let uploads = Router::new().route(
+        "/admin/models/{name}",
+        post(models::import)
+            .get(models::show)
+            .delete(models::remove)
+            .route_layer(needs(Admin))
+            .layer(axum::extract::DefaultBodyLimit::disable()),
+    );
     Router::new()
+        .route("/admin/models", get(models::list).route_layer(needs(Admin)))
+        .route("/admin/ps", get(models::ps).route_layer(needs(Admin)))
         .route("/health", get(openai::health))
         .route(
             "/metrics",
@@ -163,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             body_timeout,
         ))
+        .merge(uploads)
         .with_state(state)
 }
 

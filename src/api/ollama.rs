@@ -82,16 +82,21 @@ pub async fn tags(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"models": models}))
 }
 
-/// `GET /api/ps`: the models loaded (all served models are resident).
+/// `GET /api/ps`: the models in memory, with their size and when they unload.
 pub async fn ps(State(s): State<AppState>) -> Json<Value> {
     let models: Vec<Value> = s
         .engine
-        .models()
+        .loaded()
         .iter()
         .map(|m| {
-            let mut e = model_entry(m);
-            e["size_vram"] = json!(0);
-            e["expires_at"] = json!("9999-12-31T23:59:59Z");
+            let mut e = model_entry(&m.info);
+            e["size"] = json!(m.memory.total);
+            let on_gpu = u64::from(m.info.gpu_layers.min(m.info.n_layers));
+            e["size_vram"] = json!(m.memory.weights * on_gpu / u64::from(m.info.n_layers.max(1)));
+            e["expires_at"] = json!(match m.expires_in_secs {
+                Some(secs) => rfc3339(SystemTime::now() + std::time::Duration::from_secs(secs)),
+                None => "9999-12-31T23:59:59Z".to_string(),
+            });
             e
         })
         .collect();
@@ -118,9 +123,10 @@ pub async fn show(
     let m = s
         .engine
         .models()
-        .iter()
+        .into_iter()
         .find(|m| m.name == name)
         .ok_or_else(|| ApiError::from(crate::engine::EngineError::UnknownModel(name.clone())))?;
+    let m = &m;
     Ok(Json(json!({
         "modelfile": "",
         "parameters": "",

@@ -70,6 +70,12 @@ pub async fn health(State(s): State<AppState>) -> Json<Value> {
         "backend": s.engine.backend(),
         "cpu": s.engine.cpu().map(|c| json!({"variant": c.variant, "features": c.features})),
         "models": s.engine.models().iter().map(|m| &m.name).collect::<Vec<_>>(),
+        "loaded": s.engine.loaded().iter().map(|l| json!({
+            "name": l.info.name,
+            "placement": l.placement,
+            "gpu_layers": l.info.gpu_layers,
+            "n_layers": l.info.n_layers,
+        })).collect::<Vec<_>>(),
     }))
 }
 

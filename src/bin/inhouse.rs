@@ -24,8 +24,11 @@ struct Args {
 enum Command {
     /// Is the daemon up? Prints its health report.
     Health,
-    /// Lists the models served.
-    Models,
+    /// Lists the models served; subcommands manage the model store (admin).
+    Models {
+        #[command(subcommand)]
+        cmd: Option<ModelsCmd>,
+    },
     /// Sends one prompt and streams the answer to stdout.
     Run {
         /// Model name.
@@ -61,6 +64,74 @@ enum Command {
     /// Administration: keys, erasure, audit.
     #[command(subcommand)]
     Admin(AdminCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCmd {
+    /// Every model, stored or configured, with its store details.
+    List,
+    /// Imports a GGUF file into the store (streamed through the socket). Its digest is checked
+    /// against --sha256 or a PATH.sha256 file when there is one, and its signature (--signature
+    /// or PATH.sig) against the daemon's trusted keys.
+    Import {
+        /// The GGUF file.
+        path: PathBuf,
+        /// Name to store it under.
+        #[arg(long)]
+        name: String,
+        /// Import a LoRA adapter for this stored model (used as BASE+NAME).
+        #[arg(long, value_name = "BASE")]
+        adapter_for: Option<String>,
+        /// The SHA-256 the file must have.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// Signature file from `inhouse models sign` [default: PATH.sig when it exists].
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+    },
+    /// One model in detail: architecture, parameters, quantization, context, template, size,
+    /// digest, provenance, memory estimate.
+    Show {
+        /// Model name (or BASE+ADAPTER).
+        name: String,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes a stored model (and its adapters) and unloads it.
+    Rm {
+        /// Model name.
+        name: String,
+    },
+    /// The models in memory: where their layers live, memory used, when they unload.
+    Ps,
+    /// Creates a publisher key pair (offline): DIR/NAME.key (secret, 0600) and DIR/NAME.pub
+    /// (copy it to /etc/inhouse/trusted-keys/ on the servers).
+    Keygen {
+        /// Directory for the two files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Key name (file names).
+        #[arg(long)]
+        name: String,
+        /// Comment stored in the public key, e.g. the publisher's team.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Signs a model file with a publisher key (offline), writing PATH.sig.
+    Sign {
+        /// The GGUF file.
+        path: PathBuf,
+        /// The secret key file from `keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// Suggested name recorded in the signature.
+        #[arg(long)]
+        name: Option<String>,
+        /// Where to write the signature [default: PATH.sig].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,7 +240,7 @@ async fn run(args: Args) -> Result<()> {
             let v = client.json(Method::GET, "/health", None).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Models => {
+        Command::Models { cmd: None } => {
             let v = client.json(Method::GET, "/v1/models", None).await?;
             for m in v["data"].as_array().context("unexpected answer")? {
                 let meta = &m["meta"];
@@ -182,6 +253,7 @@ async fn run(args: Args) -> Result<()> {
                 );
             }
         }
+        Command::Models { cmd: Some(cmd) } => models(&client, cmd).await?,
         Command::Run {
             model,
             prompt,
@@ -225,6 +297,256 @@ async fn run(args: Args) -> Result<()> {
             println!();
         }
         Command::Admin(cmd) => admin(&client, cmd).await?,
+    }
+    Ok(())
+}
+
+fn mib(v: &Value) -> String {
+    format!("{:.1} MiB", v.as_f64().unwrap_or(0.0) / 1048576.0)
+}
+
+/// A name as clients ask for it: `NAME` or `BASE+ADAPTER`, each part a valid store name.
+fn check_requested_name(name: &str) -> Result<()> {
+    let (base, adapter) = inhouse::models::split_adapter(name);
+    inhouse::models::check_name(base)?;
+    if let Some(a) = adapter {
+        inhouse::models::check_name(a)?;
+    }
+    Ok(())
+}
+
+async fn models(client: &Client, cmd: ModelsCmd) -> Result<()> {
+    use inhouse_quantize::sign;
+    match cmd {
+        ModelsCmd::List => {
+            let v = client.json(Method::GET, "/admin/models", None).await?;
+            println!("NAME\tSOURCE\tARCH\tQUANT\tSIZE\tLOADED");
+            for m in v["models"].as_array().context("unexpected answer")? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    m["name"].as_str().unwrap_or("?"),
+                    m["source"].as_str().unwrap_or("?"),
+                    m["info"]["architecture"].as_str().unwrap_or("?"),
+                    m["manifest"]["quantization"].as_str().unwrap_or("-"),
+                    mib(&m["info"]["size_bytes"]),
+                    if m["loaded"].is_null() { "no" } else { "yes" },
+                );
+            }
+        }
+        ModelsCmd::Import {
+            path,
+            name,
+            adapter_for,
+            sha256,
+            signature,
+        } => {
+            inhouse::models::check_name(&name)?;
+            if let Some(b) = &adapter_for {
+                inhouse::models::check_name(b)?;
+            }
+            let side = |ext: &str| {
+                let mut p = path.clone().into_os_string();
+                p.push(ext);
+                PathBuf::from(p)
+            };
+            let sha256 = match sha256 {
+                Some(h) => Some(h),
+                None => match std::fs::read_to_string(side(".sha256")) {
+                    Ok(text) => text.split_whitespace().next().map(str::to_string),
+                    Err(_) => None,
+                },
+            };
+            let signature = match signature {
+                Some(p) => {
+                    Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+                }
+                None => std::fs::read(side(".sig")).ok(),
+            };
+            let mut query = vec![];
+            if let Some(b) = &adapter_for {
+                query.push(format!("adapter_for={b}"));
+            }
+            if let Some(h) = &sha256 {
+                query.push(format!("sha256={h}"));
+            }
+            if let Some(f) = path.file_name().and_then(|f| f.to_str()) {
+                if f.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+                {
+                    query.push(format!("source={f}"));
+                }
+            }
+            let mut uri = format!("/admin/models/{name}");
+            if !query.is_empty() {
+                uri = format!("{uri}?{}", query.join("&"));
+            }
+            let mut headers = vec![];
+            if let Some(sig) = signature {
+                headers.push((
+                    inhouse::api::models::SIGNATURE_HEADER,
+                    base64::engine::general_purpose::STANDARD.encode(sig),
+                ));
+            }
+            if sha256.is_none() {
+                eprintln!("note: no --sha256 and no {} file: the digest is recorded but not checked against a published one", side(".sha256").display());
+            }
+            let v = client.upload(&uri, &path, &headers).await?;
+            let m = &v["imported"];
+            println!(
+                "imported {} (sha256 {}, {}{})",
+                m["name"].as_str().unwrap_or("?"),
+                m["digest"].as_str().unwrap_or("?"),
+                mib(&m["size"]),
+                match m["provenance"]["signed_by"].as_str() {
+                    Some(k) => format!(", signed by key {k}"),
+                    None => ", unsigned".into(),
+                }
+            );
+        }
+        ModelsCmd::Show { name, json } => {
+            check_requested_name(&name)?;
+            let v = client
+                .json(Method::GET, &format!("/admin/models/{name}"), None)
+                .await?;
+            if json {
+                return print_json(&v);
+            }
+            let (i, m, e) = (&v["info"], &v["manifest"], &v["estimate"]);
+            let s = |x: &Value| match x {
+                Value::Null => "-".to_string(),
+                Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            println!("name:            {}", s(&v["name"]));
+            println!("source:          {}", s(&v["source"]));
+            println!(
+                "architecture:    {}",
+                s(if i.is_null() {
+                    &m["architecture"]
+                } else {
+                    &i["architecture"]
+                })
+            );
+            println!(
+                "parameters:      {}",
+                s(if i.is_null() {
+                    &m["n_params"]
+                } else {
+                    &i["n_params"]
+                })
+            );
+            println!("quantization:    {}", s(&m["quantization"]));
+            println!(
+                "context length:  {}",
+                s(if i.is_null() {
+                    &m["context_length"]
+                } else {
+                    &i["n_ctx_train"]
+                })
+            );
+            let template = if m.is_null() {
+                !i["chat_template"].is_null()
+            } else {
+                m["chat_template"].as_bool().unwrap_or(false)
+            };
+            println!("chat template:   {}", if template { "yes" } else { "no" });
+            println!(
+                "size:            {}",
+                mib(if m.is_null() {
+                    &i["size_bytes"]
+                } else {
+                    &m["size"]
+                })
+            );
+            println!("digest:          {}", s(&m["digest"]));
+            if !m.is_null() {
+                let p = &m["provenance"];
+                println!(
+                    "imported:        at {} by uid {} from {}",
+                    s(&p["imported_at"]),
+                    s(&p["imported_by_uid"]),
+                    s(&p["source"])
+                );
+                println!("signed by:       {}", s(&p["signed_by"]));
+            }
+            if !e.is_null() {
+                println!(
+                    "memory estimate: {} (weights {}, KV cache {}, compute {})",
+                    mib(&e["total"]),
+                    mib(&e["weights"]),
+                    mib(&e["kv_cache"]),
+                    mib(&e["compute"])
+                );
+            }
+            println!(
+                "loaded:          {}",
+                if v["loaded"].is_null() {
+                    "no".to_string()
+                } else {
+                    format!("yes, {}", s(&v["loaded"]["placement"]))
+                }
+            );
+        }
+        ModelsCmd::Rm { name } => {
+            inhouse::models::check_name(&name)?;
+            let v = client
+                .json(Method::DELETE, &format!("/admin/models/{name}"), None)
+                .await?;
+            println!("removed {}", v["removed"]);
+        }
+        ModelsCmd::Ps => {
+            let v = client.json(Method::GET, "/admin/ps", None).await?;
+            println!("NAME\tPLACEMENT\tGPU LAYERS\tMEMORY\tACTIVE\tUNLOADS IN");
+            for l in v["loaded"].as_array().context("unexpected answer")? {
+                println!(
+                    "{}\t{}\t{}/{}\t{}\t{}\t{}",
+                    l["name"].as_str().unwrap_or("?"),
+                    l["placement"].as_str().unwrap_or("?"),
+                    l["gpu_layers"],
+                    l["n_layers"],
+                    mib(&l["memory"]["total"]),
+                    l["active_requests"],
+                    match l["expires_in_secs"].as_u64() {
+                        Some(s) => format!("{s} s"),
+                        None => "never (configured)".into(),
+                    }
+                );
+            }
+            println!(
+                "budget {} · used {} · evictions {}",
+                mib(&v["budget_bytes"]),
+                mib(&v["used_bytes"]),
+                v["evictions"]
+            );
+        }
+        ModelsCmd::Keygen { dir, name, comment } => {
+            let (secret, public, key) = sign::write_keypair(&dir, &name, &comment)?;
+            println!("secret key: {} (keep it offline)", secret.display());
+            println!(
+                "public key: {} (key id {}): copy it to /etc/inhouse/trusted-keys/",
+                public.display(),
+                key.key_id()
+            );
+        }
+        ModelsCmd::Sign {
+            path,
+            key,
+            name,
+            out,
+        } => {
+            let secret = sign::SecretKey::read(&key)?;
+            let (digest, size) = sign::sha256_file(&path)?;
+            let sig = sign::sign_model(&secret, &digest, size, name.as_deref(), None)?;
+            let out = out.unwrap_or_else(|| sign::signature_path(&path));
+            std::fs::write(&out, sig.to_json())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "signed {} (sha256 {digest}) with key {}: {}",
+                path.display(),
+                secret.key_id(),
+                out.display()
+            );
+        }
     }
     Ok(())
 }

@@ -30,9 +30,12 @@ struct Args {
     /// Context size in tokens.
     #[arg(long, value_name = "N")]
     ctx_size: Option<u32>,
-    /// Layers to offload to the GPU.
-    #[arg(long, value_name = "N")]
-    gpu_layers: Option<u32>,
+    /// Layers to offload to the GPU: a number or "auto".
+    #[arg(long, value_name = "N|auto")]
+    gpu_layers: Option<config::GpuLayersSetting>,
+    /// Most memory the resident models may use together, e.g. 8GiB, or "auto".
+    #[arg(long, value_name = "SIZE")]
+    memory_budget: Option<config::ByteSize>,
     /// Requests per model decoded together (continuous batching).
     #[arg(long, value_name = "N")]
     slots: Option<u32>,
@@ -92,6 +95,9 @@ fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
     }
     if let Some(g) = args.gpu_layers {
         cfg.gpu_layers = g;
+    }
+    if let Some(b) = args.memory_budget {
+        cfg.memory_budget = b;
     }
     if let Some(n) = args.slots {
         cfg.slots = n;

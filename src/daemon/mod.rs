@@ -10,8 +10,10 @@ pub mod systemd;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::engine::llama::{EngineConfig, LlamaEngine};
+use crate::engine::llama::EngineConfig;
+use crate::engine::pool::{GpuLayers, ModelPool, PoolConfig};
 use crate::engine::EngineError;
+use crate::models::ModelStore;
 use crate::scheduler::Limits;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -176,12 +178,6 @@ pub async fn shutdown_signal() {
 pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), DaemonError> {
     let _watchdog = systemd::spawn_watchdog(activation.watchdog);
     config.check()?;
-    if config.models.is_empty() {
-        return Err(crate::config::ConfigError::Invalid(
-            "no models configured: pass --model NAME=PATH or add a [models] table".into(),
-        )
-        .into());
-    }
     // The key and the database come first: a wrong key must stop the daemon (status 78)
     // before any model is loaded or the socket opened.
     let store = store::open(&config).await?;
@@ -202,28 +198,50 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
     let engine_cfg = EngineConfig {
         threads: config.threads,
         ctx_size: config.ctx_size,
-        gpu_layers: config.gpu_layers,
+        gpu_layers: 0,
         queue_size: config.queue_size,
         slots: config.slots,
         cache_reuse_across_users: config.cache_reuse_across_users,
         prefill_chunk: config.prefill_chunk,
     };
-    let models: Vec<_> = config
-        .models
-        .iter()
-        .map(|(n, p)| (n.clone(), p.clone()))
-        .collect();
-    systemd::notify_status(&format!("loading {} model(s)", models.len()));
-    let engine = tokio::task::spawn_blocking(move || LlamaEngine::start(models, engine_cfg))
-        .await
-        .map_err(|e| EngineError::Inference(format!("engine start panicked: {e}")))??;
-    for m in crate::engine::Engine::models(&engine) {
-        tracing::info!(model = %m.name, arch = %m.architecture, n_ctx = m.n_ctx, "model loaded");
-    }
+    let model_store = {
+        let (dir, signed, keys) = (
+            config.state_dir.clone(),
+            config.require_signed_models,
+            config.trusted_keys_dir.clone(),
+        );
+        let max = config.max_model_bytes.resolve(|| 256 << 30);
+        tokio::task::spawn_blocking(move || ModelStore::open(&dir, signed, &keys, max))
+            .await
+            .map_err(|e| EngineError::Inference(format!("model store: {e}")))?
+            .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?
+    };
+    let pool_cfg = PoolConfig {
+        engine: engine_cfg,
+        gpu_layers: match config.gpu_layers {
+            crate::config::GpuLayersSetting::Auto => GpuLayers::Auto,
+            crate::config::GpuLayersSetting::Count(n) => GpuLayers::Fixed(n),
+        },
+        budget: config
+            .memory_budget
+            .resolve(crate::config::default_memory_budget),
+        keep_alive: Some(std::time::Duration::from_secs(config.keep_alive_secs)),
+        busy_wait: std::time::Duration::from_secs(120),
+    };
+    tracing::info!(
+        budget_mib = pool_cfg.budget >> 20,
+        stored = model_store.list().len(),
+        "model pool"
+    );
+    let pool = ModelPool::new(pool_cfg, config.models.clone(), Some(Arc::new(model_store)))?;
+    systemd::notify_status(&format!("loading {} model(s)", config.models.len()));
+    pool.preload().await?;
+    let reaper = pool.reaper();
+    let engine: Arc<dyn crate::engine::Engine> = pool.clone();
     let max_ctx = config.ctx_size;
-    let engine = Arc::new(engine);
     let state = AppState {
-        engine: engine.clone(),
+        engine,
+        pool: Some(pool.clone()),
         limits: Limits {
             default_max_tokens: config.default_max_tokens,
             max_tokens_cap: max_ctx,
@@ -239,7 +257,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: std::time::Duration::from_secs(config.limits.body_timeout_secs),
     };
-    let n_models = config.models.len();
+    let n_models = crate::engine::Engine::models(pool.as_ref()).len();
     // The activated socket belongs to systemd (inhoused.socket): it outlives this process and is
     // never removed here. A socket we bound ourselves is removed on the way out.
     let (listener, bound) = match activation.listener {
@@ -277,8 +295,9 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
     if let Some(r) = retention {
         r.abort();
     }
-    // Stop the engine thread before the process exits (see LlamaEngine::shutdown).
-    let stopping = engine.clone();
+    // Stop the engine threads before the process exits (see LlamaEngine::shutdown).
+    reaper.abort();
+    let stopping = pool.clone();
     let _ = tokio::task::spawn_blocking(move || stopping.shutdown()).await;
     // Every request has finished: flush the store's queue, log the stop, close the database.
     let _ = store

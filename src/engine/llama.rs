@@ -1,8 +1,10 @@
 //! The real engine: llama.cpp through the safe `llama-cpp-2` API, on one OS thread, with
 //! continuous batching.
 //!
-//! `LlamaBackend::init` may run once per process and `LlamaContext<'a>` borrows its model, so the
-//! backend, the models and their contexts all live on the stack of [`run`], on the engine thread.
+//! `LlamaContext<'a>` borrows its model, so the models and their contexts live on the stack of
+//! [`run`], on the engine thread; the backend, which may be initialised once per process, is a
+//! static shared by every engine thread ([`backend`]). The daemon runs one engine per resident
+//! model (see [`super::pool`]), so loading or unloading one never stops another.
 //!
 //! Each model has one context with `slots` sequences, each with its own KV stream of
 //! `ctx-size` tokens (see [`serving_params`] for why not one unified cache). The thread loops:
@@ -108,6 +110,39 @@ enum Job {
     ),
 }
 
+/// A model to load: its name, its GGUF file and, for a `base+adapter` name, the LoRA adapter
+/// applied to every request of that name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// The name clients use.
+    pub name: String,
+    /// The model's GGUF file.
+    pub path: PathBuf,
+    /// A LoRA adapter (GGUF) applied at scale 1 to this name's context.
+    pub adapter: Option<PathBuf>,
+}
+
+/// The process's llama.cpp backend. `LlamaBackend::init` succeeds once per process, and several
+/// engine threads (one per resident model) share it, so it lives in a static for the life of the
+/// process (freeing it at exit would gain nothing: `llama_backend_free` only releases ggml's
+/// quantization tables).
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: std::sync::OnceLock<Result<LlamaBackend, String>> = std::sync::OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp's own log lines go to tracing at debug level; they never include
+            // prompt text.
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            // The CPU variant for this processor must be loaded before llama.cpp can load a
+            // model.
+            let cpu = super::cpu_backend()?;
+            tracing::info!(variant = %cpu.variant, dir = %cpu.dir.display(), "ggml CPU backend");
+            LlamaBackend::init().map_err(|e| format!("llama.cpp init: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Inference(e.clone()))
+}
+
 /// Handle to the engine thread. Dropping every handle stops the thread once running requests end.
 pub struct LlamaEngine {
     jobs: std_mpsc::SyncSender<Job>,
@@ -136,11 +171,15 @@ impl LlamaEngine {
     }
 
     /// Starts the engine thread and loads every model; returns once all are loaded, or with the
-    /// first model that failed.
-    pub fn start(models: Vec<(String, PathBuf)>, cfg: EngineConfig) -> Result<Self, EngineError> {
-        let cpu = super::cpu_backend().map_err(EngineError::Inference)?;
-        let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
-        let metrics = Arc::new(Metrics::new(&names, &cpu.variant));
+    /// first model that failed. Each model's series in `metrics` is registered if missing.
+    pub fn start(
+        models: Vec<ModelSpec>,
+        cfg: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, EngineError> {
+        for m in &models {
+            metrics.ensure(&m.name);
+        }
         let (jobs, rx) = std_mpsc::sync_channel(cfg.queue_size);
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let queue_size = cfg.queue_size;
@@ -184,8 +223,8 @@ impl LlamaEngine {
 }
 
 impl Engine for LlamaEngine {
-    fn models(&self) -> &[ModelInfo] {
-        &self.models
+    fn models(&self) -> Vec<ModelInfo> {
+        self.models.clone()
     }
 
     fn generate(
@@ -325,35 +364,23 @@ struct Runner<'m> {
 }
 
 fn run(
-    specs: Vec<(String, PathBuf)>,
+    specs: Vec<ModelSpec>,
     cfg: EngineConfig,
     jobs: std_mpsc::Receiver<Job>,
     ready: std_mpsc::Sender<Result<Vec<ModelInfo>, EngineError>>,
     shared: Shared,
     stop: Arc<AtomicBool>,
 ) {
-    // llama.cpp's own log lines go to tracing at debug level; they never include prompt text.
-    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-    // The CPU variant for this processor must be loaded before llama.cpp can load a model.
-    match super::cpu_backend() {
-        Ok(cpu) => {
-            tracing::info!(variant = %cpu.variant, dir = %cpu.dir.display(), "ggml CPU backend")
-        }
-        Err(e) => {
-            let _ = ready.send(Err(EngineError::Inference(e)));
-            return;
-        }
-    }
-    let backend = match LlamaBackend::init() {
+    let backend = match backend() {
         Ok(b) => b,
         Err(e) => {
-            let _ = ready.send(Err(EngineError::Inference(format!("llama.cpp init: {e}"))));
+            let _ = ready.send(Err(e));
             return;
         }
     };
     let mut loaded = Vec::with_capacity(specs.len());
-    for (name, path) in &specs {
-        match load(&backend, name, path, &cfg) {
+    for spec in &specs {
+        match load(backend, spec, &cfg) {
             Ok(l) => loaded.push(l),
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -363,7 +390,7 @@ fn run(
     }
     let mut runners = Vec::with_capacity(loaded.len());
     for l in &loaded {
-        match Runner::new(&backend, l, &cfg, &shared.metrics) {
+        match Runner::new(backend, l, &cfg, &shared.metrics) {
             Ok(r) => runners.push(r),
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -387,14 +414,14 @@ fn run(
             }
             // Idle: sleep until a job arrives, looking at the stop flag now and then.
             match jobs.recv_timeout(std::time::Duration::from_millis(100)) {
-                Ok(job) => take(job, &mut runners, &backend, &cfg, &shared),
+                Ok(job) => take(job, &mut runners, backend, &cfg, &shared),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         loop {
             match jobs.try_recv() {
-                Ok(job) => take(job, &mut runners, &backend, &cfg, &shared),
+                Ok(job) => take(job, &mut runners, backend, &cfg, &shared),
                 Err(std_mpsc::TryRecvError::Empty) => break,
                 Err(std_mpsc::TryRecvError::Disconnected) => {
                     open = false;
@@ -465,7 +492,7 @@ impl<'m> Runner<'m> {
     ) -> Result<Self, EngineError> {
         let slots = cfg.slots.max(1);
         let params = serving_params(l.info.n_ctx, slots, cfg.threads);
-        let ctx = l
+        let mut ctx = l
             .model
             .new_context(backend, params)
             .map_err(|e| EngineError::Load {
@@ -473,10 +500,8 @@ impl<'m> Runner<'m> {
                 path: String::new(),
                 reason: format!("cannot create a context: {e}"),
             })?;
-        let metrics = metrics
-            .model(&l.info.name)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(ModelMetrics::new(&l.info.name)));
+        l.apply_adapter(&mut ctx)?;
+        let metrics = metrics.ensure(&l.info.name);
         metrics.slots.store(u64::from(slots), Relaxed);
         metrics
             .kv_capacity_tokens
@@ -782,6 +807,24 @@ struct Loaded {
     model: LlamaModel,
     /// The chat template: the GGUF's own, or llama.cpp's built-in one for the architecture.
     template: Option<LlamaChatTemplate>,
+    /// The LoRA adapter of a `base+adapter` name (llama.cpp frees it with the model). In a
+    /// `RefCell` because setting it on a context takes `&mut`, while contexts borrow `Loaded`.
+    adapter: Option<std::cell::RefCell<llama_cpp_2::model::LlamaLoraAdapter>>,
+}
+
+impl Loaded {
+    /// Applies this name's adapter, if it has one, to a context of its model.
+    fn apply_adapter(&self, ctx: &mut LlamaContext<'_>) -> Result<(), EngineError> {
+        let Some(adapter) = &self.adapter else {
+            return Ok(());
+        };
+        ctx.lora_adapter_set(&mut adapter.borrow_mut(), 1.0)
+            .map_err(|e| EngineError::Load {
+                name: self.info.name.clone(),
+                path: String::new(),
+                reason: format!("cannot apply the LoRA adapter: {e}"),
+            })
+    }
 }
 
 /// llama.cpp's built-in template for GGUFs that carry none, by architecture. Only families whose
@@ -804,10 +847,10 @@ fn now_unix() -> u64 {
 
 fn load(
     backend: &LlamaBackend,
-    name: &str,
-    path: &PathBuf,
+    spec: &ModelSpec,
     cfg: &EngineConfig,
 ) -> Result<Loaded, EngineError> {
+    let (name, path) = (&spec.name, &spec.path);
     let err = |reason: String| EngineError::Load {
         name: name.to_string(),
         path: path.display().to_string(),
@@ -817,7 +860,7 @@ fn load(
     // validated in Rust first: magic, version, counts, lengths, types, offsets, alignment.
     inhouse_quantize::gguf::open(path).map_err(|e| err(format!("not a valid GGUF file: {e}")))?;
     let params = LlamaModelParams::default().with_n_gpu_layers(cfg.gpu_layers);
-    let model = LlamaModel::load_from_file(backend, path, &params)
+    let mut model = LlamaModel::load_from_file(backend, path, &params)
         .map_err(|e| err(format!("llama.cpp could not load it ({e})")))?;
     let architecture = model
         .meta_val_str("general.architecture")
@@ -839,12 +882,25 @@ fn load(
         n_embd: u32::try_from(model.n_embd()).unwrap_or(0),
         chat_template: template_source,
         gpu_layers: cfg.gpu_layers.min(model.n_layer()),
+        n_layers: model.n_layer(),
         loaded_at: now_unix(),
+    };
+    let adapter = match &spec.adapter {
+        None => None,
+        Some(a) => {
+            inhouse_quantize::gguf::open(a)
+                .map_err(|e| err(format!("the adapter is not a valid GGUF file: {e}")))?;
+            let lora = model
+                .lora_adapter_init(a)
+                .map_err(|e| err(format!("llama.cpp could not load the adapter ({e})")))?;
+            Some(std::cell::RefCell::new(lora))
+        }
     };
     Ok(Loaded {
         info,
         model,
         template,
+        adapter,
     })
 }
 
@@ -933,6 +989,7 @@ fn embed(
         .model
         .new_context(backend, params)
         .map_err(|e| EngineError::CannotEmbed(format!("{}: {e}", l.info.name)))?;
+    l.apply_adapter(&mut ctx)?;
     let mut vectors = Vec::with_capacity(inputs.len());
     let mut total = 0u32;
     for input in inputs {

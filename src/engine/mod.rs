@@ -9,6 +9,7 @@
 
 mod ffi;
 pub mod llama;
+pub mod pool;
 pub mod slots;
 pub mod text;
 
@@ -42,6 +43,8 @@ pub struct ModelInfo {
     pub chat_template: Option<String>,
     /// Layers offloaded to a GPU.
     pub gpu_layers: u32,
+    /// Layers in the model (placement: `gpu_layers` of `n_layers` on the GPU).
+    pub n_layers: u32,
     /// Unix time the model was loaded.
     pub loaded_at: u64,
 }
@@ -186,6 +189,32 @@ pub enum EngineError {
     /// llama.cpp failed while running.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The model cannot fit in the memory budget even with nothing else loaded.
+    #[error(
+        "model {model:?} needs about {need} ({detail}), but the memory budget is {budget}; \
+         raise memory-budget, or lower ctx-size or slots"
+    )]
+    DoesNotFit {
+        /// Model name.
+        model: String,
+        /// Estimated need, formatted.
+        need: String,
+        /// What the estimate is made of.
+        detail: String,
+        /// The budget, formatted.
+        budget: String,
+    },
+    /// Memory is held by models that are answering requests; the load waited and gave up.
+    #[error("model {0:?} cannot be loaded now: the memory budget is held by models serving requests; retry later")]
+    Busy(String),
+    /// The model store refused to load the file (integrity or signature policy).
+    #[error("model {model:?} refused: {reason}")]
+    Refused {
+        /// Model name.
+        model: String,
+        /// Why.
+        reason: String,
+    },
     /// A model could not be loaded at start-up.
     #[error("cannot load model {name:?} from {path}: {reason}")]
     Load {
@@ -204,7 +233,35 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The seam between the API and whatever runs the models.
 pub trait Engine: Send + Sync + 'static {
     /// The models served, in a stable order.
-    fn models(&self) -> &[ModelInfo];
+    fn models(&self) -> Vec<ModelInfo>;
+    /// The models in memory now (by default: all of them, always resident).
+    fn loaded(&self) -> Vec<pool::LoadedModel> {
+        self.models()
+            .into_iter()
+            .map(|info| pool::LoadedModel {
+                placement: if info.gpu_layers == 0 {
+                    "cpu"
+                } else {
+                    "cpu+gpu"
+                }
+                .into(),
+                memory: crate::models::estimate::Estimate {
+                    weights: info.size_bytes,
+                    kv_cache: 0,
+                    compute: 0,
+                    total: info.size_bytes,
+                },
+                active_requests: 0,
+                idle_secs: 0,
+                expires_in_secs: None,
+                info,
+            })
+            .collect()
+    }
+    /// Unloads a model and anything built on it (a removed store entry); by default nothing.
+    fn unload(&self, _name: &str) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// Queues a generation; events arrive on the returned channel.
     fn generate(&self, req: GenerateRequest)
         -> Result<mpsc::UnboundedReceiver<Event>, EngineError>;

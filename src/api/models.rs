@@ -1,0 +1,277 @@
+//! Model management: `/admin/models` (list, show, import, remove) and `/admin/ps`; admin only.
+//!
+//! An import is the model file itself as the request body (`application/octet-stream`), streamed
+//! by the client from its own disk: the sandboxed daemon never opens a path a user names. The
+//! body goes straight to a file in the store's `tmp/` through SHA-256 on a blocking thread; the
+//! store checks it and renames it into place (see [`crate::models`]). A client that stalls for
+//! longer than the body timeout between chunks, or disconnects, aborts the import and leaves
+//! nothing behind.
+
+use super::error::ApiError;
+use super::{AppState, Caller};
+use crate::engine::pool::ModelPool;
+use crate::models::{self, ImportRequest, Kind, Manifest, ModelStoreError};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Header carrying a signature file (base64 of its JSON) with an import.
+pub const SIGNATURE_HEADER: &str = "x-inhouse-signature";
+
+fn pool(s: &AppState) -> Result<&Arc<ModelPool>, ApiError> {
+    s.pool
+        .as_ref()
+        .ok_or_else(|| ApiError::from(ModelStoreError::Io("this daemon has no model store".into())))
+}
+
+fn store(s: &AppState) -> Result<Arc<models::ModelStore>, ApiError> {
+    pool(s)?
+        .store()
+        .cloned()
+        .ok_or_else(|| ApiError::from(ModelStoreError::Io("this daemon has no model store".into())))
+}
+
+/// What a stored or configured name looks like in listings.
+fn entry(p: &ModelPool, name: &str, manifest: Option<&Manifest>) -> Value {
+    let available = p.available();
+    let found = available.iter().find(|(i, _)| i.name == name);
+    let loaded = p.loaded_models().into_iter().find(|l| l.info.name == name);
+    json!({
+        "name": name,
+        "source": if manifest.is_some() { "store" } else { "config" },
+        "manifest": manifest,
+        "info": found.map(|(i, _)| i),
+        "estimate": found.map(|(_, e)| e),
+        "loaded": loaded,
+    })
+}
+
+/// `GET /admin/models`: every name, stored or configured, with what it is and whether it is
+/// in memory.
+pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let p = pool(&s)?;
+    let manifests = store(&s)?.list();
+    let mut out: Vec<Value> = Vec::new();
+    for (info, _) in p.available() {
+        let (base, adapter) = models::split_adapter(&info.name);
+        let m = manifests.iter().find(|m| m.name == adapter.unwrap_or(base));
+        out.push(entry(p, &info.name, m));
+    }
+    Ok(Json(json!({
+        "models": out,
+        "budget_bytes": p.budget(),
+        "require_signed_models": store(&s)?.require_signed(),
+    })))
+}
+
+/// `GET /admin/models/{name}`: one name in detail.
+pub async fn show(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = pool(&s)?;
+    let (base, adapter) = models::split_adapter(&name);
+    models::check_name(base)?;
+    if let Some(a) = adapter {
+        models::check_name(a)?;
+    }
+    let st = store(&s)?;
+    let manifest = match st.get(adapter.unwrap_or(base)) {
+        Ok(m) => Some(m),
+        Err(ModelStoreError::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if !p.available().iter().any(|(i, _)| i.name == name) {
+        // An adapter is listed under `base+adapter`; asking for it alone shows its manifest.
+        return match manifest {
+            Some(m) if m.kind == Kind::Adapter => Ok(Json(json!({
+                "name": name, "source": "store", "manifest": m,
+                "info": null, "estimate": null, "loaded": null,
+            }))),
+            _ => Err(ModelStoreError::NotFound(name).into()),
+        };
+    }
+    Ok(Json(entry(p, &name, manifest.as_ref())))
+}
+
+/// Query of an import.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// Store the file as a LoRA adapter of this model.
+    adapter_for: Option<String>,
+    /// The SHA-256 the file must have.
+    sha256: Option<String>,
+    /// The client's file name, for provenance.
+    source: Option<String>,
+}
+
+enum Piece {
+    Data(bytes::Bytes),
+    Abort(String),
+}
+
+/// `POST /admin/models/{name}`: imports the request body as a model (or adapter).
+pub async fn import(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    Path(name): Path<String>,
+    query: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    use futures_util::StreamExt;
+    let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
+    models::check_name(&name)?;
+    if let Some(b) = &q.adapter_for {
+        models::check_name(b)?;
+    }
+    if let Some(h) = &q.sha256 {
+        if h.len() != 64 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_param(
+                "sha256",
+                "sha256 must be 64 hex digits",
+            ));
+        }
+    }
+    let signature = match headers.get(SIGNATURE_HEADER) {
+        None => None,
+        Some(v) => {
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "invalid_signature_header",
+                        format!("{SIGNATURE_HEADER} must be the base64 of the signature file"),
+                    )
+                })?;
+            Some(text)
+        }
+    };
+    let st = store(&s)?;
+    let req = ImportRequest {
+        name: name.clone(),
+        adapter_for: q.adapter_for,
+        expected_sha256: q.sha256,
+        signature,
+        source: q.source,
+        uid: caller.uid,
+        extra: Value::Null,
+    };
+    // Chunks go to a blocking thread that writes and hashes them; a bounded channel keeps a
+    // fast client from queueing the whole file in memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
+    let writer_store = st.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut up = writer_store.begin_import()?;
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                Piece::Data(chunk) => {
+                    if let Err(e) = up.write(&chunk) {
+                        up.abort();
+                        return Err(e);
+                    }
+                }
+                Piece::Abort(why) => {
+                    up.abort();
+                    return Err(ModelStoreError::Io(format!("upload interrupted: {why}")));
+                }
+            }
+        }
+        writer_store.finish_import(up, &req)
+    });
+    let mut stream = body.into_data_stream();
+    loop {
+        let next = tokio::time::timeout(s.body_timeout, stream.next()).await;
+        let piece = match next {
+            Err(_) => Piece::Abort("no data within the body timeout".into()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => Piece::Abort(e.to_string()),
+            Ok(Some(Ok(chunk))) => Piece::Data(chunk),
+        };
+        let abort = matches!(piece, Piece::Abort(_));
+        if tx.send(piece).await.is_err() || abort {
+            break; // the writer stopped (an error it reports below) or we aborted
+        }
+    }
+    drop(tx);
+    let result = writer
+        .await
+        .map_err(|e| ApiError::from(ModelStoreError::Io(format!("import task: {e}"))))?;
+    let audit = |outcome: &str, detail: Value| {
+        let store = s.store.clone();
+        let kind = format!("model_import_{outcome}");
+        async move {
+            let _ = store
+                .audit_append(kind, Some(caller.uid), detail.to_string())
+                .await;
+        }
+    };
+    match result {
+        Ok(m) => {
+            audit(
+                "ok",
+                json!({"name": m.name, "digest": m.digest, "size": m.size, "kind": m.kind,
+                       "base": m.base, "signed_by": m.provenance.signed_by}),
+            )
+            .await;
+            tracing::info!(model = %m.name, digest = %m.digest, "model imported");
+            Ok(Json(json!({"imported": m})))
+        }
+        Err(e) => {
+            audit("refused", json!({"name": name, "error": e.to_string()})).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// `DELETE /admin/models/{name}`: removes a stored name (and a model's adapters), unloading
+/// whatever used it.
+pub async fn remove(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let st = store(&s)?;
+    let p = pool(&s)?.clone();
+    let n = name.clone();
+    let removed = tokio::task::spawn_blocking(move || st.remove(&n))
+        .await
+        .map_err(|e| ApiError::from(ModelStoreError::Io(format!("remove task: {e}"))))??;
+    for r in &removed {
+        crate::engine::Engine::unload(p.as_ref(), r).await;
+    }
+    let _ = s
+        .store
+        .audit_append(
+            "model_remove",
+            Some(caller.uid),
+            json!({"names": removed}).to_string(),
+        )
+        .await;
+    Ok(Json(json!({"removed": removed})))
+}
+
+/// `GET /admin/ps`: the models in memory, where their layers live, and the budget.
+pub async fn ps(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let p = pool(&s)?;
+    let loaded = p.loaded_models();
+    let used: u64 = loaded.iter().map(|l| l.memory.total).sum();
+    Ok(Json(json!({
+        "loaded": loaded,
+        "budget_bytes": p.budget(),
+        "used_bytes": used,
+        "evictions": p.evictions(),
+        "gpus": crate::engine::pool::gpu_devices()
+            .into_iter()
+            .map(|(name, free)| json!({"name": name, "free_bytes": free}))
+            .collect::<Vec<_>>(),
+    })))
+}
