@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench serving` (release profile). Environment:
 //! - `INHOUSE_BENCH_MODEL`: GGUF path (default: SmolLM2 from the test model cache),
-//! - `INHOUSE_BENCH_THREADS` (default 2), `INHOUSE_BENCH_REPEAT` (default 3; medians are printed).
+//! - `INHOUSE_BENCH_THREADS` (default 2), `INHOUSE_BENCH_REPEAT` (default 3; medians are printed),
+//! - `INHOUSE_BENCH_GPU_LAYERS` (default 0): layers offloaded on both sides (see scripts/bench-gpu).
 //!
 //! Prints every figure and its ratio to raw llama.cpp. No figure is asserted: the machines are
 //! shared, so the numbers are recorded in docs/BENCHMARKS.md with the load seen.
@@ -35,6 +36,12 @@ fn model_path() -> PathBuf {
         }
     };
     dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Layers both sides offload to a GPU (`INHOUSE_BENCH_GPU_LAYERS`, default 0; a `cuda` build
+/// is needed for anything else to matter; scripts/bench-gpu sets 999 = every layer).
+fn gpu_layers() -> u32 {
+    env_num("INHOUSE_BENCH_GPU_LAYERS", 0) as u32
 }
 
 fn env_num(name: &str, default: usize) -> usize {
@@ -103,8 +110,8 @@ impl Raw {
         inhouse::engine::cpu_backend().expect("ggml CPU backend");
         let mut backend = LlamaBackend::init().expect("llama backend");
         backend.void_logs();
-        let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default())
-            .expect("model");
+        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers());
+        let model = LlamaModel::load_from_file(&backend, path, &params).expect("model");
         Raw {
             backend,
             model,
@@ -255,6 +262,7 @@ impl Daemon {
                 &CTX.to_string(),
             ])
             .args(["--slots", &slots.to_string()])
+            .args(["--gpu-layers", &gpu_layers().to_string()])
             .env("INHOUSE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
