@@ -578,3 +578,58 @@ fn the_official_ollama_python_client_lists_and_chats() {
         "{stdout}"
     );
 }
+
+/// Starts an import by hand and sends only the first 8 MiB of SmolLM2; returns the connection
+/// once the daemon has begun writing the upload.
+fn start_partial_import(d: &Daemon, name: &str) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let file = std::fs::read(smollm2()).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    write!(
+        s,
+        "POST /admin/models/{name} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        file.len()
+    )
+    .unwrap();
+    s.write_all(&file[..8 << 20]).unwrap();
+    let tmp = d.dir.join("models/tmp");
+    for _ in 0..100 {
+        if std::fs::read_dir(&tmp).unwrap().count() > 0 {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the upload never reached {}", tmp.display());
+}
+
+#[test]
+fn an_interrupted_import_leaves_nothing_behind() {
+    let mut d = empty_daemon(&[]);
+    let before = store_files(&d);
+    assert!(before.is_empty(), "{before:?}");
+    // The client goes away mid-upload: the daemon removes the partial file.
+    let conn = start_partial_import(&d, "partial");
+    drop(conn);
+    let mut left = store_files(&d);
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = store_files(&d);
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // The daemon dies mid-upload: the next start removes the partial file.
+    let _conn = start_partial_import(&d, "partial");
+    let (dir, key) = (d.dir.clone(), d.dir.join("master.key"));
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    assert!(
+        !store_files(&d).is_empty(),
+        "the partial upload should be on disk now"
+    );
+    let d2 = Daemon::start_in(&dir, &key, &[], &[]);
+    assert!(store_files(&d2).is_empty(), "{:?}", store_files(&d2));
+    let err = failed(&cli(&d2, &["models", "show", "partial"]));
+    assert!(err.contains("does not exist"), "{err}");
+}

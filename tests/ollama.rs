@@ -83,6 +83,11 @@ fn ollama_routes_answer_like_ollama() {
         assert_eq!((st, v["error"]["code"].as_str()), (404, Some("model_not_found")));
         let (st, v) = post(&c, "/api/chat", r#"{"model":"smol","messages":[{"role":"user","content":"x"}],"options":{"temperature":-1}}"#).await;
         assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_value")));
+        // The four answered generations are counted in the metrics like /v1 ones.
+        let (st, m) = c.raw(Method::GET, "/metrics", None).await.unwrap();
+        assert_eq!(st, 200);
+        let m = String::from_utf8_lossy(&m);
+        assert!(m.contains(r#"inhouse_requests_total{model="smol",status="200"} 4"#), "{m}");
         // Every Ollama request is recorded like the others.
         let h = c.json(Method::GET, "/v1/history?limit=10", None).await.unwrap();
         assert!(h["data"].as_array().unwrap().len() >= 5, "{h}");

@@ -259,6 +259,19 @@ async fn respond(
     valid: scheduler::ValidGenerate,
     kind: Kind,
 ) -> Result<Response, ApiError> {
+    let metrics = s.engine.metrics();
+    let model = valid.request.model.clone();
+    let result = respond_uncounted(s, caller, valid, kind).await;
+    super::openai::count_status(metrics.as_deref(), &model, &result);
+    result
+}
+
+async fn respond_uncounted(
+    s: AppState,
+    caller: Caller,
+    valid: scheduler::ValidGenerate,
+    kind: Kind,
+) -> Result<Response, ApiError> {
     let model = valid.request.model.clone();
     let started = Instant::now();
     let generation = openai::start(&s, caller, valid.request).await?;

@@ -192,14 +192,23 @@ async fn generate(
     let metrics = s.engine.metrics();
     let model = valid.request.model.clone();
     let result = run_generate(s, caller, valid, flavor).await;
+    count_status(metrics.as_deref(), &model, &result);
+    result
+}
+
+/// Counts a generation request's answer status in the metrics (OpenAI and Ollama routes alike).
+pub(crate) fn count_status(
+    metrics: Option<&crate::metrics::Metrics>,
+    model: &str,
+    result: &Result<Response, ApiError>,
+) {
     if let Some(m) = metrics {
-        let status = match &result {
+        let status = match result {
             Ok(r) => r.status(),
             Err(e) => e.status,
         };
-        m.request(&model, status.as_u16());
+        m.request(model, status.as_u16());
     }
-    result
 }
 
 /// What is recorded about a request, gathered before it runs.

@@ -571,13 +571,40 @@ fn gpu_layers_for(policy: GpuLayers, entry: &Entry) -> u32 {
     };
     match policy {
         GpuLayers::Fixed(n) => n,
-        GpuLayers::Auto => {
-            let est = entry.estimate;
-            let n_layers = u64::from(entry.info.n_layers.max(1));
-            let per_layer = (est.weights / (n_layers + 1)).max(1);
-            let usable = (free / 10 * 9).saturating_sub(est.kv_cache + est.compute + (512 << 20));
-            (usable / per_layer).min(n_layers + 1) as u32
-        }
+        GpuLayers::Auto => auto_layers(*free, &entry.estimate, entry.info.n_layers),
+    }
+}
+
+/// `gpu-layers = "auto"`: the layers (out of `n_layers` + the output layer) whose weights fit in
+/// 90% of `free` device bytes once the KV cache, the compute scratch and 512 MiB are set aside.
+pub fn auto_layers(free: u64, est: &Estimate, n_layers: u32) -> u32 {
+    let n_layers = u64::from(n_layers.max(1));
+    let per_layer = (est.weights / (n_layers + 1)).max(1);
+    let usable = (free / 10 * 9).saturating_sub(est.kv_cache + est.compute + (512 << 20));
+    (usable / per_layer).min(n_layers + 1) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_layers_fit_the_free_memory() {
+        let gib = 1u64 << 30;
+        // 31 layers' worth of weights (30 blocks + output), 1 GiB each; 2 GiB of cache/scratch.
+        let est = Estimate {
+            weights: 31 * gib,
+            kv_cache: gib,
+            compute: gib,
+            total: 33 * gib,
+        };
+        // Plenty of room: everything, capped at layers + 1.
+        assert_eq!(auto_layers(140 * gib, &est, 30), 31);
+        // 20 GiB free: 18 GiB usable, minus 2.5 GiB → 15 layers.
+        assert_eq!(auto_layers(20 * gib, &est, 30), 15);
+        // Less than the cache needs: nothing offloaded.
+        assert_eq!(auto_layers(2 * gib, &est, 30), 0);
+        assert_eq!(auto_layers(0, &est, 30), 0);
     }
 }
 
