@@ -633,3 +633,45 @@ fn an_interrupted_import_leaves_nothing_behind() {
     let err = failed(&cli(&d2, &["models", "show", "partial"]));
     assert!(err.contains("does not exist"), "{err}");
 }
+
+#[test]
+fn ollama_keep_alive_sets_how_long_a_model_stays_loaded() {
+    let d = empty_daemon(&[]);
+    ok(&cli(
+        &d,
+        &["models", "import", path(&smollm2()), "--name", "smol"],
+    ));
+    let c = d.client();
+    let ask = |keep: Value| {
+        let body = json!({"model": "smol", "stream": false, "keep_alive": keep,
+                          "messages": [{"role": "user", "content": "Hi"}],
+                          "options": {"temperature": 0, "num_predict": 4}});
+        rt().block_on(post(&c, "/api/chat", &body.to_string()))
+    };
+    let (status, v) = ask(json!("1h"));
+    assert_eq!(status, 200, "{v}");
+    let ps = get(&c, "/api/ps");
+    assert_eq!(ps["models"][0]["name"], "smol", "{ps}");
+    let loaded = get(&c, "/admin/ps");
+    let expires = loaded["loaded"][0]["expires_in_secs"].as_u64().unwrap();
+    assert!((3500..=3600).contains(&expires), "{loaded}");
+    let (status, v) = ask(json!("soon"));
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "keep_alive", "{v}");
+    // 0: unloaded as soon as it is idle (the reaper looks every second).
+    let (status, v) = ask(json!(0));
+    assert_eq!(status, 200, "{v}");
+    let mut models = get(&c, "/api/ps")["models"].as_array().unwrap().len();
+    for _ in 0..50 {
+        if models == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        models = get(&c, "/api/ps")["models"].as_array().unwrap().len();
+    }
+    assert_eq!(models, 0, "still loaded");
+    // The next request loads it again.
+    let (status, v) = ask(json!(-1));
+    assert_eq!(status, 200, "{v}");
+    assert!(get(&c, "/admin/ps")["loaded"][0]["expires_in_secs"].is_null());
+}

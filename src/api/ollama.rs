@@ -191,6 +191,7 @@ pub async fn chat(
     wire["messages"] = body.get("messages").cloned().unwrap_or(Value::Null);
     let wire: ChatWire = into_wire(wire)?;
     let valid = scheduler::validate_chat(wire, caller.uid, &s.limits)?;
+    apply_keep_alive(&s, &body, &valid.request.model)?;
     respond(s, caller, valid, Kind::Chat).await
 }
 
@@ -220,7 +221,48 @@ pub async fn generate(
         let w: ChatWire = into_wire(wire)?;
         scheduler::validate_chat(w, caller.uid, &s.limits)?
     };
+    apply_keep_alive(&s, &body, &valid.request.model)?;
     respond(s, caller, valid, Kind::Generate).await
+}
+
+/// Ollama's `keep_alive`: how long the model stays loaded after this request. A number of
+/// seconds or a duration string (`"90s"`, `"5m"`, `"1h"`); 0 unloads it once idle, a negative
+/// value keeps it until evicted for room.
+fn parse_keep_alive(v: &Value) -> Result<Option<std::time::Duration>, ApiError> {
+    let bad = || {
+        ApiError::bad_param(
+            "keep_alive",
+            "keep_alive must be seconds or a duration like \"5m\"",
+        )
+    };
+    let secs: f64 = match v {
+        Value::Number(n) => n.as_f64().ok_or_else(bad)?,
+        Value::String(t) => {
+            let t = t.trim();
+            let (num, mult) = match t.char_indices().last() {
+                Some((i, 's')) => (&t[..i], 1.0),
+                Some((i, 'm')) => (&t[..i], 60.0),
+                Some((i, 'h')) => (&t[..i], 3600.0),
+                _ => (t, 1.0),
+            };
+            num.parse::<f64>().map_err(|_| bad())? * mult
+        }
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() {
+        return Err(bad());
+    }
+    Ok((secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs.min(1e9))))
+}
+
+fn apply_keep_alive(s: &AppState, body: &Map<String, Value>, model: &str) -> Result<(), ApiError> {
+    if let (Some(v), Some(pool)) = (body.get("keep_alive"), &s.pool) {
+        let keep = parse_keep_alive(v)?;
+        if pool.available().iter().any(|(i, _)| i.name == model) {
+            pool.set_keep_alive(model, keep);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

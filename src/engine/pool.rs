@@ -92,7 +92,14 @@ struct Resident {
     estimate: Estimate,
     active: AtomicUsize,
     last_used: Mutex<Instant>,
-    keep_alive: Option<Duration>,
+    /// `None`: stays until evicted for room.
+    keep_alive: Mutex<Option<Duration>>,
+}
+
+impl Resident {
+    fn keep_alive(&self) -> Option<Duration> {
+        *self.keep_alive.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A request's hold on a resident model: while it lives the model is not unloaded.
@@ -117,9 +124,28 @@ pub struct ModelPool {
     /// Parsed GGUF headers by path, so that listing models does not re-read files.
     described: Mutex<HashMap<PathBuf, (std::time::SystemTime, ModelInfo, Estimate)>>,
     evictions: AtomicU64,
+    /// Keep-alive set per model by requests (Ollama's `keep_alive`), over the configured one.
+    keep_alive_set: Mutex<HashMap<String, Option<Duration>>>,
 }
 
 impl ModelPool {
+    fn keep_alive_overrides(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Duration>>> {
+        self.keep_alive_set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets how long `name` stays in memory after its last request (`None`: until evicted),
+    /// now if it is resident and for its next loads. Like Ollama's `keep_alive`: 0 unloads it
+    /// as soon as it is idle.
+    pub fn set_keep_alive(&self, name: &str, keep_alive: Option<Duration>) {
+        self.keep_alive_overrides()
+            .insert(name.to_string(), keep_alive);
+        if let Some(r) = self.resident().get(name) {
+            *r.keep_alive.lock().unwrap_or_else(|e| e.into_inner()) = keep_alive;
+        }
+    }
+
     /// A pool of the configured models and the store's; nothing is loaded yet.
     pub fn new(
         cfg: PoolConfig,
@@ -139,6 +165,7 @@ impl ModelPool {
             load_lock: tokio::sync::Mutex::new(()),
             described: Mutex::new(HashMap::new()),
             evictions: AtomicU64::new(0),
+            keep_alive_set: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -361,11 +388,13 @@ impl ModelPool {
             estimate: entry.estimate,
             active: AtomicUsize::new(1),
             last_used: Mutex::new(Instant::now()),
-            keep_alive: if entry.configured {
-                None
-            } else {
-                self.cfg.keep_alive
-            },
+            keep_alive: Mutex::new(self.keep_alive_overrides().get(name).copied().unwrap_or(
+                if entry.configured {
+                    None
+                } else {
+                    self.cfg.keep_alive
+                },
+            )),
         });
         self.resident().insert(name.to_string(), resident.clone());
         Ok(Use(resident))
@@ -430,7 +459,7 @@ impl ModelPool {
                 .iter()
                 .filter(|(_, r)| {
                     r.active.load(Relaxed) == 0
-                        && r.keep_alive.is_some_and(|k| {
+                        && r.keep_alive().is_some_and(|k| {
                             r.last_used
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
@@ -495,7 +524,7 @@ impl ModelPool {
                     memory: r.estimate,
                     active_requests: active,
                     idle_secs: idle,
-                    expires_in_secs: r.keep_alive.map(|k| k.as_secs().saturating_sub(idle)),
+                    expires_in_secs: r.keep_alive().map(|k| k.as_secs().saturating_sub(idle)),
                     info: r.info.clone(),
                 }
             })
