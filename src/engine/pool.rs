@@ -613,29 +613,6 @@ pub fn auto_layers(free: u64, est: &Estimate, n_layers: u32) -> u32 {
     (usable / per_layer).min(n_layers + 1) as u32
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_layers_fit_the_free_memory() {
-        let gib = 1u64 << 30;
-        // 31 layers' worth of weights (30 blocks + output), 1 GiB each; 2 GiB of cache/scratch.
-        let est = Estimate {
-            weights: 31 * gib,
-            kv_cache: gib,
-            compute: gib,
-            total: 33 * gib,
-        };
-        // Plenty of room: everything, capped at layers + 1.
-        assert_eq!(auto_layers(140 * gib, &est, 30), 31);
-        // 20 GiB free: 18 GiB usable, minus 2.5 GiB → 15 layers.
-        assert_eq!(auto_layers(20 * gib, &est, 30), 15);
-        // Less than the cache needs: nothing offloaded.
-        assert_eq!(auto_layers(2 * gib, &est, 30), 0);
-        assert_eq!(auto_layers(0, &est, 30), 0);
-    }
-}
 
 /// Forwards a resident engine's events to the caller while holding the model in memory.
 fn forward(
@@ -724,5 +701,29 @@ impl Engine for ModelPool {
     fn unload(&self, name: &str) -> BoxFuture<'_, ()> {
         let name = name.to_string();
         Box::pin(async move { self.forget(&name).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_layers_fit_the_free_memory() {
+        let gib = 1u64 << 30;
+        // 31 layers' worth of weights (30 blocks + output), 1 GiB each; 2 GiB of cache/scratch.
+        let est = Estimate {
+            weights: 31 * gib,
+            kv_cache: gib,
+            compute: gib,
+            total: 33 * gib,
+        };
+        // Plenty of room: everything, capped at layers + 1.
+        assert_eq!(auto_layers(140 * gib, &est, 30), 31);
+        // 20 GiB free: 18 GiB usable, minus 2.5 GiB → 15 layers.
+        assert_eq!(auto_layers(20 * gib, &est, 30), 15);
+        // Less than the cache needs: nothing offloaded.
+        assert_eq!(auto_layers(2 * gib, &est, 30), 0);
+        assert_eq!(auto_layers(0, &est, 30), 0);
     }
 }
