@@ -92,13 +92,13 @@ impl Client {
         }
     }
 
-    /// Sends a request and returns as soon as the headers arrive.
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-    ) -> Result<Streaming, ClientError> {
+    /// Opens a fresh HTTP/1.1 connection to the socket (its driver runs on a spawned task).
+    async fn connect<B>(&self) -> Result<hyper::client::conn::http1::SendRequest<B>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -106,11 +106,21 @@ impl Client {
                     path: self.socket.clone(),
                     source,
                 })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        Ok(sender)
+    }
+
+    /// Sends a request and returns as soon as the headers arrive.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Streaming, ClientError> {
+        let mut sender = self.connect().await?;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -158,14 +168,7 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let body = body.map(|b| Bytes::from(b.to_string()));
         let (status, bytes) = self.raw(method, path, body).await?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(ClientError::Api {
-                status,
-                message: error_message(&value, &bytes),
-            });
-        }
-        Ok(value)
+        json_answer(status, &bytes)
     }
 
     /// Uploads a file as the body of a `POST` (streamed from disk in 1 MiB pieces, never held in
@@ -203,18 +206,7 @@ impl Client {
                 Err(e) => Some((Err(e), None)),
             }
         });
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    path: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = self.connect().await?;
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(path)
@@ -228,14 +220,7 @@ impl Client {
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(ClientError::Api {
-                status,
-                message: error_message(&value, &bytes),
-            });
-        }
-        Ok(value)
+        json_answer(status, &bytes)
     }
 
     /// Streams a chat completion, calling `on_text` with each piece of the answer; returns the
@@ -298,6 +283,18 @@ impl Client {
             message: "the stream ended before [DONE]".into(),
         })
     }
+}
+
+/// A JSON answer, or [`ClientError::Api`] with the daemon's message for an error status.
+fn json_answer(status: StatusCode, bytes: &[u8]) -> Result<Value, ClientError> {
+    let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        return Err(ClientError::Api {
+            status,
+            message: error_message(&value, bytes),
+        });
+    }
+    Ok(value)
 }
 
 /// The `error.message` of an OpenAI-shaped error body, or the raw text.

@@ -551,31 +551,12 @@ fn a_lora_adapter_changes_the_answer_and_can_be_swapped_and_removed_without_rest
 
 #[test]
 fn the_official_ollama_python_client_lists_and_chats() {
-    let python = std::env::var("INHOUSE_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap();
-        format!("{home}/.cache/inhouse/venv/bin/python")
-    });
-    assert!(
-        Path::new(&python).exists(),
-        "{python} is missing: run scripts/setup (it makes the venv with the ollama package)"
-    );
     let d = Daemon::smol();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ollama_client.py");
-    let out = Command::new(&python)
-        .arg(script)
-        .arg(&d.socket)
-        .arg("smol")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ollama client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("ollama client: list, plain and streaming chat ok"),
-        "{stdout}"
+    common::run_python_client(
+        "ollama_client.py",
+        &d.socket,
+        "smol",
+        "ollama client: list, plain and streaming chat ok",
     );
 }
 

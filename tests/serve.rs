@@ -531,30 +531,11 @@ fn cli_health_models_and_run() {
 
 #[test]
 fn the_official_openai_python_client_works() {
-    let python = std::env::var("INHOUSE_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap();
-        format!("{home}/.cache/inhouse/venv/bin/python")
-    });
-    assert!(
-        std::path::Path::new(&python).exists(),
-        "{python} is missing: run scripts/setup (it makes the venv with the openai package)"
-    );
     let d = Daemon::smol();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let out = std::process::Command::new(&python)
-        .arg(script)
-        .arg(&d.socket)
-        .arg("smol")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openai client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("openai client: plain and streaming chat ok"),
-        "{stdout}"
+    common::run_python_client(
+        "openai_client.py",
+        &d.socket,
+        "smol",
+        "openai client: plain and streaming chat ok",
     );
 }

@@ -272,3 +272,34 @@ pub fn looks_english(text: &str) -> bool {
     ];
     ascii * 10 >= letters.len() * 8 && words.iter().any(|w| COMMON.contains(&w.as_str()))
 }
+
+/// Runs `tests/<script>` (an official client package's check) with the test venv's Python
+/// against `socket` and `model`, and asserts it succeeded and printed `expect`.
+#[allow(dead_code)]
+pub fn run_python_client(script: &str, socket: &Path, model: &str, expect: &str) {
+    let python = std::env::var("INHOUSE_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap();
+        format!("{home}/.cache/inhouse/venv/bin/python")
+    });
+    assert!(
+        Path::new(&python).exists(),
+        "{python} is missing: run scripts/setup (it makes the venv with tests/requirements.txt)"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(socket)
+        .arg(model)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} failed:\n{stdout}\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(expect), "{stdout}");
+}
