@@ -2,8 +2,10 @@
 //!
 //! Thin on purpose: it parses arguments, calls the library and maps errors to exit codes.
 //! Exit codes: 0 success, 2 the file is not a valid GGUF model (or cannot be opened; clap also
-//! uses 2 for usage errors, and `prepare` for an invalid config), 1 anything else (such as
-//! failing to write the report, or `prepare --on-error fail` meeting a bad input line).
+//! uses 2 for usage errors, `prepare` for an invalid config, and `quantize`, `finetune` and
+//! `eval` for bad input or parameters), 1 anything else (such as failing to write the report,
+//! `prepare --on-error fail` meeting a bad input line, or llama.cpp failing). The long commands
+//! speak the progress protocol of `inhouse_quantize::progress` on stdout.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
@@ -14,7 +16,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use inhouse_quantize::gguf::{self, GgufError};
 use inhouse_quantize::inspect;
+use inhouse_quantize::llama::Optimizer;
 use inhouse_quantize::prepare::{self, Config, OnError, PrepareError};
+use inhouse_quantize::progress::{Format, Reporter, ToolError};
+use inhouse_quantize::{eval, finetune, quantize};
 
 /// Exit status for a file that is missing, unreadable or not a valid GGUF model.
 const EXIT_BAD_FILE: u8 = 2;
@@ -42,6 +47,130 @@ enum Command {
     /// Turn documents (.txt, .md, .jsonl; folders recursively) into a cleaned, de-duplicated,
     /// anonymized train/eval set: DIR/train.jsonl, DIR/eval.jsonl and DIR/report.json.
     Prepare(PrepareArgs),
+    /// Quantize (or convert) a GGUF model to another tensor type with llama.cpp.
+    Quantize(QuantizeArgs),
+    /// Fine-tune all weights of a GGUF model on JSONL data (text or chat), with per-epoch
+    /// checkpoints and --resume; writes an F32 GGUF with the base's metadata.
+    Finetune(FinetuneArgs),
+    /// Perplexity on JSONL data and a counterfactual bias probe, for models side by side.
+    Eval(EvalArgs),
+}
+
+/// `--progress` values: human lines on stderr, or JSON lines on stdout.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProgressArg {
+    Text,
+    Json,
+}
+
+/// Options every long command takes.
+#[derive(clap::Args)]
+struct Common {
+    /// Progress output: text (stderr) or json (one object per line on stdout).
+    #[arg(long, value_enum, default_value = "text")]
+    progress: ProgressArg,
+    /// Threads [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    threads: Option<u32>,
+}
+
+impl Common {
+    fn reporter(&self) -> Reporter {
+        Reporter::new(match self.progress {
+            ProgressArg::Text => Format::Text,
+            ProgressArg::Json => Format::Json,
+        })
+    }
+
+    fn threads(&self) -> u32 {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+    }
+}
+
+#[derive(clap::Args)]
+struct QuantizeArgs {
+    /// The input model.
+    input: PathBuf,
+    /// The output model.
+    output: PathBuf,
+    /// Output type: Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16, BF16, F32, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
+    /// Q3_K_S/M/L, Q4_K_S, Q5_K_S.
+    #[arg(long = "type", value_name = "TYPE")]
+    qtype: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `--optimizer` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OptimizerArg {
+    Adamw,
+    Sgd,
+}
+
+#[derive(clap::Args)]
+struct FinetuneArgs {
+    /// The base model (quantized bases are converted to F32 first).
+    #[arg(long, value_name = "BASE.gguf")]
+    model: PathBuf,
+    /// Training data: JSONL of {"text"} or {"messages"} records.
+    #[arg(long, value_name = "TRAIN.jsonl")]
+    data: PathBuf,
+    /// Validation data; without it, --val-share of the training windows.
+    #[arg(long, value_name = "EVAL.jsonl")]
+    eval: Option<PathBuf>,
+    /// The fine-tuned model to write.
+    #[arg(long, value_name = "OUT.gguf")]
+    out: PathBuf,
+    /// Epochs in all (a resumed run counts those already done).
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value = "adamw")]
+    optimizer: OptimizerArg,
+    /// Tokens per training window: a multiple of 256.
+    #[arg(long, default_value_t = 256)]
+    ctx: u32,
+    /// Share of the windows kept for validation when there is no --eval.
+    #[arg(long, default_value_t = 0.1)]
+    val_share: f64,
+    /// Checkpoint directory [default: OUT.checkpoints]; kept after success (base-f32.gguf, the
+    /// last epoch and state.json) so a run can be resumed or extended with more --epochs.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Continue from the last checkpoint in the checkpoint directory.
+    #[arg(long)]
+    resume: bool,
+    /// Train on at most N windows per epoch.
+    #[arg(long, value_name = "N")]
+    max_windows: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A model to evaluate (repeat to compare several).
+    #[arg(long = "model", value_name = "MODEL.gguf", required = true)]
+    models: Vec<PathBuf>,
+    /// Evaluation data: JSONL of {"text"} or {"messages"} records.
+    #[arg(long, value_name = "EVAL.jsonl")]
+    data: PathBuf,
+    /// Window size for perplexity: a multiple of 256.
+    #[arg(long, default_value_t = 256)]
+    ctx: u32,
+    /// Word list for the bias probe [default: the built-in quantize/data/bias_pairs.txt].
+    #[arg(long, value_name = "FILE")]
+    bias_pairs: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long, value_name = "report.json")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// Arguments of `prepare`. Flags override the config file, which overrides the defaults.
@@ -82,6 +211,68 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Inspect { path, json } => inspect_cmd(&path, json),
         Command::Prepare(args) => prepare_cmd(args),
+        Command::Quantize(a) => {
+            let reporter = a.common.reporter();
+            let opts = quantize::Options {
+                input: a.input,
+                output: a.output,
+                qtype: a.qtype,
+                threads: a.common.threads(),
+            };
+            finish("quantize", reporter, quantize::run(&opts, reporter))
+        }
+        Command::Finetune(a) => {
+            let reporter = a.common.reporter();
+            let opts = finetune::Options {
+                model: a.model,
+                data: a.data,
+                eval: a.eval,
+                out: a.out,
+                epochs: a.epochs,
+                lr: a.lr,
+                optimizer: match a.optimizer {
+                    OptimizerArg::Adamw => Optimizer::AdamW,
+                    OptimizerArg::Sgd => Optimizer::Sgd,
+                },
+                ctx: a.ctx,
+                val_share: a.val_share,
+                checkpoint_dir: a.checkpoint_dir,
+                resume: a.resume,
+                threads: a.common.threads(),
+                max_windows: a.max_windows,
+            };
+            finish("finetune", reporter, finetune::run(&opts, reporter))
+        }
+        Command::Eval(a) => {
+            let reporter = a.common.reporter();
+            let opts = eval::Options {
+                models: a.models,
+                data: a.data,
+                ctx: a.ctx,
+                bias_pairs: a.bias_pairs,
+                out: a.out,
+                threads: a.common.threads(),
+            };
+            finish("eval", reporter, eval::run(&opts, reporter))
+        }
+    }
+}
+
+/// Reports a long command's result, or its error on stderr with the matching exit status.
+fn finish(
+    command: &str,
+    reporter: Reporter,
+    result: Result<serde_json::Value, ToolError>,
+) -> ExitCode {
+    match result {
+        Ok(summary) => {
+            reporter.result(summary);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("inhouse-quantize: {command}: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

@@ -1,0 +1,836 @@
+//! The crate's only `unsafe`: the llama.cpp calls behind `quantize`, `finetune` and `eval`.
+//!
+//! The safe `llama-cpp-2` API exposes no training, saving or quantizing, and keeps its raw
+//! pointers private, so this module wraps the few C functions the toolchain needs (from
+//! `llama-cpp-sys-2`, the same build the daemon links) in small owning types: [`Model`],
+//! [`Context`], [`Dataset`]. Everything else in the crate stays safe.
+//!
+//! ggml reports many programming errors with `GGML_ASSERT`, which calls `abort()`: nothing can
+//! catch it. The wrappers therefore check every precondition they know of before the call (context
+//! sizes a multiple of 256, `n_ubatch == n_ctx` for training, token ids below the vocabulary size,
+//! non-empty datasets), and the daemon runs this binary as a child process anyway.
+//!
+//! llama.cpp's and ggml's log lines go to stderr, filtered by `INHOUSE_LLAMA_LOG`
+//! (`none`, `error`, `warn` — the default —, `info` or `debug`): stdout belongs to the progress
+//! protocol (see [`crate::progress`]).
+#![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::io::Write;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use llama_cpp_sys_2 as sys;
+
+/// Context sizes are padded by llama.cpp to a multiple of this; the toolchain insists on it.
+pub const CTX_ALIGN: u32 = 256;
+
+/// Where the CPU variant libraries live in an installed system, relative to the binary's own
+/// directory: `/usr/bin/inhouse-quantize` → `/usr/lib/inhouse/ggml/`.
+pub const INSTALLED_BACKENDS_DIR: &str = "../lib/inhouse/ggml";
+
+/// Errors from llama.cpp calls. llama.cpp says little about why; where it logs a reason, that
+/// line went to stderr just before.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LlamaError {
+    /// No ggml CPU backend could be loaded.
+    #[error("{0}")]
+    Backend(String),
+    /// A path that cannot be passed to C (not UTF-8 or containing NUL).
+    #[error("{}: the path must be UTF-8 without NUL bytes", .0.display())]
+    Path(PathBuf),
+    /// `llama_model_load_from_file` returned NULL.
+    #[error("llama.cpp could not load the model {} (its reason is on stderr)", .0.display())]
+    Load(PathBuf),
+    /// Invalid parameters, refused before calling llama.cpp.
+    #[error("{0}")]
+    Invalid(String),
+    /// `llama_init_from_model` returned NULL or a different context size.
+    #[error("llama.cpp could not create a context: {0}")]
+    Context(String),
+    /// Tokenization or the chat template failed.
+    #[error("{0}")]
+    Text(String),
+    /// `llama_decode` failed.
+    #[error("llama_decode failed with code {0}")]
+    Decode(i32),
+    /// `llama_model_quantize` failed.
+    #[error("llama_model_quantize failed (code {0}; its reason is on stderr)")]
+    Quantize(u32),
+    /// `llama_model_save_to_file` did not produce the file.
+    #[error("llama.cpp did not write {}", .0.display())]
+    Save(PathBuf),
+}
+
+fn c_path(path: &Path) -> Result<CString, LlamaError> {
+    path.to_str()
+        .and_then(|s| CString::new(s).ok())
+        .ok_or_else(|| LlamaError::Path(path.to_path_buf()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up: logging and backends
+
+/// The least severe ggml log level that reaches stderr.
+static LOG_THRESHOLD: AtomicU32 = AtomicU32::new(sys::GGML_LOG_LEVEL_WARN);
+/// The level of the last line, for continuation lines (`GGML_LOG_LEVEL_CONT`).
+static LOG_LAST: AtomicU32 = AtomicU32::new(sys::GGML_LOG_LEVEL_INFO);
+
+/// ggml/llama.cpp log callback: filtered lines to stderr, never stdout.
+unsafe extern "C" fn log_to_stderr(
+    level: sys::ggml_log_level,
+    text: *const c_char,
+    _: *mut c_void,
+) {
+    let level = if level == sys::GGML_LOG_LEVEL_CONT {
+        LOG_LAST.load(Ordering::Relaxed)
+    } else {
+        LOG_LAST.store(level, Ordering::Relaxed);
+        level
+    };
+    if text.is_null() || level < LOG_THRESHOLD.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: ggml passes a NUL-terminated string that lives for the duration of the call.
+    let text = unsafe { CStr::from_ptr(text) };
+    let _ = std::io::stderr().lock().write_all(text.to_bytes());
+}
+
+/// The directories searched for `libggml-cpu-*.so`, in order: `$INHOUSE_GGML_DIR`, the
+/// installed location relative to the binary, `ggml/` beside the binary (the build layout), and
+/// the directory the build wrote them to. The same order as the daemon's `engine::ffi`.
+pub fn backend_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("INHOUSE_GGML_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        dirs.push(exe_dir.join(INSTALLED_BACKENDS_DIR));
+        dirs.push(exe_dir.join("ggml"));
+    }
+    if let Some(d) = llama_cpp_sys_2::BACKENDS_DIR {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs
+}
+
+fn has_cpu_variants(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("libggml-cpu-") && n.ends_with(".so")
+        })
+    })
+}
+
+/// Sets up logging, loads the best ggml CPU variant and initializes llama.cpp, once per process.
+/// Must run before any model is loaded or quantized. Returns the backend directory used.
+pub fn init() -> Result<&'static Path, LlamaError> {
+    static INIT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let threshold = match std::env::var("INHOUSE_LLAMA_LOG").as_deref() {
+            Ok("none") => u32::MAX,
+            Ok("error") => sys::GGML_LOG_LEVEL_ERROR,
+            Ok("info") => sys::GGML_LOG_LEVEL_INFO,
+            Ok("debug") => sys::GGML_LOG_LEVEL_DEBUG,
+            _ => sys::GGML_LOG_LEVEL_WARN,
+        };
+        LOG_THRESHOLD.store(threshold, Ordering::Relaxed);
+        // SAFETY: the callback is a plain function valid for the whole process and ignores its
+        // user data; llama_log_set also installs it for ggml.
+        unsafe { sys::llama_log_set(Some(log_to_stderr), ptr::null_mut()) };
+        let dirs = backend_dirs();
+        let dir = dirs
+            .iter()
+            .find(|d| has_cpu_variants(d) && d.to_str().is_some())
+            .ok_or_else(|| {
+                format!(
+                    "no ggml CPU backend libraries (libggml-cpu-*.so) in any of: {}",
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        llama_cpp_2::llama_backend::load_backends_from_path(dir);
+        // SAFETY: no arguments; called once (guarded by the OnceLock) before any other use.
+        unsafe { sys::llama_backend_init() };
+        // SAFETY: a read-only query of ggml's device registry.
+        if unsafe { sys::ggml_backend_dev_count() } == 0 {
+            return Err(format!(
+                "{}: no CPU variant loads on this processor (x86-64 required)",
+                dir.display()
+            ));
+        }
+        Ok(dir.clone())
+    })
+    .as_deref()
+    .map_err(|e| LlamaError::Backend(e.clone()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantization
+
+/// Quantizes (or converts) `input` into `output` with llama.cpp's `ftype` id
+/// (`LLAMA_FTYPE_*`), requantizing already-quantized tensors if needed. llama.cpp reads the
+/// input itself: validate it with [`crate::gguf::open`] first.
+pub fn quantize_file(
+    input: &Path,
+    output: &Path,
+    ftype: u32,
+    threads: u32,
+) -> Result<(), LlamaError> {
+    init()?;
+    let (inp, out) = (c_path(input)?, c_path(output)?);
+    // SAFETY: returns a plain struct by value.
+    let mut params = unsafe { sys::llama_model_quantize_default_params() };
+    params.ftype = ftype;
+    params.nthread = i32::try_from(threads).unwrap_or(i32::MAX);
+    params.allow_requantize = true;
+    // SAFETY: both paths are valid NUL-terminated strings and `params` outlives the call;
+    // llama.cpp catches its own exceptions and returns nonzero on failure.
+    let rc = unsafe { sys::llama_model_quantize(inp.as_ptr(), out.as_ptr(), &params) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(LlamaError::Quantize(rc))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+/// A loaded model (owned; freed on drop).
+pub struct Model {
+    ptr: NonNull<sys::llama_model>,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Memory-mapped, read-only weights: evaluation.
+    Mapped,
+    /// Weights read into memory and writable, on the CPU: training (mapped weights cannot be
+    /// updated).
+    Training,
+}
+
+impl Model {
+    /// Loads a GGUF model. Validate the file with [`crate::gguf::open`] first.
+    pub fn load(path: &Path, mode: LoadMode) -> Result<Self, LlamaError> {
+        init()?;
+        let cpath = c_path(path)?;
+        // SAFETY: returns a plain struct by value.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        match mode {
+            LoadMode::Mapped => params.load_mode = sys::LLAMA_LOAD_MODE_MMAP,
+            LoadMode::Training => {
+                params.load_mode = sys::LLAMA_LOAD_MODE_NONE;
+                params.n_gpu_layers = 0;
+            }
+        }
+        // SAFETY: the path is a valid C string; the params hold no pointers we set.
+        let ptr = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), params) };
+        NonNull::new(ptr)
+            .map(|ptr| Self { ptr })
+            .ok_or_else(|| LlamaError::Load(path.to_path_buf()))
+    }
+
+    fn vocab(&self) -> *const sys::llama_vocab {
+        // SAFETY: the model pointer is valid while `self` lives; the vocab belongs to the model.
+        unsafe { sys::llama_model_get_vocab(self.ptr.as_ptr()) }
+    }
+
+    /// The vocabulary size.
+    pub fn n_vocab(&self) -> usize {
+        // SAFETY: a valid vocab pointer (see `vocab`).
+        let n = unsafe { sys::llama_vocab_n_tokens(self.vocab()) };
+        usize::try_from(n).unwrap_or(0)
+    }
+
+    /// The context length the model was trained with (as its metadata says).
+    pub fn n_ctx_train(&self) -> u32 {
+        // SAFETY: a valid model pointer.
+        let n = unsafe { sys::llama_model_n_ctx_train(self.ptr.as_ptr()) };
+        u32::try_from(n).unwrap_or(0)
+    }
+
+    /// The end-of-sequence token, if the vocabulary has one.
+    pub fn eos(&self) -> Option<i32> {
+        // SAFETY: a valid vocab pointer.
+        let t = unsafe { sys::llama_vocab_eos(self.vocab()) };
+        (t >= 0).then_some(t)
+    }
+
+    /// The model's default chat template (`tokenizer.chat_template`), if any.
+    pub fn chat_template(&self) -> Option<String> {
+        // SAFETY: a valid model pointer; NULL name asks for the default template. The returned
+        // string is owned by the model and copied before `self` can go away.
+        let p = unsafe { sys::llama_model_chat_template(self.ptr.as_ptr(), ptr::null()) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: non-NULL, NUL-terminated, owned by the model.
+        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    /// Tokenizes `text`. `add_special` adds BOS/EOS as the model's metadata asks;
+    /// `parse_special` turns special-token text (`<|im_start|>`) into those tokens.
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<i32>, LlamaError> {
+        let len = i32::try_from(text.len())
+            .map_err(|_| LlamaError::Text("a record longer than 2 GiB".into()))?;
+        let mut tokens: Vec<i32> = vec![0; text.len() / 2 + 8];
+        for _ in 0..2 {
+            let cap = i32::try_from(tokens.len()).unwrap_or(i32::MAX);
+            // SAFETY: `text` is valid for `len` bytes (no NUL needed, the length is passed) and
+            // `tokens` has room for `cap` tokens.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab(),
+                    text.as_ptr().cast::<c_char>(),
+                    len,
+                    tokens.as_mut_ptr(),
+                    cap,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                tokens.truncate(n as usize);
+                return Ok(tokens);
+            }
+            if n == i32::MIN {
+                break;
+            }
+            tokens.resize(n.unsigned_abs() as usize, 0);
+        }
+        Err(LlamaError::Text("tokenization failed".into()))
+    }
+
+    /// Saves the model's tensors with `llama_model_save_to_file` (which drops much of the
+    /// metadata: see `finetune`).
+    pub fn save(&self, path: &Path) -> Result<(), LlamaError> {
+        let cpath = c_path(path)?;
+        let _ = std::fs::remove_file(path);
+        // SAFETY: a valid model and a valid C string.
+        unsafe { sys::llama_model_save_to_file(self.ptr.as_ptr(), cpath.as_ptr()) };
+        if path.is_file() {
+            Ok(())
+        } else {
+            Err(LlamaError::Save(path.to_path_buf()))
+        }
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from llama_model_load_from_file and every Context borrowing
+        // the model has been dropped (the borrow checker sees to that).
+        unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// Renders `messages` (role, content) with a chat template through llama.cpp's built-in
+/// template engine (`llama_chat_apply_template`, which recognises the common templates, ChatML
+/// and Gemma among them, from the Jinja text).
+pub fn apply_chat_template(
+    template: &str,
+    messages: &[(String, String)],
+    add_assistant: bool,
+) -> Result<String, LlamaError> {
+    let nul = |_| LlamaError::Text("a message contains a NUL byte".into());
+    let tmpl = CString::new(template).map_err(nul)?;
+    let owned: Vec<(CString, CString)> = messages
+        .iter()
+        .map(|(r, c)| Ok((CString::new(r.as_str())?, CString::new(c.as_str())?)))
+        .collect::<Result<_, std::ffi::NulError>>()
+        .map_err(nul)?;
+    let chat: Vec<sys::llama_chat_message> = owned
+        .iter()
+        .map(|(r, c)| sys::llama_chat_message {
+            role: r.as_ptr(),
+            content: c.as_ptr(),
+        })
+        .collect();
+    let total: usize = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
+    let mut buf = vec![0u8; total * 2 + 256];
+    for _ in 0..2 {
+        let cap = i32::try_from(buf.len())
+            .map_err(|_| LlamaError::Text("a conversation longer than 1 GiB".into()))?;
+        // SAFETY: every pointer in `chat` points into `owned`, alive for the call; `buf` has
+        // `cap` writable bytes.
+        let n = unsafe {
+            sys::llama_chat_apply_template(
+                tmpl.as_ptr(),
+                chat.as_ptr(),
+                chat.len(),
+                add_assistant,
+                buf.as_mut_ptr().cast::<c_char>(),
+                cap,
+            )
+        };
+        if n < 0 {
+            return Err(LlamaError::Text(
+                "llama.cpp does not support this model's chat template".into(),
+            ));
+        }
+        let n = n as usize;
+        if n <= buf.len() {
+            buf.truncate(n);
+            return String::from_utf8(buf)
+                .map_err(|_| LlamaError::Text("the chat template produced invalid UTF-8".into()));
+        }
+        buf.resize(n, 0);
+    }
+    Err(LlamaError::Text(
+        "the chat template output kept growing".into(),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contexts
+
+/// The optimizer `finetune` trains with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optimizer {
+    /// AdamW with ggml's default betas and epsilon, no weight decay.
+    AdamW,
+    /// Plain SGD, no weight decay.
+    Sgd,
+}
+
+/// What the optimizer-parameters callback reads (boxed, so its address is stable).
+struct OptUserData {
+    lr: f32,
+}
+
+/// `get_opt_pars` callback: ggml's defaults with our learning rate.
+unsafe extern "C" fn optimizer_params(ud: *mut c_void) -> sys::ggml_opt_optimizer_params {
+    // SAFETY: returns a plain struct; the user data argument is unused by this function.
+    let mut p = unsafe { sys::ggml_opt_get_default_optimizer_params(ptr::null_mut()) };
+    // SAFETY: `ud` is the `OptUserData` boxed in the Context that owns the optimizer; it lives
+    // until after `llama_free`.
+    let d = unsafe { &*ud.cast::<OptUserData>() };
+    p.adamw.alpha = d.lr;
+    p.adamw.wd = 0.0;
+    p.sgd.alpha = d.lr;
+    p.sgd.wd = 0.0;
+    p
+}
+
+/// A llama.cpp context on a [`Model`] (freed on drop).
+pub struct Context<'m> {
+    ptr: NonNull<sys::llama_context>,
+    model: &'m Model,
+    n_ctx: u32,
+    opt: Option<Box<OptUserData>>,
+}
+
+/// One step of an epoch, as reported to [`Context::opt_epoch`]'s callback.
+#[derive(Debug, Clone, Copy)]
+pub struct StepEvent {
+    /// Windows evaluated so far in this epoch (1-based).
+    pub step: u64,
+    /// Windows in this epoch.
+    pub steps: u64,
+    /// Mean loss per token over the windows so far (ggml keeps only the running mean).
+    pub mean_loss: f64,
+}
+
+type StepCallback = Box<dyn FnMut(StepEvent)>;
+
+thread_local! {
+    /// The Rust callback of the epoch in progress: ggml's epoch callback takes no user data.
+    static STEP_CALLBACK: RefCell<Option<StepCallback>> = const { RefCell::new(None) };
+}
+
+unsafe extern "C" fn epoch_callback(
+    _train: bool,
+    _opt_ctx: sys::ggml_opt_context_t,
+    _dataset: sys::ggml_opt_dataset_t,
+    result: sys::ggml_opt_result_t,
+    ibatch: i64,
+    ibatch_max: i64,
+    _t_start_us: i64,
+) {
+    let mut mean_loss = f64::NAN;
+    if !result.is_null() {
+        let mut unc = 0.0;
+        // SAFETY: `result` is the live result ggml just updated; both out-pointers are valid
+        // (ggml writes `unc` even when asked not to, for an empty result).
+        unsafe { sys::ggml_opt_result_loss(result, &mut mean_loss, &mut unc) };
+    }
+    let event = StepEvent {
+        step: u64::try_from(ibatch).unwrap_or(0),
+        steps: u64::try_from(ibatch_max).unwrap_or(0),
+        mean_loss,
+    };
+    // A panic must not unwind into C++: catch it and drop the event.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        STEP_CALLBACK.with(|cb| {
+            if let Some(cb) = cb.borrow_mut().as_mut() {
+                cb(event);
+            }
+        });
+    }));
+}
+
+/// Options of a context.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextOptions {
+    /// Context size; a positive multiple of [`CTX_ALIGN`]. Batch and micro-batch are the same
+    /// size, so one window is one decode and, for training, one optimizer step.
+    pub n_ctx: u32,
+    /// Threads for computation.
+    pub threads: u32,
+    /// F32 K/V, flash attention off: what llama.cpp's backward pass needs.
+    pub training: bool,
+}
+
+impl<'m> Context<'m> {
+    /// Creates a context; refuses sizes that would make ggml abort later.
+    pub fn new(model: &'m Model, opts: ContextOptions) -> Result<Self, LlamaError> {
+        if opts.n_ctx < CTX_ALIGN || !opts.n_ctx.is_multiple_of(CTX_ALIGN) || opts.n_ctx > 1 << 20 {
+            return Err(LlamaError::Invalid(format!(
+                "the context size must be a multiple of {CTX_ALIGN} from {CTX_ALIGN} on, got {}",
+                opts.n_ctx
+            )));
+        }
+        let threads = i32::try_from(opts.threads.max(1)).unwrap_or(i32::MAX);
+        // SAFETY: returns a plain struct by value.
+        let mut p = unsafe { sys::llama_context_default_params() };
+        p.n_ctx = opts.n_ctx;
+        // n_ubatch == n_ctx: otherwise llama.cpp's training graph overflows and ggml aborts.
+        p.n_batch = opts.n_ctx;
+        p.n_ubatch = opts.n_ctx;
+        p.n_seq_max = 1;
+        p.n_threads = threads;
+        p.n_threads_batch = threads;
+        if opts.training {
+            p.type_k = sys::GGML_TYPE_F32;
+            p.type_v = sys::GGML_TYPE_F32;
+            p.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        }
+        // SAFETY: a valid model (borrowed for 'm, so it outlives the context) and plain params.
+        let ptr = unsafe { sys::llama_init_from_model(model.ptr.as_ptr(), p) };
+        let ptr = NonNull::new(ptr)
+            .ok_or_else(|| LlamaError::Context("llama_init_from_model failed".into()))?;
+        let ctx = Self {
+            ptr,
+            model,
+            n_ctx: opts.n_ctx,
+            opt: None,
+        };
+        // SAFETY: a valid context.
+        let got = unsafe { sys::llama_n_ctx(ctx.ptr.as_ptr()) };
+        if got != opts.n_ctx {
+            return Err(LlamaError::Context(format!(
+                "asked for a context of {} tokens, llama.cpp made {got}",
+                opts.n_ctx
+            )));
+        }
+        Ok(ctx)
+    }
+
+    /// The context size.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// Negative log-likelihood (nats) of each token after the first given those before it, in
+    /// one decode from an empty cache: `out[i] = -ln p(tokens[i+1] | tokens[..=i])`.
+    pub fn token_nlls(&mut self, tokens: &[i32]) -> Result<Vec<f64>, LlamaError> {
+        let n_vocab = self.model.n_vocab();
+        if tokens.len() < 2 || tokens.len() > self.n_ctx as usize {
+            return Err(LlamaError::Invalid(format!(
+                "scoring needs 2 to {} tokens, got {}",
+                self.n_ctx,
+                tokens.len()
+            )));
+        }
+        if tokens.iter().any(|&t| t < 0 || t as usize >= n_vocab) {
+            return Err(LlamaError::Invalid(
+                "a token id outside the vocabulary".into(),
+            ));
+        }
+        let n = tokens.len() as i32;
+        // SAFETY: a valid context; clearing its memory (data too) before a fresh sequence.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) };
+        // SAFETY: allocates a batch for `n` tokens with one sequence id each; freed by the guard.
+        let batch = Batch(unsafe { sys::llama_batch_init(n, 0, 1) });
+        for (i, &t) in tokens.iter().enumerate() {
+            // SAFETY: `i < n`, the capacity of every array in the batch; `seq_id[i]` points to
+            // room for one id (n_seq_max 1).
+            unsafe {
+                *batch.0.token.add(i) = t;
+                *batch.0.pos.add(i) = i as i32;
+                *batch.0.n_seq_id.add(i) = 1;
+                *(*batch.0.seq_id.add(i)) = 0;
+                *batch.0.logits.add(i) = 1;
+            }
+        }
+        let mut b = batch.0;
+        b.n_tokens = n;
+        // SAFETY: a valid context and a fully initialized batch of `n <= n_batch` tokens.
+        let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), b) };
+        if rc != 0 {
+            return Err(LlamaError::Decode(rc));
+        }
+        let mut out = Vec::with_capacity(tokens.len() - 1);
+        for i in 0..tokens.len() - 1 {
+            // SAFETY: every position requested logits, so row `i` exists and holds n_vocab
+            // floats until the next decode on this context (we copy out before that).
+            let row = unsafe {
+                let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), i as i32);
+                if p.is_null() {
+                    return Err(LlamaError::Decode(-1));
+                }
+                std::slice::from_raw_parts(p, n_vocab)
+            };
+            out.push(nll(row, tokens[i + 1] as usize));
+        }
+        Ok(out)
+    }
+
+    /// Prepares the context for training every F32 tensor llama.cpp lets train (not the token
+    /// embeddings: an upstream FIXME) with `optimizer` at learning rate `lr`. Once per context.
+    pub fn opt_init(&mut self, optimizer: Optimizer, lr: f32) -> Result<(), LlamaError> {
+        if self.opt.is_some() {
+            return Err(LlamaError::Invalid(
+                "the optimizer is already set up".into(),
+            ));
+        }
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(LlamaError::Invalid(format!(
+                "the learning rate must be > 0, got {lr}"
+            )));
+        }
+        let mut ud = Box::new(OptUserData { lr });
+        let params = sys::llama_opt_params {
+            n_ctx_train: 0, // = the context size
+            param_filter: Some(sys::llama_opt_param_filter_all),
+            param_filter_ud: ptr::null_mut(),
+            get_opt_pars: Some(optimizer_params),
+            get_opt_pars_ud: ptr::from_mut::<OptUserData>(&mut *ud).cast::<c_void>(),
+            optimizer_type: match optimizer {
+                Optimizer::AdamW => sys::GGML_OPT_OPTIMIZER_TYPE_ADAMW,
+                Optimizer::Sgd => sys::GGML_OPT_OPTIMIZER_TYPE_SGD,
+            },
+        };
+        // SAFETY: a valid context and its model; n_batch == n_ubatch == n_ctx (Context::new),
+        // so llama_opt_init's divisibility asserts hold; called once (checked above); the user
+        // data box is stored in `self` and outlives the context.
+        unsafe { sys::llama_opt_init(self.ptr.as_ptr(), self.model.ptr.as_ptr(), params) };
+        self.opt = Some(ud);
+        Ok(())
+    }
+
+    /// One pass over `dataset`: training (forward, backward, optimizer step per window) when
+    /// `train`, evaluation only otherwise. `on_step` runs after every window. Returns the mean
+    /// loss per token (cross-entropy, nats) over the pass.
+    pub fn opt_epoch(
+        &mut self,
+        dataset: &Dataset,
+        train: bool,
+        on_step: impl FnMut(StepEvent) + 'static,
+    ) -> Result<f64, LlamaError> {
+        if self.opt.is_none() {
+            return Err(LlamaError::Invalid("opt_init was not called".into()));
+        }
+        if dataset.n_ctx != self.n_ctx {
+            return Err(LlamaError::Invalid(format!(
+                "dataset windows of {} tokens in a context of {}",
+                dataset.n_ctx, self.n_ctx
+            )));
+        }
+        if dataset.n_vocab_max > self.model.n_vocab() {
+            return Err(LlamaError::Invalid(
+                "a token id outside the vocabulary".into(),
+            ));
+        }
+        // SAFETY: allocates an empty result; freed by the guard.
+        let result = OptResult(unsafe { sys::ggml_opt_result_init() });
+        struct Clear;
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                STEP_CALLBACK.with(|cb| cb.borrow_mut().take());
+            }
+        }
+        STEP_CALLBACK.with(|cb| *cb.borrow_mut() = Some(Box::new(on_step)));
+        let _clear = Clear;
+        let n = dataset.len as i64;
+        let (split, res_train, res_eval) = if train {
+            (n, result.0, ptr::null_mut())
+        } else {
+            (0, ptr::null_mut(), result.0)
+        };
+        // SAFETY: a context with the optimizer set up, a dataset with `n` windows of n_ctx
+        // tokens (ids checked against the vocabulary), 0 <= split <= n; the result that is used
+        // is valid, the other half of the split is empty so its NULL result is never touched.
+        // The callback only reads `result` and calls back into Rust on this thread.
+        unsafe {
+            sys::llama_opt_epoch(
+                self.ptr.as_ptr(),
+                dataset.ptr.as_ptr(),
+                res_train,
+                res_eval,
+                split,
+                Some(epoch_callback),
+                Some(epoch_callback),
+            );
+        }
+        let (mut loss, mut unc) = (0.0, 0.0);
+        // SAFETY: a valid result; both out-pointers are valid.
+        unsafe { sys::ggml_opt_result_loss(result.0, &mut loss, &mut unc) };
+        Ok(loss)
+    }
+}
+
+impl Drop for Context<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from llama_init_from_model and is freed once; the optimizer
+        // user data (a field) is dropped after this.
+        unsafe { sys::llama_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// `-ln softmax(row)[target]`, computed stably.
+fn nll(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    max + sum.ln() - row[target] as f64
+}
+
+/// Frees a `llama_batch` on drop.
+struct Batch(sys::llama_batch);
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // SAFETY: allocated by llama_batch_init, freed once.
+        unsafe { sys::llama_batch_free(self.0) }
+    }
+}
+
+/// Frees a `ggml_opt_result` on drop.
+struct OptResult(sys::ggml_opt_result_t);
+
+impl Drop for OptResult {
+    fn drop(&mut self) {
+        // SAFETY: allocated by ggml_opt_result_init, freed once.
+        unsafe { sys::ggml_opt_result_free(self.0) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets
+
+/// A training or validation set for [`Context::opt_epoch`]: windows of `n_ctx + 1` tokens, the
+/// first `n_ctx` as inputs and the last `n_ctx` (the next tokens) as labels.
+pub struct Dataset {
+    ptr: NonNull<sys::ggml_opt_dataset>,
+    n_ctx: u32,
+    len: usize,
+    /// One more than the largest token id, checked against the model's vocabulary before use.
+    n_vocab_max: usize,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Dataset {
+    /// Builds the dataset. Every window must hold exactly `n_ctx + 1` non-negative token ids.
+    pub fn new(windows: &[&[i32]], n_ctx: u32) -> Result<Self, LlamaError> {
+        let w = n_ctx as usize;
+        if windows.is_empty() || n_ctx == 0 {
+            return Err(LlamaError::Invalid("an empty dataset".into()));
+        }
+        if windows.iter().any(|x| x.len() != w + 1) {
+            return Err(LlamaError::Invalid(format!(
+                "every window must hold {} tokens",
+                w + 1
+            )));
+        }
+        if windows.iter().flat_map(|x| x.iter()).any(|&t| t < 0) {
+            return Err(LlamaError::Invalid("a negative token id".into()));
+        }
+        let n_vocab_max = windows
+            .iter()
+            .flat_map(|x| x.iter())
+            .map(|&t| t as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let (ne, nd) = (i64::from(n_ctx), windows.len() as i64);
+        // SAFETY: all sizes positive (checked above); shard size 1 divides ndata.
+        let ptr = unsafe {
+            sys::ggml_opt_dataset_init(sys::GGML_TYPE_I32, sys::GGML_TYPE_I32, ne, ne, nd, 1)
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| LlamaError::Invalid("dataset".into()))?;
+        let ds = Self {
+            ptr,
+            n_ctx,
+            len: windows.len(),
+            n_vocab_max,
+            _not_send: PhantomData,
+        };
+        // SAFETY: the dataset's tensors live in a CPU buffer it owns.
+        let (data, labels) = unsafe {
+            (
+                sys::ggml_opt_dataset_data(ds.ptr.as_ptr()),
+                sys::ggml_opt_dataset_labels(ds.ptr.as_ptr()),
+            )
+        };
+        let row = w * size_of::<i32>();
+        for (i, win) in windows.iter().enumerate() {
+            // SAFETY: both tensors are [n_ctx, ndata] I32, so row `i` spans bytes
+            // [i*row, (i+1)*row) inside them; the sources hold n_ctx i32s each.
+            unsafe {
+                sys::ggml_backend_tensor_set(data, win.as_ptr().cast(), i * row, row);
+                sys::ggml_backend_tensor_set(labels, win[1..].as_ptr().cast(), i * row, row);
+            }
+        }
+        Ok(ds)
+    }
+
+    /// The number of windows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no windows (never true for a constructed dataset).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Dataset {
+    fn drop(&mut self) {
+        // SAFETY: allocated by ggml_opt_dataset_init, freed once.
+        unsafe { sys::ggml_opt_dataset_free(self.ptr.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nll;
+
+    #[test]
+    fn nll_is_log_softmax() {
+        let row = [0.0f32, 0.0, 0.0, 0.0];
+        assert!((nll(&row, 2) - 4f64.ln()).abs() < 1e-9);
+        let row = [1000.0f32, 0.0];
+        assert!(nll(&row, 0).abs() < 1e-9);
+    }
+}

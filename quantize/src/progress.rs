@@ -1,0 +1,260 @@
+//! The progress protocol of the long commands (`quantize`, `finetune`, `eval`): a contract with
+//! the daemon's job runner, which starts `inhouse-quantize` as a child and reads its stdout.
+//!
+//! With `--progress json`, stdout carries one JSON object per line and nothing else:
+//!
+//! ```text
+//! {"type":"progress","phase":"train","epoch":1,"epochs":2,"step":3,"steps":10,"loss":2.95,
+//!  "tokens_per_s":51.2,"eta_s":40.0,"fraction":0.15}
+//! {"type":"checkpoint","epoch":1,"path":"/abs/path"}
+//! {"type":"log","message":"…"}
+//! {"type":"result", …command-specific summary…}            (last, on success only)
+//! ```
+//!
+//! `phase` is one of `train`, `eval`, `quantize`, `convert`; fields that do not apply are left
+//! out, `fraction` (0..=1, the whole command's progress) is always there. With `--progress text`
+//! (the default) the same events are written to stderr for a person and the result to stdout as
+//! pretty JSON. Either way llama.cpp's own log goes to stderr only (see [`crate::llama`]).
+//!
+//! Exit status: 0 success, 1 failure, 2 bad input or usage; the reason is on stderr
+//! ([`ToolError`]).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// How events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Human-readable lines on stderr, the result as pretty JSON on stdout.
+    #[default]
+    Text,
+    /// One JSON object per line on stdout.
+    Json,
+}
+
+/// The phase a progress line belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Training steps.
+    Train,
+    /// Evaluation (validation loss, perplexity, the bias probe).
+    Eval,
+    /// Quantizing a model.
+    Quantize,
+    /// Converting the base model to F32 before training.
+    Convert,
+}
+
+/// One progress line. Fields that do not apply stay `None` and are left out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// The phase.
+    pub phase: Phase,
+    /// The epoch (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
+    /// Epochs in the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
+    /// The step in this phase (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    /// Steps in this phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    /// The loss of this step (nats per token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Tokens processed per second in this phase so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// Estimated seconds left for the command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
+    /// The command's progress, 0..=1.
+    pub fraction: f64,
+}
+
+impl Progress {
+    /// A line with only a phase and a fraction.
+    pub fn new(phase: Phase, fraction: f64) -> Self {
+        Self {
+            phase,
+            epoch: None,
+            epochs: None,
+            step: None,
+            steps: None,
+            loss: None,
+            tokens_per_s: None,
+            eta_s: None,
+            fraction,
+        }
+    }
+}
+
+/// Writes protocol events in the chosen [`Format`]. Cheap to copy into callbacks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reporter {
+    format: Format,
+}
+
+/// A finite value or nothing (JSON has no NaN).
+fn finite(x: Option<f64>) -> Option<f64> {
+    x.filter(|v| v.is_finite())
+}
+
+impl Reporter {
+    /// A reporter writing `format`.
+    pub fn new(format: Format) -> Self {
+        Self { format }
+    }
+
+    /// The format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Writes one JSON object line to stdout, `"type"` first (serde_json sorts keys, and a reader
+    /// skimming the stream looks for the type). A closed stdout (the reader went away) is
+    /// ignored: the work goes on and the exit status still tells the outcome.
+    fn json_line(kind: &str, value: &serde_json::Value) {
+        let body = value.to_string();
+        let line = match body.strip_prefix('{') {
+            Some(rest) if rest != "}" => format!("{{\"type\":\"{kind}\",{rest}"),
+            _ => format!("{{\"type\":\"{kind}\"}}"),
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
+
+    fn text_line(line: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+
+    /// Reports progress.
+    pub fn progress(&self, p: &Progress) {
+        let mut p = p.clone();
+        p.loss = finite(p.loss);
+        p.tokens_per_s = finite(p.tokens_per_s);
+        p.eta_s = finite(p.eta_s.map(|e| e.max(0.0)));
+        p.fraction = if p.fraction.is_finite() {
+            p.fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        match self.format {
+            Format::Json => {
+                Self::json_line("progress", &serde_json::to_value(&p).unwrap_or_default());
+            }
+            Format::Text => {
+                let mut line = format!(
+                    "{:>8} {:5.1}%",
+                    format!("{:?}", p.phase).to_lowercase(),
+                    p.fraction * 100.0
+                );
+                if let (Some(e), Some(n)) = (p.epoch, p.epochs) {
+                    line += &format!("  epoch {e}/{n}");
+                }
+                if let (Some(s), Some(n)) = (p.step, p.steps) {
+                    line += &format!("  step {s}/{n}");
+                }
+                if let Some(l) = p.loss {
+                    line += &format!("  loss {l:.4}");
+                }
+                if let Some(t) = p.tokens_per_s {
+                    line += &format!("  {t:.1} tok/s");
+                }
+                if let Some(e) = p.eta_s {
+                    line += &format!("  eta {e:.0}s");
+                }
+                Self::text_line(&line);
+            }
+        }
+    }
+
+    /// Reports a checkpoint written after `epoch`.
+    pub fn checkpoint(&self, epoch: u32, path: &Path) {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        match self.format {
+            Format::Json => Self::json_line(
+                "checkpoint",
+                &serde_json::json!({"epoch": epoch, "path": path.to_string_lossy()}),
+            ),
+            Format::Text => Self::text_line(&format!(
+                "checkpoint after epoch {epoch}: {}",
+                path.display()
+            )),
+        }
+    }
+
+    /// Reports a message for a person (a warning, a decision taken).
+    pub fn log(&self, message: &str) {
+        match self.format {
+            Format::Json => {
+                Self::json_line("log", &serde_json::json!({"message": message}));
+            }
+            Format::Text => Self::text_line(message),
+        }
+    }
+
+    /// Reports the result: `summary` must be a JSON object without a `"type"` key;
+    /// `"type": "result"` is added.
+    pub fn result(&self, summary: serde_json::Value) {
+        match self.format {
+            Format::Json => Self::json_line("result", &summary),
+            Format::Text => {
+                let mut v = summary;
+                if let serde_json::Value::Object(m) = &mut v {
+                    m.insert("type".into(), "result".into());
+                }
+                let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+            }
+        }
+    }
+}
+
+/// Why a command failed, and so its exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// Bad input or parameters, found before any heavy work: exit status 2.
+    #[error("{0}")]
+    BadInput(String),
+    /// The work itself failed: exit status 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ToolError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::BadInput(_) => 2,
+            Self::Failed(_) => 1,
+        }
+    }
+}
+
+/// Seconds left at a constant rate: `elapsed / done * (total - done)`.
+pub fn eta(elapsed_s: f64, done: f64, total: f64) -> Option<f64> {
+    (done > 0.0 && total >= done).then(|| elapsed_s / done * (total - done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_omits_missing_fields() {
+        let mut p = Progress::new(Phase::Train, 0.5);
+        p.loss = Some(f64::NAN);
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["phase"], "train");
+        assert!(v.get("epoch").is_none());
+        assert_eq!(eta(10.0, 1.0, 3.0), Some(20.0));
+    }
+}
