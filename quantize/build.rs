@@ -1,10 +1,11 @@
 //! Build script: lets `inhouse-quantize` find llama.cpp's shared libraries at run time.
 //!
-//! The same layout as the root crate's `build.rs`: a relative run path (`$ORIGIN` and
-//! `$ORIGIN/../lib/inhouse`), so the binary works from `target/<profile>/` and installed as
-//! `/usr/bin/inhouse-quantize` beside `/usr/lib/inhouse/`. The libraries are copied under their
-//! sonames next to the binaries and the CPU variants into `target/<profile>/ggml/`; the root
-//! build script does the same, but `cargo build -p inhouse-quantize` alone does not run it.
+//! A relative run path (`$ORIGIN` and `$ORIGIN/../lib/inhouse`, like the root crate's
+//! binaries), so the binary works from `target/<profile>/` and installed as
+//! `/usr/bin/inhouse-quantize` beside `/usr/lib/inhouse/`. This script also copies the
+//! libraries, for the whole workspace, under their sonames next to the binaries and the ggml
+//! backends (CPU variants, and a GPU backend when built) into `target/<profile>/ggml/`: the
+//! layout the `.deb` packages and every binary's run path expects.
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -44,8 +45,7 @@ fn main() {
 }
 
 /// Copies `src` (following symlinks) to `dst` unless an up-to-date copy is there, through a
-/// temporary file named after this process (the root build script may run at the same time)
-/// and a rename, so a running process that has the old library mapped is not disturbed.
+/// temporary file named after this process and a rename, so a running process that has the old library mapped is not disturbed.
 fn install(src: &Path, dst: &Path) {
     let same = match (std::fs::metadata(src), std::fs::metadata(dst)) {
         (Ok(a), Ok(b)) => a.len() == b.len() && a.modified().ok() <= b.modified().ok(),

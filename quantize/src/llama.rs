@@ -123,6 +123,24 @@ pub fn backend_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// The first of [`backend_dirs`] that holds ggml CPU variants; the error lists where it looked.
+/// Shared with the daemon (`engine::ffi`), so both find the same libraries.
+pub fn find_backend_dir() -> Result<PathBuf, String> {
+    let dirs = backend_dirs();
+    dirs.iter()
+        .find(|d| has_cpu_variants(d) && d.to_str().is_some())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "no ggml CPU backend libraries (libggml-cpu-*.so) in any of: {}",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
 fn has_cpu_variants(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
         entries.flatten().any(|e| {
@@ -149,19 +167,7 @@ pub fn init() -> Result<&'static Path, LlamaError> {
         // SAFETY: the callback is a plain function valid for the whole process and ignores its
         // user data; llama_log_set also installs it for ggml.
         unsafe { sys::llama_log_set(Some(log_to_stderr), ptr::null_mut()) };
-        let dirs = backend_dirs();
-        let dir = dirs
-            .iter()
-            .find(|d| has_cpu_variants(d) && d.to_str().is_some())
-            .ok_or_else(|| {
-                format!(
-                    "no ggml CPU backend libraries (libggml-cpu-*.so) in any of: {}",
-                    dirs.iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
+        let dir = &find_backend_dir()?;
         llama_cpp_2::llama_backend::load_backends_from_path(dir);
         // SAFETY: no arguments; called once (guarded by the OnceLock) before any other use.
         unsafe { sys::llama_backend_init() };

@@ -9,12 +9,13 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// Where the CPU variant libraries live in an installed system, relative to the binary's own
-/// directory: `/usr/bin/inhoused` → `/usr/lib/inhouse/ggml/`.
-pub const INSTALLED_BACKENDS_DIR: &str = "../lib/inhouse/ggml";
+/// directory (`/usr/bin/inhoused` → `/usr/lib/inhouse/ggml/`); the search itself is the
+/// toolchain's (`inhouse_quantize::llama::find_backend_dir`), so daemon and toolchain agree.
+pub use inhouse_quantize::llama::INSTALLED_BACKENDS_DIR;
 
 /// The CPU backend that is in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,40 +28,6 @@ pub struct CpuBackend {
     pub dir: PathBuf,
 }
 
-/// The directories searched for `libggml-cpu-*.so`, in order: `$INHOUSE_GGML_DIR` if set, the
-/// installed location relative to the binary (`../lib/inhouse/ggml`), `ggml/` beside the binary
-/// (where `build.rs` puts them in `target/<profile>/`), and the directory the build wrote them
-/// to (for test and bench binaries in `target/<profile>/deps/`).
-pub fn backend_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("INHOUSE_GGML_DIR") {
-        dirs.push(PathBuf::from(d));
-    }
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        dirs.push(exe_dir.join(INSTALLED_BACKENDS_DIR));
-        dirs.push(exe_dir.join("ggml"));
-    }
-    if let Some(d) = llama_cpp_sys_2::BACKENDS_DIR {
-        dirs.push(PathBuf::from(d));
-    }
-    dirs
-}
-
-fn has_cpu_variants(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries.flatten().any(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.starts_with("libggml-cpu-") && n.ends_with(".so")
-            })
-        })
-        .unwrap_or(false)
-}
-
 /// Loads the best CPU variant (once per process) and reports it; the error says where it looked.
 /// Never searches the current directory (ggml's default would): a daemon must not load code
 /// from wherever it was started.
@@ -68,17 +35,7 @@ pub fn cpu_backend() -> Result<CpuBackend, String> {
     static LOADED: OnceLock<Result<CpuBackend, String>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
-            let dirs = backend_dirs();
-            let dir = dirs.iter().find(|d| has_cpu_variants(d)).ok_or_else(|| {
-                format!(
-                    "no ggml CPU backend libraries (libggml-cpu-*.so) in any of: {}",
-                    dirs.iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
-            // ggml reports the load on its log: route it to tracing first (never to stderr).
+            let dir = &inhouse_quantize::llama::find_backend_dir()?;
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
             llama_cpp_2::llama_backend::load_backends_from_path(dir);
             let features = cpu_features().ok_or_else(|| {
