@@ -4,35 +4,13 @@
 //! by `scripts/fetch-models`. A missing model fails the test rather than skipping it: a skipped
 //! test would let a broken reader pass unnoticed.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{model, GEMMA3, SMOLLM2};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use inhouse_quantize::gguf::{self, GgufFile};
-
-const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
-
-fn models_dir() -> PathBuf {
-    match std::env::var_os("INHOUSE_MODELS_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => {
-            let home = std::env::var_os("HOME")
-                .expect("HOME is not set; set INHOUSE_MODELS_DIR to the models directory");
-            PathBuf::from(home).join(".cache/inhouse/models")
-        }
-    }
-}
-
-/// The path of a test model, failing with instructions if it is missing.
-fn model(name: &str) -> PathBuf {
-    let path = models_dir().join(name);
-    assert!(
-        path.is_file(),
-        "test model {} is missing: run scripts/fetch-models (or set INHOUSE_MODELS_DIR)",
-        path.display()
-    );
-    path
-}
 
 fn open(path: &Path) -> GgufFile {
     gguf::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

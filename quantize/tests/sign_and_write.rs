@@ -5,10 +5,13 @@
 //! The model lives in `$INHOUSE_MODELS_DIR` (default `~/.cache/inhouse/models`, filled by
 //! `scripts/fetch-models`). A missing model fails the test rather than skipping it.
 
+mod common;
+
+use common::{model, SMOLLM2};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use inhouse_quantize::gguf::{self, Array, GgmlType, GgufFile, TensorInfo, Value};
 use inhouse_quantize::gguf_write::{
@@ -18,29 +21,6 @@ use inhouse_quantize::sign::{
     self, sha256_file, sign_model, signature_path, write_keypair, PublicKey, SecretKey,
     Sha256Writer, SignError, SignatureFile, TrustedKeys,
 };
-
-const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn models_dir() -> PathBuf {
-    match std::env::var_os("INHOUSE_MODELS_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => {
-            let home = std::env::var_os("HOME")
-                .expect("HOME is not set; set INHOUSE_MODELS_DIR to the models directory");
-            PathBuf::from(home).join(".cache/inhouse/models")
-        }
-    }
-}
-
-fn model(name: &str) -> PathBuf {
-    let path = models_dir().join(name);
-    assert!(
-        path.is_file(),
-        "test model {} is missing: run scripts/fetch-models (or set INHOUSE_MODELS_DIR)",
-        path.display()
-    );
-    path
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777

@@ -6,16 +6,17 @@
 //! fails the test rather than skipping it. The heavy tests take a lock so that they do not run
 //! at the same time on a small machine; the whole file takes a few minutes on 2 cores.
 
+mod common;
+
+use common::{model, GEMMA3, SMOLLM2};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
 use inhouse_quantize::gguf;
 use serde_json::Value;
 
-const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 const BIN: &str = env!("CARGO_BIN_EXE_inhouse-quantize");
 
 /// Serializes the tests that load models (2 shared cores).
@@ -23,28 +24,6 @@ static HEAVY: Mutex<()> = Mutex::new(());
 
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn models_dir() -> PathBuf {
-    match std::env::var_os("INHOUSE_MODELS_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => {
-            let home = std::env::var_os("HOME")
-                .expect("HOME is not set; set INHOUSE_MODELS_DIR to the models directory");
-            PathBuf::from(home).join(".cache/inhouse/models")
-        }
-    }
-}
-
-/// The path of a test model, failing with instructions if it is missing.
-fn model(name: &str) -> PathBuf {
-    let path = models_dir().join(name);
-    assert!(
-        path.is_file(),
-        "test model {} is missing: run scripts/fetch-models (or set INHOUSE_MODELS_DIR)",
-        path.display()
-    );
-    path
 }
 
 fn run(args: &[&str]) -> Output {
