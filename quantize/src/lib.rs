@@ -21,13 +21,17 @@
 //! every block.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "llama")]
 pub mod eval;
+#[cfg(feature = "llama")]
 pub mod finetune;
 pub mod gguf;
 pub mod gguf_write;
 pub mod inspect;
+#[cfg(feature = "llama")]
 pub mod llama;
 pub mod prepare;
 pub mod progress;
+#[cfg(feature = "llama")]
 pub mod quantize;
 pub mod sign;
