@@ -197,6 +197,39 @@ pub struct Config {
     pub socket_group: Option<String>,
     /// Limits against hostile or runaway clients.
     pub limits: LimitsConfig,
+    /// Toolchain jobs (`/admin/jobs`): fine-tuning, quantizing, evaluating, data preparation.
+    pub jobs: JobsConfig,
+}
+
+/// How the daemon runs toolchain jobs (see [`crate::jobs`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct JobsConfig {
+    /// The `inhouse-quantize` binary. Absent: the one next to the daemon's own executable.
+    pub toolchain_binary: Option<PathBuf>,
+    /// Keep a job's training data (its `data/` folder under `state-dir/jobs/work/ID/`) after the
+    /// job ends. Off by default: the data a client uploaded is deleted when its job ends, so it
+    /// is on disk (mode 0600, in clear, because the toolchain reads it) only while it is needed.
+    pub keep_data: bool,
+    /// Jobs whose processes run at once; later ones wait, queued.
+    pub max_concurrent: u32,
+    /// Niceness of job processes (0 to 19; 0 runs them at the daemon's priority), so that
+    /// training never slows serving down much.
+    pub nice: u32,
+    /// Largest dataset upload (`POST /admin/jobs/data`), bytes or with a unit.
+    pub max_data_bytes: ByteSize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            toolchain_binary: None,
+            keep_data: false,
+            max_concurrent: 1,
+            nice: 10,
+            max_data_bytes: ByteSize::Bytes(4 << 30),
+        }
+    }
 }
 
 /// Limits on what one request, one caller and all connections together may use.
@@ -299,6 +332,7 @@ impl Default for Config {
             retention_check_secs: 3600,
             socket_group: None,
             limits: LimitsConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -433,6 +467,18 @@ impl Config {
                 self.prefill_chunk
             ));
         }
+        if !(1..=16).contains(&self.jobs.max_concurrent) {
+            return bad(format!(
+                "jobs.max-concurrent = {} (must be 1..=16)",
+                self.jobs.max_concurrent
+            ));
+        }
+        if self.jobs.nice > 19 {
+            return bad(format!("jobs.nice = {} (must be 0..=19)", self.jobs.nice));
+        }
+        if self.jobs.max_data_bytes == ByteSize::Auto {
+            return bad("jobs.max-data-bytes must be a size, not \"auto\"".into());
+        }
         for name in self.models.keys() {
             if !valid_model_name(name) {
                 return bad(format!(
@@ -481,6 +527,8 @@ mod tests {
         c.check().unwrap();
         assert_eq!(c.limits.max_connections, 1024);
         assert_eq!(c.roles.admin_uids, vec![0]);
+        assert_eq!(c.jobs.max_concurrent, JobsConfig::default().max_concurrent);
+        assert!(!c.jobs.keep_data);
     }
 
     #[test]

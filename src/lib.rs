@@ -8,6 +8,8 @@
 //! - [`engine`]: the only code that touches llama.cpp, on its own OS thread; continuous batching;
 //!   the pool of resident models (load on demand, memory budget, eviction, keep-alive).
 //! - [`models`]: the content-addressed model store: import, verify, sign-check, manifests.
+//! - [`jobs`]: toolchain jobs (prepare, finetune, quantize, eval) as niced child processes:
+//!   datasets, progress, cancel, recovery at start-up, outputs registered in the model store.
 //! - [`metrics`]: serving metrics for `GET /metrics` (Prometheus text).
 //! - [`storage`]: the encrypted SQLite store on its own thread: records, history, erasure,
 //!   rotation, the audit chain.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod engine;
+pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod scheduler;

@@ -258,3 +258,87 @@ impl From<crate::storage::StoreError> for ApiError {
         }
     }
 }
+
+impl From<crate::jobs::JobError> for ApiError {
+    fn from(e: crate::jobs::JobError) -> Self {
+        use crate::jobs::JobError as E;
+        let param = match &e {
+            E::Missing { field, .. } => Some(field.to_string()),
+            E::Invalid { field, .. } => Some(field.clone()),
+            E::UnknownModel(_) => Some("model".to_string()),
+            E::UnknownDataset(_) => Some("data".to_string()),
+            E::OutputExists(_) => Some("output_name".to_string()),
+            E::UnknownKind(_) => Some("kind".to_string()),
+            _ => None,
+        };
+        let (status, kind, code) = match &e {
+            E::Store(_) => {
+                let E::Store(s) = e else { unreachable!() };
+                return s.into();
+            }
+            E::UnknownKind(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unknown_job_kind",
+            ),
+            E::Missing { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "missing_field",
+            ),
+            E::Invalid { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
+            ),
+            E::UnknownModel(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            E::UnknownDataset(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "dataset_not_found",
+            ),
+            E::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "job_not_found",
+            ),
+            E::Ended { .. } => (StatusCode::CONFLICT, "invalid_request_error", "job_ended"),
+            E::OutputExists(_) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "model_exists",
+            ),
+            E::DataTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "dataset_too_large",
+            ),
+            E::Toolchain(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "toolchain_unavailable",
+            ),
+            E::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "shutting_down",
+            ),
+            E::Io(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "job_error",
+            ),
+        };
+        ApiError {
+            status,
+            kind,
+            code,
+            message: e.to_string(),
+            param,
+        }
+    }
+}

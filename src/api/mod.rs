@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod error;
 pub mod history;
+pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod models;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Time allowed to receive a request body.
     pub body_timeout: std::time::Duration,
+    /// The toolchain job runner, for `/admin/jobs`.
+    pub jobs: Option<Arc<crate::jobs::JobRunner>>,
 }
 
 /// All routes, each with the role it needs: this table is the one place where access is
@@ -79,19 +82,36 @@ pub fn router(state: AppState) -> Router {
     let limited = axum::middleware::from_fn_with_state(state.uid_limits.clone(), limits::per_uid);
     let max_body = state.max_body_bytes;
     let body_timeout = state.body_timeout;
-    // Model imports stream a whole model file: no body size or JSON rule, and a per-chunk idle
-    // timeout inside the handler instead of one for the whole body.
-    let uploads = Router::new().route(
-        "/admin/models/{name}",
-        post(models::import)
-            .get(models::show)
-            .delete(models::remove)
-            .route_layer(needs(Admin))
-            .layer(axum::extract::DefaultBodyLimit::disable()),
-    );
+    // Model imports and datasets stream a whole file: no body size or JSON rule, and a
+    // per-chunk idle timeout inside the handler instead of one for the whole body.
+    let uploads = Router::new()
+        .route(
+            "/admin/models/{name}",
+            post(models::import)
+                .get(models::show)
+                .delete(models::remove)
+                .route_layer(needs(Admin))
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/admin/jobs/data",
+            post(jobs::upload_data)
+                .route_layer(needs(Admin))
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        );
     Router::new()
         .route("/admin/models", get(models::list).route_layer(needs(Admin)))
         .route("/admin/ps", get(models::ps).route_layer(needs(Admin)))
+        .route(
+            "/admin/jobs",
+            post(jobs::submit).get(jobs::list).route_layer(needs(Admin)),
+        )
+        .route(
+            "/admin/jobs/{id}",
+            get(jobs::show)
+                .delete(jobs::cancel)
+                .route_layer(needs(Admin)),
+        )
         .route("/health", get(openai::health))
         .route(
             "/metrics",

@@ -64,6 +64,61 @@ enum Command {
     /// Administration: keys, erasure, audit.
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Fine-tunes a model on a JSONL file (admin): uploads the data, submits a finetune job and
+    /// shows its progress until it ends. The result is registered in the store as NAME.
+    Finetune {
+        /// The model to start from (a stored or configured name).
+        #[arg(long)]
+        model: String,
+        /// Training data, JSONL (e.g. train.jsonl from `inhouse-quantize prepare`).
+        #[arg(long, value_name = "FILE.jsonl")]
+        data: PathBuf,
+        /// Name to register the fine-tuned model under.
+        #[arg(long)]
+        name: String,
+        /// Evaluation data, JSONL.
+        #[arg(long, value_name = "FILE.jsonl")]
+        eval: Option<PathBuf>,
+        /// Epochs.
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Learning rate.
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Training context, tokens.
+        #[arg(long)]
+        ctx: Option<u32>,
+        /// Optimizer: adamw or sgd.
+        #[arg(long)]
+        optimizer: Option<String>,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Toolchain jobs run by the daemon (admin).
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum JobsCmd {
+    /// The newest jobs.
+    List,
+    /// One job as JSON.
+    Show {
+        /// Job id.
+        id: i64,
+    },
+    /// Shows a job's progress until it ends (exit status 1 unless it succeeded).
+    Watch {
+        /// Job id.
+        id: i64,
+    },
+    /// Cancels a queued or running job: its process is stopped and its files removed.
+    Cancel {
+        /// Job id.
+        id: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,6 +352,63 @@ async fn run(args: Args) -> Result<()> {
             println!();
         }
         Command::Admin(cmd) => admin(&client, cmd).await?,
+        Command::Finetune {
+            model,
+            data,
+            name,
+            eval,
+            epochs,
+            lr,
+            ctx,
+            optimizer,
+            detach,
+        } => {
+            check_requested_name(&model)?;
+            inhouse::models::check_name(&name)?;
+            let upload = |path: PathBuf| {
+                let client = client.clone();
+                async move {
+                    let v = client
+                        .upload("/admin/jobs/data?format=jsonl", &path, &[])
+                        .await
+                        .with_context(|| format!("uploading {}", path.display()))?;
+                    v["dataset"]["id"]
+                        .as_str()
+                        .map(str::to_string)
+                        .context("unexpected answer to the upload")
+                }
+            };
+            let data_id = upload(data).await?;
+            let mut options = json!({});
+            if let Some(e) = eval {
+                options["eval_data"] = json!(upload(e).await?);
+            }
+            if let Some(e) = epochs {
+                options["epochs"] = json!(e);
+            }
+            if let Some(l) = lr {
+                options["lr"] = json!(l);
+            }
+            if let Some(c) = ctx {
+                options["ctx"] = json!(c);
+            }
+            if let Some(o) = optimizer {
+                options["optimizer"] = json!(o);
+            }
+            let body = json!({"kind": "finetune", "model": model, "data": data_id,
+                              "options": options, "output_name": name});
+            let v = client
+                .json(Method::POST, "/admin/jobs", Some(&body))
+                .await?;
+            let id = v["job"]["id"].as_i64().context("unexpected answer")?;
+            if detach {
+                println!("{id}");
+            } else {
+                eprintln!("job {id} submitted (Ctrl-C stops watching, not the job; `inhouse jobs cancel {id}` stops it)");
+                watch(&client, id).await?;
+            }
+        }
+        Command::Jobs(cmd) => jobs(&client, cmd).await?,
     }
     Ok(())
 }
@@ -546,6 +658,127 @@ async fn models(client: &Client, cmd: ModelsCmd) -> Result<()> {
                 secret.key_id(),
                 out.display()
             );
+        }
+    }
+    Ok(())
+}
+
+/// `12m05s` style.
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// One status line for a job: a bar, percent, epoch/step, loss, tokens/s, ETA.
+fn progress_line(job: &Value) -> String {
+    let p = &job["progress"];
+    let fraction = job["fraction"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
+    let filled = (fraction * 20.0).round() as usize;
+    let mut line = format!(
+        "job {} {} [{}{}] {:5.1}%",
+        job["id"],
+        job["state"].as_str().unwrap_or("?"),
+        "#".repeat(filled),
+        ".".repeat(20 - filled),
+        fraction * 100.0
+    );
+    if let Some(phase) = p["phase"].as_str() {
+        line.push_str(&format!("  {phase}"));
+    }
+    if let (Some(e), Some(n)) = (p["epoch"].as_u64(), p["epochs"].as_u64()) {
+        line.push_str(&format!("  epoch {e}/{n}"));
+    }
+    if let (Some(s), Some(n)) = (p["step"].as_u64(), p["steps"].as_u64()) {
+        line.push_str(&format!("  step {s}/{n}"));
+    }
+    if let Some(l) = p["loss"].as_f64() {
+        line.push_str(&format!("  loss {l:.3}"));
+    }
+    if let Some(t) = p["tokens_per_s"].as_f64() {
+        line.push_str(&format!("  {t:.0} tok/s"));
+    }
+    if let Some(eta) = p["eta_s"].as_f64() {
+        line.push_str(&format!("  ETA {}", duration(eta)));
+    }
+    line
+}
+
+/// Redraws a job's progress line on stderr until the job ends; fails unless it succeeded.
+async fn watch(client: &Client, id: i64) -> Result<()> {
+    let mut width = 0usize;
+    loop {
+        let v = client
+            .json(Method::GET, &format!("/admin/jobs/{id}"), None)
+            .await?;
+        let job = &v["job"];
+        let line = progress_line(job);
+        let pad = width.saturating_sub(line.chars().count());
+        width = width.max(line.chars().count());
+        eprint!("\r{line}{}", " ".repeat(pad));
+        let _ = std::io::stderr().flush();
+        match job["state"].as_str() {
+            Some("queued") | Some("running") => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await
+            }
+            Some("succeeded") => {
+                eprintln!();
+                let r = &job["result"];
+                match r["model"].as_str() {
+                    Some(m) => println!(
+                        "registered {m} (sha256 {})",
+                        r["digest"].as_str().unwrap_or("?")
+                    ),
+                    None => print_json(r)?,
+                }
+                return Ok(());
+            }
+            state => {
+                eprintln!();
+                anyhow::bail!(
+                    "job {id} {}{}",
+                    state.unwrap_or("?"),
+                    job["error"]
+                        .as_str()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+async fn jobs(client: &Client, cmd: JobsCmd) -> Result<()> {
+    match cmd {
+        JobsCmd::List => {
+            let v = client.json(Method::GET, "/admin/jobs", None).await?;
+            println!("ID\tKIND\tSTATE\tPROGRESS\tCREATED\tOUTPUT");
+            for j in v["jobs"].as_array().context("unexpected answer")? {
+                println!(
+                    "{}\t{}\t{}\t{:.0}%\t{}\t{}",
+                    j["id"],
+                    j["kind"].as_str().unwrap_or("?"),
+                    j["state"].as_str().unwrap_or("?"),
+                    j["fraction"].as_f64().unwrap_or(0.0) * 100.0,
+                    j["created_at"],
+                    j["params"]["output_name"].as_str().unwrap_or("-"),
+                );
+            }
+        }
+        JobsCmd::Show { id } => print_json(
+            &client
+                .json(Method::GET, &format!("/admin/jobs/{id}"), None)
+                .await?,
+        )?,
+        JobsCmd::Watch { id } => watch(client, id).await?,
+        JobsCmd::Cancel { id } => {
+            let v = client
+                .json(Method::DELETE, &format!("/admin/jobs/{id}"), None)
+                .await?;
+            println!("job {id} {}", v["job"]["state"].as_str().unwrap_or("?"));
         }
     }
     Ok(())

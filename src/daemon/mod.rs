@@ -233,7 +233,23 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         stored = model_store.list().len(),
         "model pool"
     );
-    let pool = ModelPool::new(pool_cfg, config.models.clone(), Some(Arc::new(model_store)))?;
+    let model_store = Arc::new(model_store);
+    let pool = ModelPool::new(pool_cfg, config.models.clone(), Some(model_store.clone()))?;
+    // Toolchain jobs: a job left unfinished by the previous run is resumed or failed here, so
+    // none stays `running` without a process.
+    let jobs = crate::jobs::JobRunner::new(
+        store.clone(),
+        Some(model_store),
+        config.models.clone(),
+        &config.state_dir,
+        config.jobs.clone(),
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    match jobs.recover().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "jobs resumed or queued again"),
+        Err(e) => tracing::error!(error = %e, "cannot recover unfinished jobs"),
+    }
     systemd::notify_status(&format!("loading {} model(s)", config.models.len()));
     pool.preload().await?;
     let reaper = pool.reaper();
@@ -256,6 +272,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         ),
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: std::time::Duration::from_secs(config.limits.body_timeout_secs),
+        jobs: Some(jobs.clone()),
     };
     let n_models = crate::engine::Engine::models(pool.as_ref()).len();
     // The activated socket belongs to systemd (inhoused.socket): it outlives this process and is
@@ -263,6 +280,13 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
     let (listener, bound) = match activation.listener {
         Some(l) => {
             l.set_nonblocking(true)?;
+            // systemd passes the socket without close-on-exec: job processes must not inherit
+            // the daemon's listener.
+            nix::fcntl::fcntl(
+                &l,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(std::io::Error::from)?;
             let path = l
                 .local_addr()
                 .ok()
@@ -295,6 +319,8 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
     if let Some(r) = retention {
         r.abort();
     }
+    // Job processes are stopped, their jobs left for the next start to resume or fail.
+    jobs.shutdown().await;
     // Stop the engine threads before the process exits (see LlamaEngine::shutdown).
     reaper.abort();
     let stopping = pool.clone();

@@ -354,6 +354,36 @@ impl ModelStore {
         result
     }
 
+    /// Imports a file the daemon itself produced (a job's output, see [`crate::jobs`]) through
+    /// the same checks as an upload: it is copied into `tmp/` while hashed, then
+    /// [`ModelStore::finish_import`]. The file at `path` is left where it is.
+    pub fn import_file(
+        &self,
+        path: &Path,
+        req: &ImportRequest,
+    ) -> Result<Manifest, ModelStoreError> {
+        use std::io::Read;
+        let mut src = std::fs::File::open(path).map_err(io("opening the job's output"))?;
+        let mut up = self.begin_import()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    up.abort();
+                    return Err(io("reading the job's output")(e));
+                }
+            };
+            if let Err(e) = up.write(&buf[..n]) {
+                up.abort();
+                return Err(e);
+            }
+        }
+        self.finish_import(up, req)
+    }
+
     fn check_signature(
         &self,
         signature: Option<&str>,

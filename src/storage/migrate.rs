@@ -39,6 +39,13 @@ pub const MIGRATIONS: &[Migration] = &[
             "/migrations/0002_history_indexes.sql"
         )),
     },
+    Migration {
+        version: 3,
+        sql: include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/0003_jobs.sql"
+        )),
+    },
 ];
 
 /// The schema version this binary writes and the newest it accepts.

@@ -9,7 +9,7 @@
 //!   reply, so the tokio executor never blocks on SQLite or on bulk crypto.
 //! - `migrate.rs`: embedded, append-only migrations; `keys.rs`: the key check and per-user data
 //!   keys; `records.rs`: history, erasure, retention; `rotation.rs`: online master-key rotation;
-//!   `audit.rs`: the MAC-chained audit log.
+//!   `audit.rs`: the MAC-chained audit log; `jobs.rs`: the state of toolchain jobs.
 //!
 //! What is encrypted: the prompt and the response of each request, under the owner's data key,
 //! with the table, column, row id, uid and format version in the AAD. What is not: uid, model,
@@ -21,6 +21,7 @@
 mod audit;
 mod error;
 mod handle;
+mod jobs;
 mod keys;
 mod migrate;
 mod records;
@@ -41,6 +42,7 @@ use keys::KeyRing;
 pub use audit::{kinds as audit_kinds, AuditFault, AuditProblem, VerifyReport};
 pub use error::StoreError;
 pub use handle::{StoreHandle, DEFAULT_QUEUE_DEPTH};
+pub use jobs::{JobRow, JobState};
 pub use migrate::{Migration, MIGRATIONS, SCHEMA_VERSION};
 pub use rotation::{RotationStatus, ROTATION_BATCH};
 

@@ -1,0 +1,160 @@
+//! Toolchain jobs: `/admin/jobs` (submit, list, show, cancel) and `/admin/jobs/data` (dataset
+//! uploads); admin only. The runner behind them is [`crate::jobs`].
+//!
+//! A dataset upload is the file itself as the body (`application/octet-stream`), streamed by the
+//! client like a model import (see [`super::models`]): written to a file under the state
+//! directory while hashed, on a blocking thread, with the body timeout applied per chunk.
+
+use super::error::ApiError;
+use super::{AppState, Caller};
+use crate::jobs::data::check_format;
+use crate::jobs::{JobError, JobRequest, JobRunner};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+fn runner(s: &AppState) -> Result<&Arc<JobRunner>, ApiError> {
+    s.jobs
+        .as_ref()
+        .ok_or_else(|| ApiError::from(JobError::Io("this daemon runs no jobs".into())))
+}
+
+fn job_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::bad_param("id", "a job id is a positive integer"))
+}
+
+/// Query of a dataset upload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataQuery {
+    /// `jsonl` (default), `txt` or `md`: how `prepare` reads it; finetune and eval need JSONL.
+    format: Option<String>,
+}
+
+enum Piece {
+    Data(Bytes),
+    Abort(String),
+}
+
+/// `POST /admin/jobs/data`: stores the body as a dataset and answers its id.
+pub async fn upload_data(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    query: Result<Query<DataQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    use futures_util::StreamExt;
+    let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
+    let format = check_format(q.format.as_deref().unwrap_or("jsonl"))?;
+    let r = runner(&s)?.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
+    let uid = caller.uid;
+    let writer = tokio::task::spawn_blocking(move || {
+        let ds = r.datasets();
+        let mut up = ds.begin()?;
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                Piece::Data(chunk) => {
+                    if let Err(e) = up.write(&chunk) {
+                        up.abort();
+                        return Err(e);
+                    }
+                }
+                Piece::Abort(why) => {
+                    up.abort();
+                    return Err(JobError::Io(format!("upload interrupted: {why}")));
+                }
+            }
+        }
+        ds.finish(up, format, uid)
+    });
+    let mut stream = body.into_data_stream();
+    loop {
+        let next = tokio::time::timeout(s.body_timeout, stream.next()).await;
+        let piece = match next {
+            Err(_) => Piece::Abort("no data within the body timeout".into()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => Piece::Abort(e.to_string()),
+            Ok(Some(Ok(chunk))) => Piece::Data(chunk),
+        };
+        let abort = matches!(piece, Piece::Abort(_));
+        if tx.send(piece).await.is_err() || abort {
+            break;
+        }
+    }
+    drop(tx);
+    let meta = writer
+        .await
+        .map_err(|e| ApiError::from(JobError::Io(format!("upload task: {e}"))))??;
+    let _ = s
+        .store
+        .audit_append(
+            "dataset_upload",
+            Some(caller.uid),
+            json!({"id": meta.id, "format": meta.format, "size": meta.size, "sha256": meta.sha256})
+                .to_string(),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(json!({"dataset": meta}))))
+}
+
+/// `POST /admin/jobs`: checks and queues a job; answers it (`queued`).
+pub async fn submit(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = super::openai::body_bytes(body)?;
+    let req: JobRequest = crate::scheduler::parse_body(&body, s.limits.max_json_depth)?;
+    let r = runner(&s)?;
+    let row = r.submit(req, caller.uid).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"job": r.view(row)}))))
+}
+
+/// Query of the job list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Most jobs returned, newest first (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+/// `GET /admin/jobs`: the newest jobs.
+pub async fn list(
+    State(s): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(json!({"jobs": runner(&s)?.list(limit).await?})))
+}
+
+/// `GET /admin/jobs/{id}`: one job with its progress.
+pub async fn show(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = job_id(&id)?;
+    Ok(Json(json!({"job": runner(&s)?.get(id).await?})))
+}
+
+/// `DELETE /admin/jobs/{id}`: cancels a queued or running job (its process is stopped and its
+/// working files removed) and answers it once it has ended.
+pub async fn cancel(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = job_id(&id)?;
+    Ok(Json(
+        json!({"job": runner(&s)?.cancel(id, caller.uid).await?}),
+    ))
+}
