@@ -1003,12 +1003,16 @@ impl JobRunner {
                     .models
                     .as_ref()
                     .ok_or("this daemon has no model store to register the output in")?;
+                let dataset = |d: &DataRef| json!({"id": d.id, "sha256": d.sha256, "size": d.size});
                 let extra = json!({
                     "job": id,
                     "kind": spec.kind.as_str(),
-                    "base_model": spec.model.as_ref().map(|m| json!({"name": m.name, "digest": m.digest})),
-                    "dataset": spec.data.as_ref().map(|d| json!({"id": d.id, "sha256": d.sha256, "size": d.size})),
-                    "eval_dataset": spec.eval_data.as_ref().map(|d| json!({"id": d.id, "sha256": d.sha256, "size": d.size})),
+                    "base_model": spec
+                        .model
+                        .as_ref()
+                        .map(|m| json!({"name": m.name, "digest": m.digest})),
+                    "dataset": spec.data.as_ref().map(dataset),
+                    "eval_dataset": spec.eval_data.as_ref().map(dataset),
                     "options": spec.options,
                     "evaluation": tool_result,
                 });
