@@ -323,6 +323,13 @@ fn bad_job_requests_get_stable_errors_and_non_admins_403() {
         .block_on(c.json(Method::GET, "/admin/jobs", None))
         .unwrap();
     assert_eq!(v["jobs"], json!([]));
+    // A dataset no job used can be removed at once.
+    let path = format!("/admin/jobs/data/{text}");
+    let v = rt().block_on(c.json(Method::DELETE, &path, None)).unwrap();
+    assert_eq!(v["removed"], json!(text));
+    let (status, body) = rt().block_on(c.raw(Method::DELETE, &path, None)).unwrap();
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(!d.dir.join(format!("jobs/datasets/{text}")).exists());
 
     // A user (not an admin) is refused every job route.
     d.open_to_all();
@@ -332,6 +339,10 @@ fn bad_job_requests_get_stable_errors_and_non_admins_403() {
         ("GET", "/admin/jobs/1"),
         ("DELETE", "/admin/jobs/1"),
         ("POST", "/admin/jobs/data"),
+        (
+            "DELETE",
+            "/admin/jobs/data/0123456789abcdef0123456789abcdef",
+        ),
     ] {
         let out = Command::new("setpriv")
             .args(["--reuid=4242", "--regid=4242", "--clear-groups"])

@@ -158,3 +158,24 @@ pub async fn cancel(
         json!({"job": runner(&s)?.cancel(id, caller.uid).await?}),
     ))
 }
+
+/// `DELETE /admin/jobs/data/{id}`: removes a dataset no job has claimed.
+pub async fn remove_data(
+    State(s): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let r = runner(&s)?.clone();
+    let meta = tokio::task::spawn_blocking(move || r.datasets().remove(&id))
+        .await
+        .map_err(|e| ApiError::from(JobError::Io(format!("remove task: {e}"))))??;
+    let _ = s
+        .store
+        .audit_append(
+            "dataset_remove",
+            Some(caller.uid),
+            json!({"id": meta.id, "sha256": meta.sha256}).to_string(),
+        )
+        .await;
+    Ok(Json(json!({"removed": meta.id})))
+}

@@ -112,6 +112,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(jobs::cancel)
                 .route_layer(needs(Admin)),
         )
+        .route(
+            "/admin/jobs/data/{id}",
+            axum::routing::delete(jobs::remove_data).route_layer(needs(Admin)),
+        )
         .route("/health", get(openai::health))
         .route(
             "/metrics",

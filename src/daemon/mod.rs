@@ -245,6 +245,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         config.jobs.clone(),
     )
     .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let sweeper = jobs.spawn_sweeper();
     match jobs.recover().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(jobs = n, "jobs resumed or queued again"),
@@ -320,6 +321,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         r.abort();
     }
     // Job processes are stopped, their jobs left for the next start to resume or fail.
+    sweeper.abort();
     jobs.shutdown().await;
     // Stop the engine threads before the process exits (see LlamaEngine::shutdown).
     reaper.abort();

@@ -5,7 +5,8 @@
 //! An upload streams into `state-dir/jobs/tmp/` while it is hashed and is renamed into place
 //! only once complete, so an interrupted upload leaves nothing usable (start-up empties `tmp/`).
 //! A job *claims* its dataset: the file moves into the job's working folder and the dataset id
-//! is gone. Datasets nobody claimed within a day are removed at start-up.
+//! is gone. Datasets nobody claimed within a day are removed (at start-up, then hourly), and
+//! an admin may remove one at once (`DELETE /admin/jobs/data/ID`).
 
 use super::JobError;
 use inhouse_quantize::sign::Sha256Writer;
@@ -138,13 +139,26 @@ impl Datasets {
                 let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
             }
         }
-        for meta in d.list() {
+        d.sweep();
+        Ok(d)
+    }
+
+    /// Removes the datasets no job claimed within a day of their upload (at start-up and then
+    /// hourly, see [`super::JobRunner::spawn_sweeper`]).
+    pub fn sweep(&self) {
+        for meta in self.list() {
             if now().saturating_sub(meta.created_at) > UNCLAIMED_TTL_SECS {
                 tracing::info!(dataset = %meta.id, "removing a dataset no job claimed");
-                let _ = std::fs::remove_dir_all(d.root.join(&meta.id));
+                let _ = std::fs::remove_dir_all(self.root.join(&meta.id));
             }
         }
-        Ok(d)
+    }
+
+    /// Removes a dataset no job has claimed.
+    pub fn remove(&self, id: &str) -> Result<DatasetMeta, JobError> {
+        let meta = self.get(id)?;
+        std::fs::remove_dir_all(self.root.join(&meta.id)).map_err(io("removing the dataset"))?;
+        Ok(meta)
     }
 
     fn list(&self) -> Vec<DatasetMeta> {
@@ -289,6 +303,20 @@ mod tests {
         ds.claim(&meta, &dest).unwrap();
         assert!(dest.is_file());
         assert!(matches!(ds.get(&meta.id), Err(JobError::UnknownDataset(_))));
+        let mut up = ds.begin().unwrap();
+        up.write(b"x\n").unwrap();
+        let other = ds.finish(up, "txt", 7).unwrap();
+        ds.remove(&other.id).unwrap();
+        assert!(matches!(
+            ds.remove(&other.id),
+            Err(JobError::UnknownDataset(_))
+        ));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("datasets"))
+                .unwrap()
+                .count(),
+            0
+        );
         for bad in ["../x", "", "ABCDEF0123456789abcdef0123456789"] {
             assert!(!valid_id(bad));
         }

@@ -203,6 +203,20 @@ impl JobRunner {
         &self.datasets
     }
 
+    /// Removes stale unclaimed datasets every hour (see [`Datasets::sweep`]).
+    pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(r) = me.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || r.datasets.sweep()).await;
+            }
+        })
+    }
+
     fn work_dir(&self, id: i64) -> PathBuf {
         self.root.join("work").join(id.to_string())
     }
