@@ -613,7 +613,6 @@ pub fn auto_layers(free: u64, est: &Estimate, n_layers: u32) -> u32 {
     (usable / per_layer).min(n_layers + 1) as u32
 }
 
-
 /// Forwards a resident engine's events to the caller while holding the model in memory.
 fn forward(
     hold: Use,
