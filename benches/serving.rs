@@ -4,7 +4,8 @@
 //! `cargo bench --bench serving` (release profile). Environment:
 //! - `INHOUSE_BENCH_MODEL`: GGUF path (default: SmolLM2 from the test model cache),
 //! - `INHOUSE_BENCH_THREADS` (default 2), `INHOUSE_BENCH_REPEAT` (default 3; medians are printed),
-//! - `INHOUSE_BENCH_GPU_LAYERS` (default 0): layers offloaded on both sides (see scripts/bench-gpu).
+//! - `INHOUSE_BENCH_GPU_LAYERS` (default 0): layers offloaded on both sides (see scripts/bench-gpu),
+//! - `INHOUSE_BENCH_DAEMON_CONFIG`: extra config lines for the daemon, to compare settings.
 //!
 //! Prints every figure and its ratio to raw llama.cpp. No figure is asserted: the machines are
 //! shared, so the numbers are recorded in docs/BENCHMARKS.md with the load seen.
@@ -239,9 +240,11 @@ impl Daemon {
         inhouse::crypto::generate_key_file(&key).expect("key file");
         // One benchmark process plays up to 16 clients: lift the per-uid limits above that.
         let config = dir.path().join("inhouse.toml");
+        // INHOUSE_BENCH_DAEMON_CONFIG: extra top-level keys to try (e.g. "prefill-chunk = 256").
+        let extra = std::env::var("INHOUSE_BENCH_DAEMON_CONFIG").unwrap_or_default();
         std::fs::write(
             &config,
-            "[limits]\nper-uid-concurrency = 64\nper-uid-per-minute = 100000\n",
+            format!("{extra}\n[limits]\nper-uid-concurrency = 64\nper-uid-per-minute = 100000\n"),
         )
         .expect("config");
         let child = Command::new(env!("CARGO_BIN_EXE_inhoused"))
