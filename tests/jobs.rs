@@ -7,12 +7,12 @@
 
 mod common;
 
-use common::{post, rt, smollm2, Daemon};
+use common::{cli, ok, post, rt, smollm2, Daemon};
 use hyper::Method;
 use inhouse::client::Client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The toolchain the daemon will run; a missing one fails the test with what to do.
@@ -27,24 +27,6 @@ fn toolchain() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn cli(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inhouse"))
-        .env("INHOUSE_SOCKET", &d.socket)
-        .args(args)
-        .output()
-        .expect("run inhouse")
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "inhouse failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// Uploads `text` as a dataset; returns its id.

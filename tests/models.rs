@@ -4,45 +4,13 @@
 
 mod common;
 
-use common::{answer, gemma, looks_english, post, rt, smollm2, Daemon};
+use common::{
+    answer, cli, failed, gemma, inhouse_at, looks_english, ok, post, rt, smollm2, Daemon,
+};
 use hyper::Method;
 use inhouse::client::Client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// Runs the `inhouse` client against a daemon.
-fn cli(d: &Daemon, args: &[&str]) -> Output {
-    inhouse_at(&d.socket, args)
-}
-
-/// Runs the `inhouse` client with this socket path (offline commands never connect).
-fn inhouse_at(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inhouse"))
-        .env("INHOUSE_SOCKET", socket)
-        .args(args)
-        .output()
-        .expect("run inhouse")
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "inhouse failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "inhouse should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")

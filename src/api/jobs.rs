@@ -39,11 +39,6 @@ pub struct DataQuery {
     format: Option<String>,
 }
 
-enum Piece {
-    Data(Bytes),
-    Abort(String),
-}
-
 /// `POST /admin/jobs/data`: stores the body as a dataset and answers its id.
 pub async fn upload_data(
     State(s): State<AppState>,
@@ -51,49 +46,19 @@ pub async fn upload_data(
     query: Result<Query<DataQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    use futures_util::StreamExt;
     let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     let format = check_format(q.format.as_deref().unwrap_or("jsonl"))?;
     let r = runner(&s)?.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
+    let r2 = r.clone();
     let uid = caller.uid;
-    let writer = tokio::task::spawn_blocking(move || {
-        let ds = r.datasets();
-        let mut up = ds.begin()?;
-        while let Some(piece) = rx.blocking_recv() {
-            match piece {
-                Piece::Data(chunk) => {
-                    if let Err(e) = up.write(&chunk) {
-                        up.abort();
-                        return Err(e);
-                    }
-                }
-                Piece::Abort(why) => {
-                    up.abort();
-                    return Err(JobError::Io(format!("upload interrupted: {why}")));
-                }
-            }
-        }
-        ds.finish(up, format, uid)
-    });
-    let mut stream = body.into_data_stream();
-    loop {
-        let next = tokio::time::timeout(s.body_timeout, stream.next()).await;
-        let piece = match next {
-            Err(_) => Piece::Abort("no data within the body timeout".into()),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => Piece::Abort(e.to_string()),
-            Ok(Some(Ok(chunk))) => Piece::Data(chunk),
-        };
-        let abort = matches!(piece, Piece::Abort(_));
-        if tx.send(piece).await.is_err() || abort {
-            break;
-        }
-    }
-    drop(tx);
-    let meta = writer
-        .await
-        .map_err(|e| ApiError::from(JobError::Io(format!("upload task: {e}"))))??;
+    let meta = super::upload::stream_into(
+        body,
+        s.body_timeout,
+        move || r.datasets().begin(),
+        move |up| r2.datasets().finish(up, format, uid),
+        JobError::Io,
+    )
+    .await?;
     let _ = s
         .store
         .audit_append(

@@ -13,6 +13,7 @@ pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod server;
+pub mod upload;
 
 use crate::engine::Engine;
 use crate::scheduler::Limits;

@@ -111,11 +111,6 @@ pub struct ImportQuery {
     source: Option<String>,
 }
 
-enum Piece {
-    Data(bytes::Bytes),
-    Abort(String),
-}
-
 /// `POST /admin/models/{name}`: imports the request body as a model (or adapter).
 pub async fn import(
     State(s): State<AppState>,
@@ -125,7 +120,6 @@ pub async fn import(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    use futures_util::StreamExt;
     let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     models::check_name(&name)?;
     if let Some(b) = &q.adapter_for {
@@ -165,46 +159,15 @@ pub async fn import(
         uid: caller.uid,
         extra: Value::Null,
     };
-    // Chunks go to a blocking thread that writes and hashes them; a bounded channel keeps a
-    // fast client from queueing the whole file in memory.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
     let writer_store = st.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut up = writer_store.begin_import()?;
-        while let Some(piece) = rx.blocking_recv() {
-            match piece {
-                Piece::Data(chunk) => {
-                    if let Err(e) = up.write(&chunk) {
-                        up.abort();
-                        return Err(e);
-                    }
-                }
-                Piece::Abort(why) => {
-                    up.abort();
-                    return Err(ModelStoreError::Io(format!("upload interrupted: {why}")));
-                }
-            }
-        }
-        writer_store.finish_import(up, &req)
-    });
-    let mut stream = body.into_data_stream();
-    loop {
-        let next = tokio::time::timeout(s.body_timeout, stream.next()).await;
-        let piece = match next {
-            Err(_) => Piece::Abort("no data within the body timeout".into()),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => Piece::Abort(e.to_string()),
-            Ok(Some(Ok(chunk))) => Piece::Data(chunk),
-        };
-        let abort = matches!(piece, Piece::Abort(_));
-        if tx.send(piece).await.is_err() || abort {
-            break; // the writer stopped (an error it reports below) or we aborted
-        }
-    }
-    drop(tx);
-    let result = writer
-        .await
-        .map_err(|e| ApiError::from(ModelStoreError::Io(format!("import task: {e}"))))?;
+    let result = super::upload::stream_into(
+        body,
+        s.body_timeout,
+        move || st.begin_import(),
+        move |up| writer_store.finish_import(up, &req),
+        ModelStoreError::Io,
+    )
+    .await;
     let audit = |outcome: &str, detail: Value| {
         let store = s.store.clone();
         let kind = format!("model_import_{outcome}");

@@ -303,3 +303,42 @@ pub fn run_python_client(script: &str, socket: &Path, model: &str, expect: &str)
     );
     assert!(stdout.contains(expect), "{stdout}");
 }
+
+/// Runs the `inhouse` client against a daemon.
+#[allow(dead_code)]
+pub fn cli(d: &Daemon, args: &[&str]) -> std::process::Output {
+    inhouse_at(&d.socket, args)
+}
+
+/// Runs the `inhouse` client with this socket path (offline commands never connect).
+#[allow(dead_code)]
+pub fn inhouse_at(socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_inhouse"))
+        .env("INHOUSE_SOCKET", socket)
+        .args(args)
+        .output()
+        .expect("run inhouse")
+}
+
+/// The stdout of a client run that must have succeeded.
+#[allow(dead_code)]
+pub fn ok(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "inhouse failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The stderr of a client run that must have failed.
+#[allow(dead_code)]
+pub fn failed(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "inhouse should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,93 @@
+//! Streaming a request body into a file on a blocking thread: model imports and dataset
+//! uploads. The body is never held in memory whole: chunks cross a bounded channel to a
+//! blocking task that writes (and hashes) them. A client that stalls for longer than `idle`
+//! between chunks, or disconnects, aborts the upload, and the sink removes what it wrote.
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::time::Duration;
+
+/// Where an upload is written, on a blocking thread.
+pub trait Sink: Send + 'static {
+    /// What writing or finishing can fail with.
+    type Error: Send + 'static;
+    /// Appends a chunk.
+    fn write(&mut self, chunk: &[u8]) -> Result<(), Self::Error>;
+    /// Gives up and removes what was written.
+    fn abort(self);
+}
+
+impl Sink for crate::models::Upload {
+    type Error = crate::models::ModelStoreError;
+    fn write(&mut self, chunk: &[u8]) -> Result<(), Self::Error> {
+        crate::models::Upload::write(self, chunk)
+    }
+    fn abort(self) {
+        crate::models::Upload::abort(self)
+    }
+}
+
+impl Sink for crate::jobs::data::DataUpload {
+    type Error = crate::jobs::JobError;
+    fn write(&mut self, chunk: &[u8]) -> Result<(), Self::Error> {
+        crate::jobs::data::DataUpload::write(self, chunk)
+    }
+    fn abort(self) {
+        crate::jobs::data::DataUpload::abort(self)
+    }
+}
+
+enum Piece {
+    Data(Bytes),
+    Abort(String),
+}
+
+/// Streams `body` into the sink `open` makes, then hands it to `finish` (both on a blocking
+/// thread). `interrupted` turns "the upload stopped" (stall, disconnect, task failure) into the
+/// sink's error type.
+pub async fn stream_into<S: Sink, R: Send + 'static>(
+    body: Body,
+    idle: Duration,
+    open: impl FnOnce() -> Result<S, S::Error> + Send + 'static,
+    finish: impl FnOnce(S) -> Result<R, S::Error> + Send + 'static,
+    interrupted: fn(String) -> S::Error,
+) -> Result<R, S::Error> {
+    // A bounded channel keeps a fast client from queueing the whole file in memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut sink = open()?;
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                Piece::Data(chunk) => {
+                    if let Err(e) = sink.write(&chunk) {
+                        sink.abort();
+                        return Err(e);
+                    }
+                }
+                Piece::Abort(why) => {
+                    sink.abort();
+                    return Err(interrupted(format!("upload interrupted: {why}")));
+                }
+            }
+        }
+        finish(sink)
+    });
+    let mut stream = body.into_data_stream();
+    loop {
+        let piece = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => Piece::Abort("no data within the body timeout".into()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => Piece::Abort(e.to_string()),
+            Ok(Some(Ok(chunk))) => Piece::Data(chunk),
+        };
+        let abort = matches!(piece, Piece::Abort(_));
+        if tx.send(piece).await.is_err() || abort {
+            break; // the writer stopped (an error it reports below) or we aborted
+        }
+    }
+    drop(tx);
+    writer
+        .await
+        .unwrap_or_else(|e| Err(interrupted(format!("upload task: {e}"))))
+}
