@@ -800,6 +800,10 @@ impl JobRunner {
         for v in PRIVATE_ENV {
             cmd.env_remove(v);
         }
+        // The job's OpenMP threads sleep rather than spin while they wait for each other: a
+        // spinning low-priority process still takes cores from serving, and two spinning
+        // llama.cpp processes on few cores slow each other down by orders of magnitude.
+        cmd.env("OMP_WAIT_POLICY", "PASSIVE");
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.toolchain.display()))?;
