@@ -46,9 +46,18 @@ pub async fn upload_data(
     query: Result<Query<DataQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
-    let format = check_format(q.format.as_deref().unwrap_or("jsonl"))?;
-    let r = runner(&s)?.clone();
+    let checked = query
+        .map_err(|e| ApiError::invalid("invalid_query", e.body_text()))
+        .and_then(|Query(q)| Ok(check_format(q.format.as_deref().unwrap_or("jsonl"))?))
+        .and_then(|format| Ok((format, runner(&s)?.clone())));
+    let (format, r) = match checked {
+        Ok(x) => x,
+        Err(e) => {
+            // Read what the client is sending before answering, so it sees the error.
+            super::upload::discard(body, s.body_timeout).await;
+            return Err(e);
+        }
+    };
     let r2 = r.clone();
     let uid = caller.uid;
     let meta = super::upload::stream_into(

@@ -120,8 +120,36 @@ pub async fn import(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    let (st, req) = match import_request(&s, caller, &name, query, &headers) {
+        Ok(x) => x,
+        Err(e) => {
+            // Read what the client is sending before answering, so it sees the error.
+            super::upload::discard(body, s.body_timeout).await;
+            return Err(e);
+        }
+    };
+    let writer_store = st.clone();
+    let result = super::upload::stream_into(
+        body,
+        s.body_timeout,
+        move || st.begin_import(),
+        move |up| writer_store.finish_import(up, &req),
+        ModelStoreError::Io,
+    )
+    .await;
+    finish_import(&s, caller, &name, result).await
+}
+
+/// Checks an import's name, query and headers before any of its body is stored.
+fn import_request(
+    s: &AppState,
+    caller: Caller,
+    name: &str,
+    query: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    headers: &HeaderMap,
+) -> Result<(Arc<models::ModelStore>, ImportRequest), ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
-    models::check_name(&name)?;
+    models::check_name(name)?;
     if let Some(b) = &q.adapter_for {
         models::check_name(b)?;
     }
@@ -149,9 +177,9 @@ pub async fn import(
             Some(text)
         }
     };
-    let st = store(&s)?;
+    let st = store(s)?;
     let req = ImportRequest {
-        name: name.clone(),
+        name: name.to_string(),
         adapter_for: q.adapter_for,
         expected_sha256: q.sha256,
         signature,
@@ -159,15 +187,16 @@ pub async fn import(
         uid: caller.uid,
         extra: Value::Null,
     };
-    let writer_store = st.clone();
-    let result = super::upload::stream_into(
-        body,
-        s.body_timeout,
-        move || st.begin_import(),
-        move |up| writer_store.finish_import(up, &req),
-        ModelStoreError::Io,
-    )
-    .await;
+    Ok((st, req))
+}
+
+/// Audits an import's outcome and answers it.
+async fn finish_import(
+    s: &AppState,
+    caller: Caller,
+    name: &str,
+    result: Result<Manifest, ModelStoreError>,
+) -> Result<Json<Value>, ApiError> {
     let audit = |outcome: &str, detail: Value| {
         let store = s.store.clone();
         let kind = format!("model_import_{outcome}");

@@ -91,3 +91,22 @@ pub async fn stream_into<S: Sink, R: Send + 'static>(
         .await
         .unwrap_or_else(|e| Err(interrupted(format!("upload task: {e}"))))
 }
+
+/// Most of a refused upload read (and dropped) before the error is sent: enough for small files
+/// and the start of large ones. A client still sending after that sees the connection close.
+const DISCARD_LIMIT: usize = 8 << 20;
+
+/// Reads and drops a request body that will be refused, up to [`DISCARD_LIMIT`] bytes and
+/// `idle` between chunks. Answering before the body is read makes the server close the
+/// connection under a client that is still writing, which then reports a broken pipe instead of
+/// the error.
+pub async fn discard(body: Body, idle: Duration) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    while read < DISCARD_LIMIT {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(chunk))) => read += chunk.len(),
+            _ => break,
+        }
+    }
+}
