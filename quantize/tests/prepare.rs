@@ -402,21 +402,27 @@ fn records(out: &Path) -> Vec<Value> {
 // End to end
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn crafted_corpus_end_to_end() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = write_corpus(tmp.path());
-    let config = config_file(tmp.path());
-    let out = tmp.path().join("out");
-    let output = prepare(&[
+/// Writes the crafted corpus and its config into `dir` and runs `prepare` on it into `dir/out`
+/// with `extra` options; returns the run and the output folder.
+fn prepare_corpus(dir: &Path, extra: &[&str]) -> (std::process::Output, PathBuf) {
+    let input = write_corpus(dir);
+    let config = config_file(dir);
+    let out = dir.join("out");
+    let mut args = vec![
         input.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--config",
         config.to_str().unwrap(),
-        "--seed",
-        "7",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    (prepare(&args), out)
+}
+
+#[test]
+fn crafted_corpus_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (output, out) = prepare_corpus(tmp.path(), &["--seed", "7"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("20 documents from 12 files"), "{stderr}");
@@ -585,18 +591,7 @@ fn same_seed_same_bytes_other_seed_other_split() {
 #[test]
 fn on_error_fail_names_file_and_line_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = write_corpus(tmp.path());
-    let config = config_file(tmp.path());
-    let out = tmp.path().join("out");
-    let output = prepare(&[
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--on-error",
-        "fail",
-    ]);
+    let (output, out) = prepare_corpus(tmp.path(), &["--on-error", "fail"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("data.jsonl:5: not JSON"), "{stderr}");

@@ -462,16 +462,20 @@ impl JobRunner {
         v
     }
 
-    /// One job.
-    pub async fn get(&self, id: i64) -> Result<Value, JobError> {
-        let row = self
-            .store
+    /// A job's row; `NotFound` for an unknown id.
+    async fn row(&self, id: i64) -> Result<JobRow, JobError> {
+        self.store
             .call(move |s| s.job_get(id))
             .await
             .map_err(|e| match e {
                 crate::storage::StoreError::NotFound { .. } => JobError::NotFound(id),
                 e => e.into(),
-            })?;
+            })
+    }
+
+    /// One job.
+    pub async fn get(&self, id: i64) -> Result<Value, JobError> {
+        let row = self.row(id).await?;
         Ok(self.view(row))
     }
 
@@ -486,14 +490,7 @@ impl JobRunner {
     /// Cancels a queued or running job for admin `uid` and waits until it has ended (its
     /// process gone, its files removed).
     pub async fn cancel(&self, id: i64, uid: u32) -> Result<Value, JobError> {
-        let row = self
-            .store
-            .call(move |s| s.job_get(id))
-            .await
-            .map_err(|e| match e {
-                crate::storage::StoreError::NotFound { .. } => JobError::NotFound(id),
-                e => e.into(),
-            })?;
+        let row = self.row(id).await?;
         if row.state.is_final() {
             return Err(JobError::Ended {
                 id,
