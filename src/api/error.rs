@@ -213,7 +213,7 @@ impl From<crate::models::ModelStoreError> for ApiError {
             E::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
-                "model_too_large",
+                "model_file_too_large",
             ),
             E::Io(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
