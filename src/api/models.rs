@@ -9,7 +9,9 @@
 
 use super::error::ApiError;
 use super::{AppState, Caller};
-use crate::engine::pool::ModelPool;
+use crate::engine::pool::{LoadedModel, ModelPool};
+use crate::engine::ModelInfo;
+use crate::models::estimate::Estimate;
 use crate::models::{self, ImportRequest, Kind, Manifest, ModelStoreError};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -36,11 +38,16 @@ fn store(s: &AppState) -> Result<Arc<models::ModelStore>, ApiError> {
         .ok_or_else(|| ApiError::from(ModelStoreError::Io("this daemon has no model store".into())))
 }
 
-/// What a stored or configured name looks like in listings.
-fn entry(p: &ModelPool, name: &str, manifest: Option<&Manifest>) -> Value {
-    let available = p.available();
+/// What a stored or configured name looks like in listings, from the pool's lists of what is
+/// available and what is loaded (read once per request).
+fn entry(
+    available: &[(ModelInfo, Estimate)],
+    loaded: &[LoadedModel],
+    name: &str,
+    manifest: Option<&Manifest>,
+) -> Value {
     let found = available.iter().find(|(i, _)| i.name == name);
-    let loaded = p.loaded_models().into_iter().find(|l| l.info.name == name);
+    let loaded = loaded.iter().find(|l| l.info.name == name);
     json!({
         "name": name,
         "source": if manifest.is_some() { "store" } else { "config" },
@@ -55,17 +62,21 @@ fn entry(p: &ModelPool, name: &str, manifest: Option<&Manifest>) -> Value {
 /// in memory.
 pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let p = pool(&s)?;
-    let manifests = store(&s)?.list();
-    let mut out: Vec<Value> = Vec::new();
-    for (info, _) in p.available() {
-        let (base, adapter) = models::split_adapter(&info.name);
-        let m = manifests.iter().find(|m| m.name == adapter.unwrap_or(base));
-        out.push(entry(p, &info.name, m));
-    }
+    let st = store(&s)?;
+    let manifests = st.list();
+    let (available, loaded) = (p.available(), p.loaded_models());
+    let out: Vec<Value> = available
+        .iter()
+        .map(|(info, _)| {
+            let (base, adapter) = models::split_adapter(&info.name);
+            let m = manifests.iter().find(|m| m.name == adapter.unwrap_or(base));
+            entry(&available, &loaded, &info.name, m)
+        })
+        .collect();
     Ok(Json(json!({
         "models": out,
         "budget_bytes": p.budget(),
-        "require_signed_models": store(&s)?.require_signed(),
+        "require_signed_models": st.require_signed(),
     })))
 }
 
@@ -86,7 +97,8 @@ pub async fn show(
         Err(ModelStoreError::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    if !p.available().iter().any(|(i, _)| i.name == name) {
+    let available = p.available();
+    if !available.iter().any(|(i, _)| i.name == name) {
         // An adapter is listed under `base+adapter`; asking for it alone shows its manifest.
         return match manifest {
             Some(m) if m.kind == Kind::Adapter => Ok(Json(json!({
@@ -96,7 +108,12 @@ pub async fn show(
             _ => Err(ModelStoreError::NotFound(name).into()),
         };
     }
-    Ok(Json(entry(p, &name, manifest.as_ref())))
+    Ok(Json(entry(
+        &available,
+        &p.loaded_models(),
+        &name,
+        manifest.as_ref(),
+    )))
 }
 
 /// Query of an import.

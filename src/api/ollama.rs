@@ -258,7 +258,7 @@ fn parse_keep_alive(v: &Value) -> Result<Option<std::time::Duration>, ApiError> 
 fn apply_keep_alive(s: &AppState, body: &Map<String, Value>, model: &str) -> Result<(), ApiError> {
     if let (Some(v), Some(pool)) = (body.get("keep_alive"), &s.pool) {
         let keep = parse_keep_alive(v)?;
-        if pool.available().iter().any(|(i, _)| i.name == model) {
+        if pool.serves(model) {
             pool.set_keep_alive(model, keep);
         }
     }

@@ -239,12 +239,7 @@ pub trait Engine: Send + Sync + 'static {
         self.models()
             .into_iter()
             .map(|info| pool::LoadedModel {
-                placement: if info.gpu_layers == 0 {
-                    "cpu"
-                } else {
-                    "cpu+gpu"
-                }
-                .into(),
+                placement: pool::placement(&info),
                 memory: crate::models::estimate::Estimate {
                     weights: info.size_bytes,
                     kv_cache: 0,

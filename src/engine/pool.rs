@@ -198,6 +198,11 @@ impl ModelPool {
         self.resident().values().map(|r| r.estimate.total).sum()
     }
 
+    /// Whether `name` is a model this pool can serve (configured, stored, or `base+adapter`).
+    pub fn serves(&self, name: &str) -> bool {
+        self.resolve(name).is_ok()
+    }
+
     /// Models unloaded to make room since start.
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Relaxed)
@@ -565,7 +570,8 @@ async fn unload(r: Arc<Resident>) {
     let _ = tokio::task::spawn_blocking(move || r.engine.shutdown()).await;
 }
 
-fn placement(info: &ModelInfo) -> String {
+/// Where a loaded model's layers live: `cpu`, `gpu` (all of them) or `cpu+gpu`.
+pub fn placement(info: &ModelInfo) -> String {
     match info.gpu_layers {
         0 => "cpu".into(),
         n if n >= info.n_layers => "gpu".into(),

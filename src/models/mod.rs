@@ -398,15 +398,13 @@ impl ModelStore {
             None => Ok((None, None)),
             Some(text) => {
                 let sig = SignatureFile::from_json(text.as_bytes()).map_err(|e| sig_err(e.to_string()))?;
-                match self.trusted.verify(&sig, digest, size) {
-                    Ok(v) => Ok((Some(v.key_id), Some(v.signed_at))),
-                    Err(e) if self.require_signed => Err(sig_err(e.to_string())),
-                    Err(e) => {
-                        // Without the policy a signature that does not verify is still refused:
-                        // it says something about the file that is not true.
-                        Err(sig_err(e.to_string()))
-                    }
-                }
+                // Refused even without the policy: a signature that does not verify says
+                // something about the file that is not true.
+                let v = self
+                    .trusted
+                    .verify(&sig, digest, size)
+                    .map_err(|e| sig_err(e.to_string()))?;
+                Ok((Some(v.key_id), Some(v.signed_at)))
             }
         }
     }
@@ -432,7 +430,7 @@ impl ModelStore {
     /// Removes a name. Its blob goes too unless another name uses it; removing a model also
     /// removes its adapters' names.
     pub fn remove(&self, name: &str) -> Result<Vec<String>, ModelStoreError> {
-        let m = self.get(name)?;
+        self.get(name)?; // NotFound for an unknown name, before anything is touched
         let mut removed = vec![name.to_string()];
         let all = self.list();
         for a in all.iter().filter(|a| a.base.as_deref() == Some(name)) {
@@ -447,7 +445,6 @@ impl ModelStore {
                 let _ = std::fs::remove_file(self.blob_path(&gone.digest));
             }
         }
-        let _ = m;
         Ok(removed)
     }
 
