@@ -15,6 +15,40 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// A state directory with its own master key that outlives daemon restarts.
+struct Site {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    smol: PathBuf,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        inhouse::crypto::generate_key_file(&key).unwrap();
+        Site {
+            dir,
+            key,
+            smol: smollm2(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A daemon on this state directory serving SmolLM2 as `smol`.
+    fn start(&self) -> Daemon {
+        Daemon::start_in(
+            self.path(),
+            &self.key,
+            &[("smol", self.smol.as_path())],
+            &[],
+        )
+    }
+}
+
 /// The toolchain the daemon will run; a missing one fails the test with what to do.
 fn toolchain() -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_inhoused"))
@@ -407,13 +441,9 @@ fn a_cancelled_job_leaves_no_process_and_no_files() {
 fn a_finetune_survives_a_crash_and_a_daemon_kill_then_serves_its_model() {
     toolchain();
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    inhouse::crypto::generate_key_file(&key).unwrap();
-    let smol = smollm2();
-    let models = [("smol", smol.as_path())];
-    let mut d = Daemon::start_in(dir.path(), &key, &models, &[]);
-    let data = dir.path().join("train.jsonl");
+    let site = Site::new();
+    let mut d = site.start();
+    let data = site.path().join("train.jsonl");
     std::fs::write(&data, tiny_training_set()).unwrap();
 
     // Submitted through the client, as an admin would.
@@ -464,7 +494,7 @@ fn a_finetune_survives_a_crash_and_a_daemon_kill_then_serves_its_model() {
     d.child.wait().unwrap();
     assert!(alive(orphan), "the toolchain outlives a SIGKILLed daemon");
     drop(d);
-    let d = Daemon::start_in(dir.path(), &key, &models, &[]);
+    let d = site.start();
     assert!(!alive(orphan), "start-up kills the orphaned job process");
     let j = wait_for(&d, id, 240, "finished", |j| {
         !matches!(state(j), "queued" | "running")
@@ -489,7 +519,7 @@ fn a_finetune_survives_a_crash_and_a_daemon_kill_then_serves_its_model() {
         .block_on(c.json(Method::GET, "/admin/models/smol-tuned", None))
         .unwrap();
     let extra = &m["manifest"]["provenance"]["extra"];
-    let base_digest = inhouse_quantize::sign::sha256_file(&smol).unwrap().0;
+    let base_digest = inhouse_quantize::sign::sha256_file(&site.smol).unwrap().0;
     assert_eq!(extra["base_model"]["digest"], json!(base_digest), "{m:#}");
     let data_digest = inhouse_quantize::sign::sha256_file(&data).unwrap().0;
     assert_eq!(extra["dataset"]["sha256"], json!(data_digest), "{m:#}");
@@ -521,16 +551,12 @@ fn a_finetune_survives_a_crash_and_a_daemon_kill_then_serves_its_model() {
 #[test]
 fn stopping_the_daemon_stops_job_processes_and_the_next_start_resolves_the_jobs() {
     toolchain();
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    inhouse::crypto::generate_key_file(&key).unwrap();
-    let smol = smollm2();
-    let models = [("smol", smol.as_path())];
-    let mut d = Daemon::start_in(dir.path(), &key, &models, &[]);
+    let site = Site::new();
+    let mut d = site.start();
     let c = d.client();
     let mut ids = vec![];
     for name in ["first", "second"] {
-        let data = upload(&c, dir.path(), &tiny_training_set(), "jsonl");
+        let data = upload(&c, site.path(), &tiny_training_set(), "jsonl");
         let (status, v) = submit(
             &c,
             &json!({"kind": "finetune", "model": "smol", "data": data, "output_name": name,
@@ -549,7 +575,7 @@ fn stopping_the_daemon_stops_job_processes_and_the_next_start_resolves_the_jobs(
     drop(d);
     // The next start: the running job had no checkpoint, so it fails with the reason; the
     // queued one is queued again and starts.
-    let d = Daemon::start_in(dir.path(), &key, &models, &[]);
+    let d = site.start();
     let c = d.client();
     let j = job(&c, ids[0]);
     assert_eq!(state(&j), "failed", "{j:#}");

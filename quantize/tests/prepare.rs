@@ -367,7 +367,8 @@ fn prepare(args: &[&str]) -> Output {
         .expect("run inhouse-quantize")
 }
 
-fn run_ok(input: &Path, out: &Path, config: &Path, extra: &[&str]) -> Value {
+/// Runs `prepare INPUT --out OUT --config CONFIG EXTRA…`.
+fn prepare_into(input: &Path, out: &Path, config: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         input.to_str().unwrap(),
         "--out",
@@ -376,7 +377,11 @@ fn run_ok(input: &Path, out: &Path, config: &Path, extra: &[&str]) -> Value {
         config.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let output = prepare(&args);
+    prepare(&args)
+}
+
+fn run_ok(input: &Path, out: &Path, config: &Path, extra: &[&str]) -> Value {
+    let output = prepare_into(input, out, config, extra);
     assert!(
         output.status.success(),
         "prepare failed: {}",
@@ -408,15 +413,7 @@ fn prepare_corpus(dir: &Path, extra: &[&str]) -> (std::process::Output, PathBuf)
     let input = write_corpus(dir);
     let config = config_file(dir);
     let out = dir.join("out");
-    let mut args = vec![
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    (prepare(&args), out)
+    (prepare_into(&input, &out, &config, extra), out)
 }
 
 #[test]
