@@ -5,7 +5,9 @@
 //! - `INHOUSE_BENCH_MODEL`: GGUF path (default: SmolLM2 from the test model cache),
 //! - `INHOUSE_BENCH_THREADS` (default 2), `INHOUSE_BENCH_REPEAT` (default 3; medians are printed),
 //! - `INHOUSE_BENCH_GPU_LAYERS` (default 0): layers offloaded on both sides (see scripts/bench-gpu),
-//! - `INHOUSE_BENCH_DAEMON_CONFIG`: extra config lines for the daemon, to compare settings.
+//! - `INHOUSE_BENCH_DAEMON_CONFIG`: extra config lines for the daemon, to compare settings,
+//! - `INHOUSE_BENCH_THROUGHPUT=1`: the daemon with `deterministic-batching = false` and raw
+//!   llama.cpp with the same settings (its defaults: unified KV cache, flash attention).
 //!
 //! Prints every figure and its ratio to raw llama.cpp. No figure is asserted: the machines are
 //! shared, so the numbers are recorded in docs/BENCHMARKS.md with the load seen.
@@ -117,7 +119,7 @@ impl Raw {
             backend,
             model,
             threads: threads as i32,
-            llama_defaults: false,
+            llama_defaults: throughput_mode(),
         }
     }
 
@@ -125,12 +127,12 @@ impl Raw {
     /// llama.cpp's defaults for batching (one unified KV cache, flash attention automatic),
     /// which are faster but let batching change the output.
     fn ctx(&self, seqs: u32) -> llama_cpp_2::context::LlamaContext<'_> {
-        let mut p = inhouse::engine::llama::serving_params(CTX, seqs, self.threads as u32);
-        if self.llama_defaults {
-            p = p
-                .with_kv_unified(true)
-                .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO);
-        }
+        let p = inhouse::engine::llama::serving_params(
+            CTX,
+            seqs,
+            self.threads as u32,
+            !self.llama_defaults,
+        );
         self.model.new_context(&self.backend, p).expect("context")
     }
 
@@ -241,7 +243,10 @@ impl Daemon {
         // One benchmark process plays up to 16 clients: lift the per-uid limits above that.
         let config = dir.path().join("inhouse.toml");
         // INHOUSE_BENCH_DAEMON_CONFIG: extra top-level keys to try (e.g. "prefill-chunk = 256").
-        let extra = std::env::var("INHOUSE_BENCH_DAEMON_CONFIG").unwrap_or_default();
+        let mut extra = std::env::var("INHOUSE_BENCH_DAEMON_CONFIG").unwrap_or_default();
+        if throughput_mode() {
+            extra.push_str("\ndeterministic-batching = false\n");
+        }
         std::fs::write(
             &config,
             format!("{extra}\n[limits]\nper-uid-concurrency = 64\nper-uid-per-minute = 100000\n"),
@@ -299,6 +304,28 @@ struct Timed {
     total: f64,
     prompt_tokens: u64,
     completion_tokens: u64,
+    /// When each content chunk arrived (one token each for these prompts).
+    chunks: Vec<Instant>,
+}
+
+/// Aggregate rate while every stream of a round is generating: content chunks that arrived
+/// between the latest first chunk and the earliest last chunk, over that window. Prompts and
+/// the ramp up and down are left out, as in raw llama.cpp's decode-only figure.
+fn steady_rate(streams: &[Timed]) -> f64 {
+    let (Some(start), Some(end)) = (
+        streams.iter().filter_map(|t| t.chunks.first()).max(),
+        streams.iter().filter_map(|t| t.chunks.last()).min(),
+    ) else {
+        return f64::NAN;
+    };
+    let window = end.saturating_duration_since(*start).as_secs_f64();
+    // Chunks strictly after the window opens: the one that opens it was produced before.
+    let n = streams
+        .iter()
+        .flat_map(|t| &t.chunks)
+        .filter(|c| **c > *start && **c <= *end)
+        .count();
+    n as f64 / window
 }
 
 async fn timed(client: &Client, path: &str, mut body: Value) -> Timed {
@@ -314,6 +341,7 @@ async fn timed(client: &Client, path: &str, mut body: Value) -> Timed {
     let mut first = None;
     let mut last = 0.0;
     let mut text = String::new();
+    let mut chunks = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     while let Some(chunk) = resp.next_chunk().await {
         for e in parser.push(&chunk.expect("chunk")) {
@@ -332,6 +360,7 @@ async fn timed(client: &Client, path: &str, mut body: Value) -> Timed {
                 .unwrap_or("");
             if !piece.is_empty() {
                 text.push_str(piece);
+                chunks.push(Instant::now());
                 let now = t0.elapsed().as_secs_f64();
                 first.get_or_insert(now);
                 last = now;
@@ -344,12 +373,18 @@ async fn timed(client: &Client, path: &str, mut body: Value) -> Timed {
         total: last,
         prompt_tokens,
         completion_tokens,
+        chunks,
     }
 }
 
 /// A prompt the model continues for as long as asked (no early end-of-text), different per `n`.
 fn counting(n: usize) -> String {
     (n * 10 + 1..n * 10 + 9).map(|k| format!("{k}, ")).collect()
+}
+
+/// `INHOUSE_BENCH_THROUGHPUT`: both sides in the daemon's throughput mode.
+fn throughput_mode() -> bool {
+    std::env::var_os("INHOUSE_BENCH_THROUGHPUT").is_some()
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -383,6 +418,14 @@ fn main() {
         load_average()
     );
     println!("backend: {}", inhouse::engine::llama::backend_description());
+    println!(
+        "batching: {}",
+        if throughput_mode() {
+            "throughput mode on both sides (unified KV cache, flash attention)"
+        } else {
+            "deterministic (the daemon's default) on both sides"
+        }
+    );
 
     let mut raw = Raw::new(&path, threads);
     let prompt_512 = raw.tokens(&long_prompt(0, 400));
@@ -432,7 +475,10 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut one_client = (f64::NAN, f64::NAN);
+    // Decode-only rates per row: raw, raw with llama.cpp's defaults, daemon.
+    let mut decode_rows: Vec<(usize, f64, f64, f64)> = Vec::new();
     for &n in &[1usize, 4, 8, 16] {
+        let (mut raw_dec, mut raw_default_dec, mut d_dec) = (vec![], vec![], vec![]);
         let mut raw_rates = Vec::new();
         let mut raw_ttfts = Vec::new();
         let mut raw_default_rates = Vec::new();
@@ -444,10 +490,13 @@ fn main() {
                 .collect();
             let g = raw.generate(&prompts, 64);
             raw_rates.push(g.aggregate);
+            raw_dec.push(g.generation);
             raw_ttfts.extend(g.ttft);
             raw.llama_defaults = true;
-            raw_default_rates.push(raw.generate(&prompts, 64).aggregate);
-            raw.llama_defaults = false;
+            let g = raw.generate(&prompts, 64);
+            raw_default_rates.push(g.aggregate);
+            raw_default_dec.push(g.generation);
+            raw.llama_defaults = throughput_mode();
             let client = d.client.clone();
             let (out, wall) = rt.block_on(async move {
                 let t0 = Instant::now();
@@ -474,6 +523,7 @@ fn main() {
             });
             let tokens: u64 = out.iter().map(|t| t.completion_tokens).sum();
             d_rates.push(tokens as f64 / wall);
+            d_dec.push(steady_rate(&out));
             ttfts.extend(out.iter().map(|t| t.ttft));
         }
         let (raw_rate, d_rate) = (median(raw_rates), median(d_rates));
@@ -488,6 +538,25 @@ fn main() {
             ratio(d_rate, one_client.0),
             median(raw_default_rates),
             ratio(p95, one_client.1)
+        );
+        decode_rows.push((n, median(raw_dec), median(raw_default_dec), median(d_dec)));
+    }
+
+    // The same rounds, generation only: what batching itself gains once every stream is
+    // generating (the ceiling for "n clients against one", prompts aside).
+    println!("\n## the same rounds, decode only (every stream generating; prompts excluded)");
+    println!(
+        "| clients | raw decode tok/s | raw vs 1 | raw, llama.cpp defaults | defaults vs 1 | inhoused decode tok/s | inhoused vs 1 | ratio to raw |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let (_, raw1, def1, d1) = decode_rows[0];
+    for &(n, r, def, d) in &decode_rows {
+        println!(
+            "| {n} | {r:.1} | {} | {def:.1} | {} | {d:.1} | {} | {} |",
+            ratio(r, raw1),
+            ratio(def, def1),
+            ratio(d, d1),
+            ratio(d, r)
         );
     }
 

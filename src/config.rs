@@ -183,6 +183,11 @@ pub struct Config {
     /// Most prompt tokens prefilled per decode step while other requests generate (bounds their
     /// inter-token gaps while a long prompt is read).
     pub prefill_chunk: u32,
+    /// Keep a request's output at temperature 0 or a fixed seed independent of the requests
+    /// batched with it (the default). `false` uses llama.cpp's faster defaults (one unified KV
+    /// cache, flash attention): about 10–15% more tokens/s on CPU, outputs may then differ in
+    /// rare near-ties between a request run alone and next to others.
+    pub deterministic_batching: bool,
     /// Who may do what, by peer uid and group.
     pub roles: RolesConfig,
     /// The master key file (32 raw bytes or 64 hex digits, mode 0600). When absent the systemd
@@ -326,6 +331,7 @@ impl Default for Config {
             slots: 4,
             cache_reuse_across_users: false,
             prefill_chunk: 128,
+            deterministic_batching: true,
             roles: RolesConfig::default(),
             key_file: None,
             retention_days: None,

@@ -384,3 +384,63 @@ fn effective_uid() -> u32 {
         .and_then(|u| u.parse().ok())
         .unwrap()
 }
+
+#[test]
+fn throughput_mode_batches_reuses_the_cache_and_says_so() {
+    // `deterministic-batching = false`: one unified KV cache and flash attention. Outputs may
+    // then differ in near-ties between alone and batched, so this checks what still holds: all
+    // eight streams run together and finish, a request alone is reproducible, the cache is
+    // reused, and /health tells the admin which mode runs.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("inhouse.toml");
+    std::fs::write(
+        &config,
+        "deterministic-batching = false\n[limits]\nper-uid-concurrency = 16\n",
+    )
+    .unwrap();
+    let d = Daemon::start(
+        &[("smol", &smollm2())],
+        &["--slots", "8", "--config", config.to_str().unwrap()],
+    );
+    rt().block_on(async {
+        let c = d.client();
+        let health = c.json(Method::GET, "/health", None).await.expect("health");
+        assert_eq!(health["batching"], "throughput");
+
+        let together = futures_util::future::join_all(
+            (0..PROMPTS.len()).map(|i| stream(&c, "/v1/chat/completions", body_for(i))),
+        )
+        .await;
+        for (i, t) in together.iter().enumerate() {
+            assert!(
+                !t.text.trim().is_empty(),
+                "empty answer to {:?}",
+                PROMPTS[i]
+            );
+        }
+        let first_end = together
+            .iter()
+            .map(|s| *s.arrivals.last().unwrap())
+            .min()
+            .unwrap();
+        let last_start = together.iter().map(|s| s.arrivals[0]).max().unwrap();
+        assert!(last_start <= first_end, "the streams ran one after another");
+
+        let body = chat(
+            "List the planets of the solar system.",
+            json!({"temperature": 0, "max_tokens": 24}),
+        )
+        .to_string();
+        let (_, first) = post(&c, "/v1/chat/completions", &body).await;
+        let before = metrics_text(&c).await;
+        let (_, again) = post(&c, "/v1/chat/completions", &body).await;
+        let after = metrics_text(&c).await;
+        assert_eq!(
+            answer(&first),
+            answer(&again),
+            "a request alone is reproducible"
+        );
+        let hits = "inhouse_cache_reuse_hits_total{model=\"smol\"}";
+        assert_eq!(sample(&after, hits), sample(&before, hits) + 1.0);
+    });
+}

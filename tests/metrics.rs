@@ -197,6 +197,7 @@ fn health_and_version_report_the_cpu_variant() {
         .expect("cpu variant")
         .to_string();
     assert!(!variant.is_empty());
+    assert_eq!(health["batching"], "deterministic");
     assert!(health["backend"].as_str().unwrap().contains(&variant));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_inhoused"))
         .arg("--version")

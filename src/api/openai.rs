@@ -69,6 +69,11 @@ pub async fn health(State(s): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "backend": s.engine.backend(),
         "cpu": s.engine.cpu().map(|c| json!({"variant": c.variant, "features": c.features})),
+        "batching": s.pool.as_ref().map(|p| if p.engine_config().deterministic_batching {
+            "deterministic"
+        } else {
+            "throughput"
+        }),
         "models": s.engine.models().iter().map(|m| &m.name).collect::<Vec<_>>(),
         "loaded": s.engine.loaded().iter().map(|l| json!({
             "name": l.info.name,

@@ -203,6 +203,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         slots: config.slots,
         cache_reuse_across_users: config.cache_reuse_across_users,
         prefill_chunk: config.prefill_chunk,
+        deterministic_batching: config.deterministic_batching,
     };
     let model_store = {
         let (dir, signed, keys) = (

@@ -55,6 +55,10 @@ pub struct EngineConfig {
     /// Most prompt tokens prefilled in one decode step while other requests are generating, so
     /// that their streams keep flowing; a prompt prefills in full batches when nothing else runs.
     pub prefill_chunk: u32,
+    /// Keep every request's output independent of what else runs (see [`serving_params`]).
+    /// `false` trades that for llama.cpp's faster defaults: one unified KV cache and flash
+    /// attention where the backend has it.
+    pub deterministic_batching: bool,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +71,7 @@ impl Default for EngineConfig {
             slots: 4,
             cache_reuse_across_users: false,
             prefill_chunk: 128,
+            deterministic_batching: true,
         }
     }
 }
@@ -88,15 +93,29 @@ pub const N_BATCH: u32 = 512;
 ///
 /// The cost: llama.cpp splits a batch over several streams into runs of consecutive sequence
 /// ids with equal token counts (one graph each), so a step with gaps in the busy slots or with a
-/// prompt chunk takes two or three graph evaluations instead of one.
-pub fn serving_params(ctx_size: u32, slots: u32, threads: u32) -> LlamaContextParams {
+/// prompt chunk takes two or three graph evaluations instead of one; and the plain attention
+/// path is slower than flash attention. With `deterministic = false` (config
+/// `deterministic-batching = false`) the context uses llama.cpp's own defaults instead (one
+/// unified cache of `ctx_size × slots` cells, flash attention where the backend has it): faster,
+/// but a request's text at temperature 0 may then change in the last bits with its neighbours.
+pub fn serving_params(
+    ctx_size: u32,
+    slots: u32,
+    threads: u32,
+    deterministic: bool,
+) -> LlamaContextParams {
+    let (unified, flash) = if deterministic {
+        (false, llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    } else {
+        (true, llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO)
+    };
     LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(ctx_size * slots))
         .with_n_batch(N_BATCH)
         .with_n_ubatch(N_BATCH)
         .with_n_seq_max(slots)
-        .with_kv_unified(false)
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        .with_kv_unified(unified)
+        .with_flash_attention_policy(flash)
         .with_n_threads(threads as i32)
         .with_n_threads_batch(threads as i32)
 }
@@ -491,7 +510,7 @@ impl<'m> Runner<'m> {
         metrics: &Metrics,
     ) -> Result<Self, EngineError> {
         let slots = cfg.slots.max(1);
-        let params = serving_params(l.info.n_ctx, slots, cfg.threads);
+        let params = serving_params(l.info.n_ctx, slots, cfg.threads, cfg.deterministic_batching);
         let mut ctx = l
             .model
             .new_context(backend, params)

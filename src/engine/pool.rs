@@ -208,6 +208,11 @@ impl ModelPool {
         self.evictions.load(Relaxed)
     }
 
+    /// The settings every engine of the pool runs with.
+    pub fn engine_config(&self) -> &EngineConfig {
+        &self.cfg.engine
+    }
+
     /// The memory budget, bytes.
     pub fn budget(&self) -> u64 {
         self.cfg.budget
