@@ -136,6 +136,46 @@ impl Raw {
         self.model.new_context(&self.backend, p).expect("context")
     }
 
+    /// llama-bench's pp512 and tg128 (medians of `repeat` after a warm-up round), measured
+    /// exactly as `benches/native-reference` measures them on a natively built llama.cpp.
+    fn llama_bench(&self, repeat: usize) -> (f64, f64) {
+        let params = llama_cpp_2::context::params::LlamaContextParams::default()
+            .with_n_ctx(std::num::NonZeroU32::new(1024))
+            .with_n_batch(512)
+            .with_n_ubatch(512)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads);
+        let n_vocab = self.model.n_vocab() as usize;
+        let token = |i: usize| LlamaToken(((i * 7919 + 13) % n_vocab) as i32);
+        let mut batch = LlamaBatch::new(512, 1);
+        let (mut pp, mut tg) = (Vec::new(), Vec::new());
+        for round in 0..=repeat {
+            let mut ctx = self
+                .model
+                .new_context(&self.backend, params.clone())
+                .expect("context");
+            batch.clear();
+            for i in 0..512 {
+                batch.add(token(i), i as i32, &[0], i == 511).unwrap();
+            }
+            let t = Instant::now();
+            ctx.decode(&mut batch).unwrap();
+            let pp_rate = 512.0 / t.elapsed().as_secs_f64();
+            ctx.clear_kv_cache();
+            let t = Instant::now();
+            for i in 0..128 {
+                batch.clear();
+                batch.add(token(1000 + i), i as i32, &[0], true).unwrap();
+                ctx.decode(&mut batch).unwrap();
+            }
+            if round > 0 {
+                pp.push(pp_rate);
+                tg.push(128.0 / t.elapsed().as_secs_f64());
+            }
+        }
+        (median(pp), median(tg))
+    }
+
     fn tokens(&self, text: &str) -> Vec<LlamaToken> {
         self.model.vocab().tokenize(text.as_bytes(), true, true)
     }
@@ -382,6 +422,61 @@ fn counting(n: usize) -> String {
     (n * 10 + 1..n * 10 + 9).map(|k| format!("{k}, ")).collect()
 }
 
+/// llama-bench's pp512/tg128 on llama.cpp built natively for this CPU (scripts/native-reference;
+/// `INHOUSE_NATIVE_REFERENCE` names the binary) and on this process's dispatching build,
+/// alternating, with their ratio: what runtime CPU dispatch costs against a native build.
+fn native_reference(raw: &Raw, model: &Path, threads: usize, repeat: usize) {
+    let bin = std::env::var_os("INHOUSE_NATIVE_REFERENCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/inhouse/native-target/release/inhouse-native-reference")
+        });
+    println!("\n## llama-bench figures: native build against the shipped build (CPU dispatch)");
+    if !bin.is_file() {
+        println!(
+            "{} not built: run scripts/native-reference for this comparison",
+            bin.display()
+        );
+        return;
+    }
+    let (mut n_pp, mut n_tg, mut d_pp, mut d_tg) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..repeat {
+        let out = Command::new(&bin)
+            .arg(model)
+            .arg(threads.to_string())
+            .arg("1")
+            .output()
+            .expect("run the native reference");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("native reference JSON");
+        n_pp.push(v["pp512"].as_f64().expect("pp512"));
+        n_tg.push(v["tg128"].as_f64().expect("tg128"));
+        let (pp, tg) = raw.llama_bench(1);
+        d_pp.push(pp);
+        d_tg.push(tg);
+    }
+    let (n_pp, n_tg, d_pp, d_tg) = (median(n_pp), median(n_tg), median(d_pp), median(d_tg));
+    let variant = inhouse::engine::cpu_backend()
+        .map(|c| c.variant)
+        .unwrap_or_default();
+    println!(
+        "| | native (GGML_NATIVE) | shipped (dispatch: {variant}) | ratio |\n|---|---|---|---|"
+    );
+    println!(
+        "| pp512 tok/s | {n_pp:.1} | {d_pp:.1} | {} |",
+        ratio(d_pp, n_pp)
+    );
+    println!(
+        "| tg128 tok/s | {n_tg:.1} | {d_tg:.1} | {} |",
+        ratio(d_tg, n_tg)
+    );
+}
+
 /// `INHOUSE_BENCH_THROUGHPUT`: both sides in the daemon's throughput mode.
 fn throughput_mode() -> bool {
     std::env::var_os("INHOUSE_BENCH_THROUGHPUT").is_some()
@@ -430,6 +525,9 @@ fn main() {
     let mut raw = Raw::new(&path, threads);
     let prompt_512 = raw.tokens(&long_prompt(0, 400));
     let gen_n = 128;
+
+    // 0. llama-bench's figures: a natively built llama.cpp against the shipped build.
+    native_reference(&raw, &path, threads, repeat);
 
     // 1. Single stream: prompt and generation rates.
     let d = Daemon::start(&path, threads, 16);
