@@ -12,6 +12,10 @@
 //! Prints every figure and its ratio to raw llama.cpp. No figure is asserted: the machines are
 //! shared, so the numbers are recorded in docs/BENCHMARKS.md with the load seen.
 
+// The same measurement the native reference binary makes.
+#[path = "native-reference/src/llama_bench.rs"]
+mod llama_bench;
+
 use hyper::Method;
 use inhouse::client::{Client, SseParser};
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -134,46 +138,6 @@ impl Raw {
             !self.llama_defaults,
         );
         self.model.new_context(&self.backend, p).expect("context")
-    }
-
-    /// llama-bench's pp512 and tg128 (medians of `repeat` after a warm-up round), measured
-    /// exactly as `benches/native-reference` measures them on a natively built llama.cpp.
-    fn llama_bench(&self, repeat: usize) -> (f64, f64) {
-        let params = llama_cpp_2::context::params::LlamaContextParams::default()
-            .with_n_ctx(std::num::NonZeroU32::new(1024))
-            .with_n_batch(512)
-            .with_n_ubatch(512)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
-        let n_vocab = self.model.n_vocab() as usize;
-        let token = |i: usize| LlamaToken(((i * 7919 + 13) % n_vocab) as i32);
-        let mut batch = LlamaBatch::new(512, 1);
-        let (mut pp, mut tg) = (Vec::new(), Vec::new());
-        for round in 0..=repeat {
-            let mut ctx = self
-                .model
-                .new_context(&self.backend, params.clone())
-                .expect("context");
-            batch.clear();
-            for i in 0..512 {
-                batch.add(token(i), i as i32, &[0], i == 511).unwrap();
-            }
-            let t = Instant::now();
-            ctx.decode(&mut batch).unwrap();
-            let pp_rate = 512.0 / t.elapsed().as_secs_f64();
-            ctx.clear_kv_cache();
-            let t = Instant::now();
-            for i in 0..128 {
-                batch.clear();
-                batch.add(token(1000 + i), i as i32, &[0], true).unwrap();
-                ctx.decode(&mut batch).unwrap();
-            }
-            if round > 0 {
-                pp.push(pp_rate);
-                tg.push(128.0 / t.elapsed().as_secs_f64());
-            }
-        }
-        (median(pp), median(tg))
     }
 
     fn tokens(&self, text: &str) -> Vec<LlamaToken> {
@@ -456,7 +420,7 @@ fn native_reference(raw: &Raw, model: &Path, threads: usize, repeat: usize) {
         let v: Value = serde_json::from_slice(&out.stdout).expect("native reference JSON");
         n_pp.push(v["pp512"].as_f64().expect("pp512"));
         n_tg.push(v["tg128"].as_f64().expect("tg128"));
-        let (pp, tg) = raw.llama_bench(1);
+        let (pp, tg) = llama_bench::pp512_tg128(&raw.backend, &raw.model, raw.threads, 1);
         d_pp.push(pp);
         d_tg.push(tg);
     }

@@ -65,6 +65,21 @@ async fn stream(client: &Client, path: &str, mut body: Value) -> Streamed {
     out
 }
 
+/// The streams really ran together: the first tokens of all arrived before any stream ended.
+fn assert_ran_together(streams: &[Streamed]) {
+    let first_end = streams
+        .iter()
+        .map(|s| *s.arrivals.last().expect("a streamed answer"))
+        .min()
+        .expect("streams");
+    let last_start = streams
+        .iter()
+        .map(|s| s.arrivals[0])
+        .max()
+        .expect("streams");
+    assert!(last_start <= first_end, "the streams ran one after another");
+}
+
 async fn metrics_text(client: &Client) -> String {
     let (status, body) = client
         .raw(Method::GET, "/metrics", None)
@@ -129,15 +144,7 @@ fn eight_concurrent_streams_give_the_text_each_gives_alone() {
             assert!(!a.is_empty(), "empty answer to {:?}", PROMPTS[i]);
             assert_eq!(a, &t.text, "prompt {i} differs when batched");
         }
-        // They really ran together: the first tokens of all eight arrived before any stream
-        // ended.
-        let first_end = together
-            .iter()
-            .map(|s| *s.arrivals.last().unwrap())
-            .min()
-            .unwrap();
-        let last_start = together.iter().map(|s| s.arrivals[0]).max().unwrap();
-        assert!(last_start <= first_end, "the streams ran one after another");
+        assert_ran_together(&together);
     });
 }
 
@@ -418,13 +425,7 @@ fn throughput_mode_batches_reuses_the_cache_and_says_so() {
                 PROMPTS[i]
             );
         }
-        let first_end = together
-            .iter()
-            .map(|s| *s.arrivals.last().unwrap())
-            .min()
-            .unwrap();
-        let last_start = together.iter().map(|s| s.arrivals[0]).max().unwrap();
-        assert!(last_start <= first_end, "the streams ran one after another");
+        assert_ran_together(&together);
 
         let body = chat(
             "List the planets of the solar system.",
