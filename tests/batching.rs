@@ -150,7 +150,23 @@ fn eight_concurrent_streams_give_the_text_each_gives_alone() {
 
 #[test]
 fn a_long_prompt_does_not_stop_running_streams() {
-    let d = Daemon::start(&[("smol", &smollm2())], &["--slots", "4"]);
+    long_prompt_keeps_streams_flowing("");
+}
+
+#[test]
+fn a_long_prompt_does_not_stop_running_streams_in_throughput_mode() {
+    // The same scheduling over one unified KV cache with flash attention.
+    long_prompt_keeps_streams_flowing("deterministic-batching = false\n");
+}
+
+fn long_prompt_keeps_streams_flowing(config_text: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("inhouse.toml");
+    std::fs::write(&config, config_text).unwrap();
+    let d = Daemon::start(
+        &[("smol", &smollm2())],
+        &["--slots", "4", "--config", config.to_str().unwrap()],
+    );
     rt().block_on(async {
         let c = d.client();
         // Streams that go on for a while: counting never reaches an end-of-text token early.
@@ -413,6 +429,7 @@ fn throughput_mode_batches_reuses_the_cache_and_says_so() {
         let c = d.client();
         let health = c.json(Method::GET, "/health", None).await.expect("health");
         assert_eq!(health["batching"], "throughput");
+        assert!(d.log().contains("throughput mode"), "{}", d.log());
 
         let together = futures_util::future::join_all(
             (0..PROMPTS.len()).map(|i| stream(&c, "/v1/chat/completions", body_for(i))),

@@ -520,6 +520,16 @@ impl<'m> Runner<'m> {
                 reason: format!("cannot create a context: {e}"),
             })?;
         l.apply_adapter(&mut ctx)?;
+        if !cfg.deterministic_batching {
+            tracing::info!(
+                model = %l.info.name,
+                cells = ctx.n_ctx(),
+                slots,
+                per_request = l.info.n_ctx,
+                "throughput mode: one KV cache shared by all slots, each request still limited \
+                 to its context size (llama.cpp's warning n_ctx_seq > n_ctx_train is expected)"
+            );
+        }
         let metrics = metrics.ensure(&l.info.name);
         metrics.slots.store(u64::from(slots), Relaxed);
         metrics
