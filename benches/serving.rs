@@ -622,6 +622,59 @@ fn main() {
         );
     }
 
+    // 2b. Time to first token with very short prompts (a few tokens each, 8 generated): how far
+    // batching can bring "8 at once" towards "1 alone" when there is almost nothing to read.
+    println!("\n## very short prompts (~6 tokens), 8 generated: time to first token");
+    println!("| clients | prompt tokens | raw TTFT p95 s | raw p95 vs 1 | inhoused TTFT p50 s | TTFT p95 s | p95 vs 1 client |");
+    println!("|---|---|---|---|---|---|---|");
+    let short = |k: usize| format!("{k}, {},", k + 1);
+    let mut one = (f64::NAN, f64::NAN);
+    for &n in &[1usize, 8] {
+        let (mut raw_ttfts, mut ttfts) = (Vec::new(), Vec::new());
+        let mut prompt_tokens = 0;
+        for r in 0..repeat.max(3) {
+            let prompts: Vec<Vec<LlamaToken>> = (0..n)
+                .map(|i| raw.tokens(&short(100 * r + 10 * i + n)))
+                .collect();
+            prompt_tokens = prompts[0].len();
+            raw_ttfts.extend(raw.generate(&prompts, 8).ttft);
+            let client = d.client.clone();
+            let out = rt.block_on(async move {
+                let tasks: Vec<_> = (0..n)
+                    .map(|i| {
+                        let c = client.clone();
+                        let prompt = short(100 * r + 10 * i + n + 5000);
+                        tokio::spawn(async move {
+                            timed(
+                                &c,
+                                "/v1/completions",
+                                json!({"model": "smol", "temperature": 0, "max_tokens": 8,
+                                       "prompt": prompt}),
+                            )
+                            .await
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.expect("task"));
+                }
+                out
+            });
+            ttfts.extend(out.iter().map(|t| t.ttft));
+        }
+        let raw_p95 = percentile(raw_ttfts, 0.95);
+        let (p50, p95) = (percentile(ttfts.clone(), 0.5), percentile(ttfts, 0.95));
+        if n == 1 {
+            one = (raw_p95, p95);
+        }
+        println!(
+            "| {n} | {prompt_tokens} | {raw_p95:.3} | {} | {p50:.3} | {p95:.3} | {} |",
+            ratio(raw_p95, one.0),
+            ratio(p95, one.1)
+        );
+    }
+
     // 3. A five-turn conversation: time to first token of turn five, warm against cold.
     println!("\n## five-turn conversation: time to first token of the fifth turn");
     let questions = [
