@@ -185,7 +185,7 @@ pub struct Config {
     pub prefill_chunk: u32,
     /// Keep a request's output at temperature 0 or a fixed seed independent of the requests
     /// batched with it (the default). `false` uses llama.cpp's faster defaults (one unified KV
-    /// cache, flash attention): about 10–15% more tokens/s on CPU, outputs may then differ in
+    /// cache, flash attention): 10–25% more tokens/s measured on CPU, outputs may then differ in
     /// rare near-ties between a request run alone and next to others.
     pub deterministic_batching: bool,
     /// Who may do what, by peer uid and group.
