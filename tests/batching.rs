@@ -462,3 +462,72 @@ fn throughput_mode_batches_reuses_the_cache_and_says_so() {
         assert_eq!(sample(&after, hits), sample(&before, hits) + 1.0);
     });
 }
+
+#[test]
+fn a_caller_with_many_queued_requests_does_not_starve_another() {
+    assert_eq!(
+        effective_uid(),
+        0,
+        "this test must run as root (it connects as uid 65534)"
+    );
+    // One slot, so that admission order is all there is: six requests from this uid are
+    // queued before one from uid 65534 arrives; round-robin across callers admits the other
+    // caller's request as soon as the running one ends, not after the five still waiting.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("inhouse.toml");
+    std::fs::write(
+        &config,
+        "[roles]\nuser-uids = [65534]\n[limits]\nper-uid-concurrency = 16\n",
+    )
+    .unwrap();
+    let d = std::sync::Arc::new(Daemon::start(
+        &[("smol", &smollm2())],
+        &["--slots", "1", "--config", config.to_str().unwrap()],
+    ));
+    let other = chat(
+        "Name three colours.",
+        json!({"temperature": 0, "max_tokens": 8}),
+    )
+    .to_string();
+    let (mine, theirs_end) = rt().block_on(async {
+        let c = d.client();
+        let mine: Vec<_> = (0..6u32)
+            .map(|i| {
+                let c = c.clone();
+                let prompt: String = (i * 100..i * 100 + 8).map(|n| format!("{n}, ")).collect();
+                let body = json!({"model": "smol", "prompt": prompt, "temperature": 0,
+                                  "max_tokens": 40});
+                tokio::spawn(async move { stream(&c, "/v1/completions", body).await })
+            })
+            .collect();
+        // All six are admitted or queued before the other caller asks.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = metrics_text(&c).await;
+            let queued = sample(&m, "inhouse_queue_depth{model=\"smol\"}");
+            if queued >= 5.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the requests never queued:\n{m}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let d2 = d.clone();
+        let theirs = tokio::task::spawn_blocking(move || {
+            let text = chat_as_other_user(&d2, &other);
+            (text, Instant::now())
+        });
+        let mut ends = Vec::new();
+        for t in mine {
+            ends.push(*t.await.unwrap().arrivals.last().expect("tokens"));
+        }
+        let (text, end) = theirs.await.unwrap();
+        assert!(!text.is_empty());
+        (ends, end)
+    });
+    let after_theirs = mine.iter().filter(|e| **e > theirs_end).count();
+    assert!(
+        after_theirs >= 4,
+        "the other caller waited behind {} of this caller's 6 requests",
+        6 - after_theirs
+    );
+}
