@@ -467,9 +467,9 @@ impl Config {
         if !(1..=64).contains(&self.slots) {
             return bad(format!("slots = {} (must be 1..=64)", self.slots));
         }
-        if !(1..=512).contains(&self.prefill_chunk) {
+        if !(3..=512).contains(&self.prefill_chunk) {
             return bad(format!(
-                "prefill-chunk = {} (must be 1..=512)",
+                "prefill-chunk = {} (must be 3..=512)",
                 self.prefill_chunk
             ));
         }
@@ -573,5 +573,11 @@ mod tests {
             ..Config::default()
         };
         assert!(c.check().unwrap_err().to_string().contains("threads"));
+        // Below three, a prompt could wait forever behind generating requests.
+        let c = Config {
+            prefill_chunk: 2,
+            ..Config::default()
+        };
+        assert!(c.check().unwrap_err().to_string().contains("3..=512"));
     }
 }

@@ -89,6 +89,19 @@ fn import_show_and_serve_through_the_client_and_refuse_bad_names_and_corrupt_cop
         assert!(show.contains(want), "{want:?} not in\n{show}");
     }
     let c = d.client();
+    // Embeddings load a stored model on demand too.
+    let (status, v) = rt().block_on(post(
+        &c,
+        "/v1/embeddings",
+        &json!({"model": "smollm2", "input": "hello"}).to_string(),
+    ));
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["data"][0]["embedding"]
+            .as_array()
+            .is_some_and(|e| e.len() > 100),
+        "{v}"
+    );
     let (status, v) = chat(&c, "smollm2", "What is the capital of France?");
     assert_eq!(status, 200, "{v}");
     assert!(looks_english(&answer(&v)), "{v}");
@@ -623,4 +636,27 @@ fn ollama_keep_alive_sets_how_long_a_model_stays_loaded() {
     let (status, v) = ask(json!(-1));
     assert_eq!(status, 200, "{v}");
     assert!(get(&c, "/admin/ps")["loaded"][0]["expires_in_secs"].is_null());
+}
+
+#[test]
+fn removing_a_model_while_it_loads_leaves_nothing_resident() {
+    // Gemma's first request re-hashes and loads ~240 MiB (about a second here); `models rm`
+    // arrives during that. Whatever the request gets, the removed model must not stay loaded.
+    let d = empty_daemon(&[]);
+    ok(&cli(
+        &d,
+        &["models", "import", path(&gemma()), "--name", "doomed"],
+    ));
+    let socket = d.socket.clone();
+    let request = std::thread::spawn(move || {
+        complete(&Client::new(&socket), "doomed", "The capital of France is")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    ok(&cli(&d, &["models", "rm", "doomed"]));
+    let (status, body) = request.join().unwrap();
+    assert!([200, 404].contains(&status), "status {status}: {body}");
+    let ps = get(&d.client(), "/admin/ps");
+    assert!(!ps.to_string().contains("doomed"), "still loaded: {ps}");
+    let (status, _) = complete(&d.client(), "doomed", "Hello");
+    assert_eq!(status, 404);
 }

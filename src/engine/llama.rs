@@ -551,7 +551,9 @@ impl<'m> Runner<'m> {
             queue: FairQueue::default(),
             batch: LlamaBatch::new(N_BATCH as usize, 1),
             ctx_size: l.info.n_ctx,
-            prefill_chunk: cfg.prefill_chunk.clamp(1, N_BATCH) as usize,
+            // At least 3: a step's budget must allow a chunk of two tokens after leaving none
+            // alone for later (see `step`), or a prompt could wait forever behind generation.
+            prefill_chunk: cfg.prefill_chunk.clamp(3, N_BATCH) as usize,
             share_cache: cfg.cache_reuse_across_users,
             clock: 0,
             metrics,
@@ -630,25 +632,39 @@ impl<'m> Runner<'m> {
             .ok_or_else(|| inference("no free slot"))?;
         let slot = &mut self.slots[place.slot];
         // Remove everything after the reused prefix (all of it when nothing is reused).
-        self.ctx
-            .clear_kv_cache_seq(Some(slot.seq as u32), Some(place.keep as u32), None)
+        let mut keep = place.keep;
+        let trimmed = self
+            .ctx
+            .clear_kv_cache_seq(Some(slot.seq as u32), Some(keep as u32), None)
             .map_err(inference)?;
-        slot.tokens.truncate(place.keep);
-        slot.prefilled = slot.prefilled.min(place.keep);
+        if !trimmed {
+            // Recurrent and hybrid models (Mamba, RWKV, Jamba…) keep one state per sequence and
+            // cannot drop its tail: start the sequence afresh instead of reusing a prefix.
+            let cleared = self
+                .ctx
+                .clear_kv_cache_seq(Some(slot.seq as u32), None, None)
+                .map_err(inference)?;
+            if !cleared {
+                return Err(inference("cannot clear a sequence of the KV cache"));
+            }
+            keep = 0;
+        }
+        slot.tokens.truncate(keep);
+        slot.prefilled = slot.prefilled.min(keep);
         slot.owner = Some(req.owner_uid);
         self.clock += 1;
         slot.last_used = self.clock;
         let m = &self.metrics;
         m.prompt_tokens.fetch_add(u64::from(prompt_tokens), Relaxed);
-        if place.keep > 0 {
+        if keep > 0 {
             m.cache_hits.fetch_add(1, Relaxed);
-            m.cached_prompt_tokens.fetch_add(place.keep as u64, Relaxed);
+            m.cached_prompt_tokens.fetch_add(keep as u64, Relaxed);
         }
         tracing::debug!(
             model = %self.l.info.name,
             seq = slot.seq,
             prompt_tokens,
-            reused = place.keep,
+            reused = keep,
             "request admitted"
         );
         if events.send(Event::Started { prompt_tokens }).is_err() {

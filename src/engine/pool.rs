@@ -354,6 +354,14 @@ impl ModelPool {
         let entry = self.resolve(name)?;
         self.check_fits(&entry)?;
         self.make_room(name, entry.estimate.total).await?;
+        // A load that fails because `models rm` took the files meanwhile is an unknown model.
+        let gone = |e: EngineError| {
+            if self.still_stored(&entry.manifests) {
+                e
+            } else {
+                EngineError::UnknownModel(name.to_string())
+            }
+        };
         // Check the stored files again: a blob changed on disk since import is refused.
         if let Some(store) = self.store.clone() {
             let manifests = entry.manifests.clone();
@@ -368,7 +376,8 @@ impl ModelPool {
                 Ok::<(), EngineError>(())
             })
             .await
-            .map_err(|e| EngineError::Inference(format!("integrity check panicked: {e}")))??;
+            .map_err(|e| EngineError::Inference(format!("integrity check panicked: {e}")))?
+            .map_err(gone)?;
         }
         let mut ecfg = self.cfg.engine.clone();
         ecfg.gpu_layers = gpu_layers_for(self.cfg.gpu_layers, &entry);
@@ -378,7 +387,8 @@ impl ModelPool {
         let engine =
             tokio::task::spawn_blocking(move || LlamaEngine::start(vec![spec], ecfg, metrics))
                 .await
-                .map_err(|e| EngineError::Inference(format!("model load panicked: {e}")))??;
+                .map_err(|e| EngineError::Inference(format!("model load panicked: {e}")))?
+                .map_err(gone)?;
         let mut info = Engine::models(&engine)
             .first()
             .cloned()
@@ -406,8 +416,32 @@ impl ModelPool {
                 },
             )),
         });
-        self.resident().insert(name.to_string(), resident.clone());
+        // Registered only if the store still holds the same files: a `models rm` (or a
+        // replacement) during the load has already run `forget`, which could not see this
+        // engine yet. Checked under the map's lock, which `forget` also takes.
+        let registered = {
+            let mut map = self.resident();
+            let still = self.still_stored(&entry.manifests);
+            if still {
+                map.insert(name.to_string(), resident.clone());
+            }
+            still
+        };
+        if !registered {
+            unload(resident).await;
+            return Err(EngineError::UnknownModel(name.to_string()));
+        }
         Ok(Use(resident))
+    }
+
+    /// Whether every stored file a load used is still in the store under the same digest.
+    fn still_stored(&self, manifests: &[Manifest]) -> bool {
+        let Some(store) = &self.store else {
+            return true;
+        };
+        manifests
+            .iter()
+            .all(|m| store.get(&m.name).is_ok_and(|now| now.digest == m.digest))
     }
 
     /// Unloads least recently used idle models until `need` more bytes fit the budget.
@@ -691,8 +725,14 @@ impl Engine for ModelPool {
         inputs: Vec<String>,
     ) -> BoxFuture<'_, Result<Embeddings, EngineError>> {
         Box::pin(async move {
-            let hold = self.ensure_loaded(&model).await?;
-            hold.0.engine.embed(model.clone(), inputs).await
+            // The load runs in its own task, as for `generate`: a client that leaves mid-load
+            // must not drop the load lock while the load goes on without it.
+            let pool = self.arc()?;
+            let name = model.clone();
+            let hold = tokio::spawn(async move { pool.ensure_loaded(&name).await })
+                .await
+                .map_err(|e| EngineError::Inference(format!("model load failed: {e}")))??;
+            hold.0.engine.embed(model, inputs).await
         })
     }
 
