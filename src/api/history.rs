@@ -136,12 +136,30 @@ pub async fn erase(
     ))
 }
 
-/// `POST /admin/rotate-key` body.
-#[derive(Debug, Deserialize)]
+/// `POST /admin/rotate-key` body. It holds a master key: its `Debug` redacts the key, and the
+/// key text is zeroized when the body is dropped.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
     /// The new master key, base64 of its 32 bytes (the client reads it from a 0600 file).
-    pub key: String,
+    #[serde(deserialize_with = "zeroizing_string")]
+    pub key: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for RotateBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateBody")
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Deserializes a string straight into a [`zeroize::Zeroizing`] (the `zeroize` crate is built
+/// without its `serde` feature).
+fn zeroizing_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<zeroize::Zeroizing<String>, D::Error> {
+    String::deserialize(d).map(zeroize::Zeroizing::new)
 }
 
 /// `POST /admin/rotate-key`: rewraps every data key under a new master key, in batches, while
@@ -241,4 +259,18 @@ pub async fn record(s: &AppState, o: Outcome) -> Result<i64, ApiError> {
         tracing::error!(error = %e, kind = e.kind(), uid = o.uid, "request record not stored");
         ApiError::from(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotate_body_debug_redacts_the_key() {
+        let body: RotateBody = serde_json::from_str(r#"{"key":"c2VjcmV0LWtleQ=="}"#).unwrap();
+        assert_eq!(body.key.as_str(), "c2VjcmV0LWtleQ==");
+        let shown = format!("{body:?}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
 }

@@ -11,6 +11,13 @@
 //!   before it ([`AuditProblem::BrokenLink`]), and `seq` is inside the MAC so rows cannot be
 //!   renumbered either.
 //!
+//! Keys are checked against the chain's own history: a `key_rotated` row retires its
+//! `old_key_id`, and a later row MACed with a retired key means someone holding a leaked old key
+//! rewrote the log after the rotation ([`AuditProblem::RetiredKey`]). Every key archived in
+//! `key_history` must have been retired that way in the chain, or the rotation's row (and what
+//! followed it) was cut and the rest re-MACed with the old key
+//! ([`AuditProblem::RotationEventMissing`]).
+//!
 //! What a chain inside the database cannot show by itself is a cut at the *end* (the newest rows
 //! deleted). [`VerifyReport`] therefore gives the head (last seq and MAC): log it, or have an
 //! auditor record it, and compare later.
@@ -22,7 +29,7 @@
 //! Requests, admin actions, denied requests and start/stop are appended by the layers that see
 //! them, through [`Store::audit_append`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -45,7 +52,8 @@ pub mod kinds {
     pub const DATA_KEY_DESTROYED: &str = "data_key_destroyed";
     /// A uid's rows were purged (detail: `uid`, `requests_deleted`).
     pub const UID_ERASED: &str = "uid_erased";
-    /// The retention job deleted old records (detail: `cutoff`, `deleted`).
+    /// The retention job deleted old records, one event per batch (detail: `cutoff`, `deleted`
+    /// in that batch).
     pub const RETENTION_PURGE: &str = "retention_purge";
     /// A request was served and recorded (detail: `id`, `model`, `status`, token counts).
     pub const REQUEST: &str = "request";
@@ -73,6 +81,18 @@ pub enum AuditProblem {
         /// The key id as stored.
         key_id: String,
     },
+    /// The row is MACed with a key that an earlier `key_rotated` row of the chain retired:
+    /// rows after the rotation were rewritten by someone holding the old key.
+    RetiredKey {
+        /// The retired key id, as stored.
+        key_id: String,
+    },
+    /// `key_history` lists a retired key but no verified `key_rotated` row retires it: the
+    /// rotation's row (and maybe rows after it) were removed. Reported at the chain head.
+    RotationEventMissing {
+        /// The retired key id, as stored in `key_history`.
+        key_id: String,
+    },
 }
 
 impl std::fmt::Display for AuditProblem {
@@ -88,6 +108,16 @@ impl std::fmt::Display for AuditProblem {
             AuditProblem::UnknownKey { key_id } => {
                 write!(f, "it names key id {key_id}, whose audit key is unknown")
             }
+            AuditProblem::RetiredKey { key_id } => write!(
+                f,
+                "it is MACed with key id {key_id}, which an earlier key_rotated row retired \
+                 (rewritten with an old key)"
+            ),
+            AuditProblem::RotationEventMissing { key_id } => write!(
+                f,
+                "key id {key_id} was retired (key_history) but no key_rotated row in the chain \
+                 says so (rows removed)"
+            ),
         }
     }
 }
@@ -261,10 +291,25 @@ impl Store {
         Ok(keys)
     }
 
+    /// The key ids archived in `key_history` (retired by a finished rotation), as stored.
+    fn retired_key_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key_id FROM key_history ORDER BY retired_at, key_id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Verifies the whole audit chain and names the first bad row, if any. Reads every row: on
     /// a large log this takes a while, during which the storage thread serves nothing else.
+    ///
+    /// Besides each row's MAC, link and seq, it checks keys against the chain's own rotation
+    /// events (see the module docs): no row after a `key_rotated` row may use the key it
+    /// retired, and every key in `key_history` must be retired by such a row.
     pub fn audit_verify(&self) -> Result<VerifyReport, StoreError> {
         let keys = self.audit_keys()?;
+        // Keys retired by a verified `key_rotated` row seen so far in the walk.
+        let mut retired_in_chain: HashSet<KeyId> = HashSet::new();
         let mut stmt = self.conn.prepare(
             "SELECT seq, ts, kind, actor_uid, detail_json, key_id, prev_mac, mac
              FROM audit ORDER BY seq",
@@ -300,6 +345,11 @@ impl Store {
                     None => Some(AuditProblem::UnknownKey {
                         key_id: key_id_text.clone(),
                     }),
+                    Some((key_id, _)) if retired_in_chain.contains(&key_id) => {
+                        Some(AuditProblem::RetiredKey {
+                            key_id: key_id_text.clone(),
+                        })
+                    }
                     Some((key_id, key)) => {
                         let input = AuditMacInput {
                             prev_mac: &row_prev,
@@ -318,8 +368,29 @@ impl Store {
                 report.first_fault = Some(AuditFault { seq, problem });
                 break;
             }
+            if kind == kinds::KEY_ROTATED {
+                // The row verified, so its detail is authentic.
+                let old_key_id = serde_json::from_str::<serde_json::Value>(&detail_json)
+                    .ok()
+                    .and_then(|d| d.get("old_key_id")?.as_str().and_then(KeyId::parse));
+                if let Some(old_key_id) = old_key_id {
+                    retired_in_chain.insert(old_key_id);
+                }
+            }
             prev_mac = mac;
             expected_seq = seq + 1;
+        }
+        if report.first_fault.is_none() {
+            let missing = self
+                .retired_key_ids()?
+                .into_iter()
+                .find(|id| !KeyId::parse(id).is_some_and(|id| retired_in_chain.contains(&id)));
+            if let Some(key_id) = missing {
+                report.first_fault = Some(AuditFault {
+                    seq: report.head_seq.unwrap_or(1),
+                    problem: AuditProblem::RotationEventMissing { key_id },
+                });
+            }
         }
         if report.first_fault.is_some() {
             // Report the real head even though the walk stopped early.

@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::keys::{load_dek, load_or_create_dek, meta_set};
-use super::{audit, now_unix, write_tx, EraseReport, NewRecord, Record, RecordMeta, RequestStatus};
+use super::{audit, write_tx, EraseReport, NewRecord, Record, RecordMeta, RequestStatus};
 use super::{Store, StoreError, MAX_HISTORY_PAGE};
 use crate::crypto::{self, DataKey, FieldContext};
 
@@ -21,8 +21,20 @@ const PURGE_BATCH: i64 = 1000;
 /// Prefix of the `meta` key that marks an erase whose rows are not purged yet.
 const ERASE_MARKER: &str = "erase_pending:";
 
+/// Prefix of an erase marker's value: the largest request id of the uid when its key was
+/// destroyed (`max_id:<id>`, 0 if it had none). Only rows up to that id are purged, so records
+/// the uid writes under a new data key after an interrupted erase survive its completion.
+/// Markers of older versions hold a timestamp instead; they purge every row of the uid.
+const ERASE_MAX_ID: &str = "max_id:";
+
 fn erase_marker(uid: u32) -> String {
     format!("{ERASE_MARKER}{uid}")
+}
+
+/// The largest request id an erase marker value covers; `None` for a marker of the older
+/// format (a timestamp), which covers every row of the uid.
+fn erase_marker_max_id(value: &str) -> Option<i64> {
+    value.strip_prefix(ERASE_MAX_ID)?.parse().ok()
 }
 
 const META_COLUMNS: &str = "id, uid, model, params_json, created_at, finished_at, \
@@ -217,10 +229,13 @@ impl Store {
     /// Erases everything of `uid` by crypto-shredding.
     ///
     /// 1. Destroys the uid's wrapped data key and leaves an `erase_pending:<uid>` marker in
-    ///    `meta`, in one transaction with an audit event: from then on the uid's ciphertexts
-    ///    cannot be decrypted by anyone, master key or not, even if purging the rows fails.
-    /// 2. Purges its request rows and the marker (another transaction, another audit event).
-    ///    If the process dies between the two, [`Store::open`] finds the marker and finishes.
+    ///    `meta` holding the uid's largest request id, in one transaction with an audit event:
+    ///    from then on the uid's ciphertexts cannot be decrypted by anyone, master key or not,
+    ///    even if purging the rows fails.
+    /// 2. Purges its request rows up to that id and the marker (another transaction, another
+    ///    audit event). If this step fails or the process dies before it, [`Store::open`] finds
+    ///    the marker and finishes; records the uid wrote meanwhile (under a new data key) have
+    ///    larger ids and are kept.
     /// 3. Checkpoints and truncates the WAL. With `secure_delete=ON` the deleted cells are
     ///    zeroed in the database file, so no wrapped key bytes remain in the file or the WAL.
     ///
@@ -229,7 +244,12 @@ impl Store {
     pub fn erase_uid(&mut self, uid: u32) -> Result<EraseReport, StoreError> {
         let tx = write_tx(&mut self.conn)?;
         let keys_destroyed = tx.execute("DELETE FROM users_keys WHERE uid = ?1", [uid])? as u64;
-        meta_set(&tx, &erase_marker(uid), &now_unix().to_string())?;
+        let max_id: i64 = tx.query_row(
+            "SELECT coalesce(max(id), 0) FROM requests WHERE uid = ?1",
+            [uid],
+            |r| r.get(0),
+        )?;
+        meta_set(&tx, &erase_marker(uid), &format!("{ERASE_MAX_ID}{max_id}"))?;
         let detail = serde_json::json!({ "uid": uid, "keys_destroyed": keys_destroyed });
         audit::append_in(
             &tx,
@@ -251,10 +271,26 @@ impl Store {
         })
     }
 
-    /// Second step of an erase: the rows of a uid whose key is already destroyed.
+    /// Second step of an erase: the rows of a uid whose key is already destroyed, up to the
+    /// largest id its `erase_pending` marker names (every row of the uid for a marker of the
+    /// older format, or none at all).
     fn purge_uid_rows(&mut self, uid: u32) -> Result<u64, StoreError> {
         let tx = write_tx(&mut self.conn)?;
-        let requests_deleted = tx.execute("DELETE FROM requests WHERE uid = ?1", [uid])? as u64;
+        let marker: Option<String> = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [erase_marker(uid)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let max_id = marker
+            .as_deref()
+            .and_then(erase_marker_max_id)
+            .unwrap_or(i64::MAX);
+        let requests_deleted = tx.execute(
+            "DELETE FROM requests WHERE uid = ?1 AND id <= ?2",
+            params![uid, max_id],
+        )? as u64;
         tx.execute("DELETE FROM meta WHERE key = ?1", [erase_marker(uid)])?;
         let detail = serde_json::json!({ "uid": uid, "requests_deleted": requests_deleted });
         audit::append_in(
@@ -287,24 +323,25 @@ impl Store {
     }
 
     /// Deletes every record created before `cutoff_unix` (the `retention-days` job), in
-    /// batches of 1000 rows per transaction, then appends one audit event (when anything was
-    /// deleted) and truncates the WAL. Returns how many records went.
+    /// batches of 1000 rows per transaction, each with its own `retention_purge` audit event
+    /// (detail: the cutoff and the rows deleted by that batch) in the same transaction, so no
+    /// row is ever deleted without an event saying so, whatever fails or stops in between. An
+    /// empty batch writes nothing. Then truncates the WAL (when anything was deleted). Returns
+    /// how many records went.
     pub fn purge_older_than(&mut self, cutoff_unix: i64) -> Result<u64, StoreError> {
         let mut total = 0u64;
         loop {
-            let n = self.conn.execute(
+            let tx = write_tx(&mut self.conn)?;
+            let n = tx.execute(
                 "DELETE FROM requests WHERE id IN
                      (SELECT id FROM requests WHERE created_at < ?1 LIMIT ?2)",
                 params![cutoff_unix, PURGE_BATCH],
             )?;
-            total += n as u64;
-            if (n as i64) < PURGE_BATCH {
+            if n == 0 {
+                // Nothing to delete, nothing to log: the empty transaction just rolls back.
                 break;
             }
-        }
-        if total > 0 {
-            let tx = write_tx(&mut self.conn)?;
-            let detail = serde_json::json!({ "cutoff": cutoff_unix, "deleted": total });
+            let detail = serde_json::json!({ "cutoff": cutoff_unix, "deleted": n });
             audit::append_in(
                 &tx,
                 &self.keys.active.audit_key(),
@@ -313,6 +350,14 @@ impl Store {
                 &detail.to_string(),
             )?;
             tx.commit()?;
+            total += n as u64;
+            if (n as i64) < PURGE_BATCH {
+                break;
+            }
+        }
+        if total > 0 {
+            // Best effort: the purge is committed either way; a checkpoint that could not run
+            // now runs with a later one.
             let _ = self.checkpoint_truncate();
         }
         Ok(total)

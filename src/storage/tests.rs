@@ -671,6 +671,90 @@ fn interrupted_erase_is_finished_at_open() {
 }
 
 #[test]
+fn erase_finished_at_open_keeps_records_written_after_it() {
+    let fx = fixture();
+    let mut store = Store::open(&fx.db, key(1)).unwrap();
+    let old: Vec<i64> = (0..3)
+        .map(|i| {
+            store
+                .record_request(&rec(1000, &format!("old {i}"), "r"))
+                .unwrap()
+        })
+        .collect();
+    let other = store.record_request(&rec(2000, "other uid", "r")).unwrap();
+    // The second step of erase_uid (purging the rows) fails; the first is committed.
+    store
+        .conn
+        .execute_batch(
+            "CREATE TEMP TRIGGER no_delete BEFORE DELETE ON main.requests
+             BEGIN SELECT RAISE(ABORT, 'injected failure (test)'); END;",
+        )
+        .unwrap();
+    assert!(store.erase_uid(1000).is_err());
+    store
+        .conn
+        .execute_batch("DROP TRIGGER temp.no_delete;")
+        .unwrap();
+    let marker: String = store
+        .conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'erase_pending:1000'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(marker, format!("max_id:{}", old[2]));
+    for id in &old {
+        assert!(matches!(
+            store.get_history(1000, *id),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+    // The user keeps working: a new data key, a new record.
+    let new = store
+        .record_request(&rec(1000, "after the erase", "r"))
+        .unwrap();
+    drop(store);
+
+    // Finishing the erase at open purges the old rows only.
+    let store = Store::open(&fx.db, key(1)).unwrap();
+    let left: Vec<i64> = store
+        .list_history(1000, 10, None)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(left, [new]);
+    assert_eq!(
+        store.get_history(1000, new).unwrap().prompt_text,
+        "after the erase"
+    );
+    assert_eq!(
+        store.get_history(2000, other).unwrap().prompt_text,
+        "other uid"
+    );
+    let markers: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM meta WHERE key LIKE 'erase_pending:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(markers, 0);
+    let erased: String = store
+        .conn
+        .query_row(
+            "SELECT detail_json FROM audit WHERE kind = 'uid_erased'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(erased, r#"{"requests_deleted":3,"uid":1000}"#);
+    assert!(store.audit_verify().unwrap().is_ok());
+}
+
+#[test]
 fn purge_older_than_deletes_old_records() {
     let fx = fixture();
     let mut store = Store::open(&fx.db, key(1)).unwrap();
@@ -688,6 +772,82 @@ fn purge_older_than_deletes_old_records() {
     let left = store.list_history(1000, 10, None).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].created_at, 300);
+    assert!(store.audit_verify().unwrap().is_ok());
+}
+
+/// The `deleted` count of each `retention_purge` audit row, oldest first.
+fn retention_events(store: &Store) -> Vec<i64> {
+    store
+        .conn
+        .prepare("SELECT detail_json FROM audit WHERE kind = 'retention_purge' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|d| {
+            let d: serde_json::Value = serde_json::from_str(&d.unwrap()).unwrap();
+            assert_eq!(d["cutoff"], 250, "{d}");
+            d["deleted"].as_i64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn purge_older_than_logs_each_batch_in_its_own_transaction() {
+    let fx = fixture();
+    let mut store = Store::open(&fx.db, key(1)).unwrap();
+    let first = store
+        .record_request(&NewRecord {
+            created_at: 100,
+            ..rec(1000, "p", "r")
+        })
+        .unwrap();
+    // 2499 more old rows, copied in SQL (nothing decrypts them).
+    store
+        .conn
+        .execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2499)
+             INSERT INTO requests (uid, model, params_json, created_at, finished_at,
+                 prompt_tokens, completion_tokens, status, prompt_ct, response_ct)
+             SELECT uid, model, params_json, created_at, finished_at, prompt_tokens,
+                 completion_tokens, status, prompt_ct, response_ct
+             FROM requests, n WHERE requests.id = ?1",
+            [first],
+        )
+        .unwrap();
+    let kept = store
+        .record_request(&NewRecord {
+            created_at: 300,
+            ..rec(1000, "kept", "r")
+        })
+        .unwrap();
+
+    // A batch whose audit event cannot be written deletes nothing.
+    store
+        .conn
+        .execute_batch(
+            "CREATE TEMP TRIGGER no_audit BEFORE INSERT ON main.audit
+             BEGIN SELECT RAISE(ABORT, 'injected failure (test)'); END;",
+        )
+        .unwrap();
+    assert!(store.purge_older_than(250).is_err());
+    store
+        .conn
+        .execute_batch("DROP TRIGGER temp.no_audit;")
+        .unwrap();
+    let rows: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2501);
+    assert!(retention_events(&store).is_empty());
+
+    // One audit event per batch, each with its own count; none for an empty purge.
+    assert_eq!(store.purge_older_than(250).unwrap(), 2500);
+    assert_eq!(retention_events(&store), [1000, 1000, 500]);
+    assert_eq!(store.purge_older_than(250).unwrap(), 0);
+    assert_eq!(retention_events(&store), [1000, 1000, 500]);
+    let left = store.list_history(1000, 10, None).unwrap();
+    assert_eq!(left.iter().map(|m| m.id).collect::<Vec<_>>(), [kept]);
     assert!(store.audit_verify().unwrap().is_ok());
 }
 
@@ -996,6 +1156,111 @@ fn audit_tampering_before_a_rotation_is_found_with_the_new_key() {
         .execute("UPDATE audit SET ts = ts + 1 WHERE seq = 3", [])
         .unwrap();
     assert_eq!(store.audit_verify().unwrap().first_fault.unwrap().seq, 3);
+}
+
+/// A store rotated from key(1) to key(2) with audit rows on both sides, reopened with key(2);
+/// and the seq of its `key_rotated` row.
+fn rotated_store(fx: &Fixture) -> (Store, i64) {
+    let mut store = audited_store(fx, 4);
+    store.rotate_key(key(2)).unwrap();
+    for i in 0..3 {
+        let detail = serde_json::json!({ "after": i }).to_string();
+        store.audit_append("request", Some(1000), &detail).unwrap();
+    }
+    drop(store);
+    let store = Store::open(&fx.db, key(2)).unwrap();
+    assert!(store.audit_verify().unwrap().is_ok());
+    let rotated: i64 = store
+        .conn
+        .query_row(
+            "SELECT seq FROM audit WHERE kind = 'key_rotated'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (store, rotated)
+}
+
+/// Appends a row MACed with the retired key(1), as an attacker holding it would.
+fn forge_with_old_key(store: &Store, i: i64) -> i64 {
+    let detail = serde_json::json!({ "forged": i }).to_string();
+    audit::append_in(
+        &store.conn,
+        &key(1).audit_key(),
+        "request",
+        Some(1000),
+        &detail,
+    )
+    .unwrap()
+}
+
+#[test]
+fn audit_rows_rewritten_with_a_retired_key_are_found() {
+    let fx = fixture();
+    let (store, rotated) = rotated_store(&fx);
+    // Rows after the rotation replaced by rows MACed with the old key.
+    store
+        .conn
+        .execute("DELETE FROM audit WHERE seq > ?1", [rotated])
+        .unwrap();
+    let first = forge_with_old_key(&store, 1);
+    forge_with_old_key(&store, 2);
+    let report = store.audit_verify().unwrap();
+    let fault = report.first_fault.unwrap();
+    assert_eq!(
+        fault,
+        AuditFault {
+            seq: first,
+            problem: AuditProblem::RetiredKey {
+                key_id: key(1).id().to_hex()
+            }
+        }
+    );
+    assert_eq!(fault.seq, rotated + 1);
+    assert!(fault.to_string().contains("retired"), "{fault}");
+    assert_eq!(
+        serde_json::to_value(&fault).unwrap(),
+        serde_json::json!({"seq": first, "problem": "retired_key", "key_id": key(1).id().to_hex()})
+    );
+}
+
+#[test]
+fn audit_chain_cut_at_the_rotation_and_remaced_with_the_old_key_is_found() {
+    let fx = fixture();
+    let (store, rotated) = rotated_store(&fx);
+    // The rotation row and everything after it deleted, new rows MACed with the old key: every
+    // row verifies by itself, but key_history says key(1) was retired.
+    store
+        .conn
+        .execute("DELETE FROM audit WHERE seq >= ?1", [rotated])
+        .unwrap();
+    forge_with_old_key(&store, 1);
+    let head = forge_with_old_key(&store, 2);
+    let report = store.audit_verify().unwrap();
+    assert_eq!(report.head_seq, Some(head));
+    let fault = report.first_fault.unwrap();
+    assert_eq!(
+        fault,
+        AuditFault {
+            seq: head,
+            problem: AuditProblem::RotationEventMissing {
+                key_id: key(1).id().to_hex()
+            }
+        }
+    );
+    assert!(fault.to_string().contains("key_rotated"), "{fault}");
+    assert_eq!(
+        serde_json::to_value(&fault).unwrap()["problem"],
+        "rotation_event_missing"
+    );
+    // An emptied log is reported at seq 1.
+    store.conn.execute("DELETE FROM audit", []).unwrap();
+    let fault = store.audit_verify().unwrap().first_fault.unwrap();
+    assert_eq!(fault.seq, 1);
+    assert!(matches!(
+        fault.problem,
+        AuditProblem::RotationEventMissing { .. }
+    ));
 }
 
 #[test]
