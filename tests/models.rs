@@ -660,3 +660,35 @@ fn removing_a_model_while_it_loads_leaves_nothing_resident() {
     let (status, _) = complete(&d.client(), "doomed", "Hello");
     assert_eq!(status, 404);
 }
+
+#[test]
+fn two_imports_of_one_name_at_once_store_one_and_refuse_the_other() {
+    let d = empty_daemon(&[]);
+    let socket = d.socket.clone();
+    let imports: Vec<_> = [smollm2(), gemma()]
+        .into_iter()
+        .map(|file| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                inhouse_at(
+                    &socket,
+                    &["models", "import", path(&file), "--name", "twin"],
+                )
+            })
+        })
+        .collect();
+    let outs: Vec<_> = imports.into_iter().map(|t| t.join().unwrap()).collect();
+    let stored = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(stored, 1, "{outs:?}");
+    let refused = outs.iter().find(|o| !o.status.success()).unwrap();
+    assert!(failed(refused).contains("exists"), "{}", failed(refused));
+    // One manifest, and exactly the blob it names: nothing orphaned.
+    let files = store_files(&d);
+    let blobs: Vec<_> = files.iter().filter(|f| f.starts_with("blobs/")).collect();
+    assert_eq!(blobs.len(), 1, "{files:?}");
+    let show = ok(&cli(&d, &["models", "show", "twin"]));
+    assert!(
+        show.contains(&blobs[0]["blobs/sha256-".len()..][..12]),
+        "{show}\n{files:?}"
+    );
+}

@@ -151,6 +151,53 @@ pub struct Requirement {
     pub role: Role,
     /// Where denials are audited.
     pub store: crate::storage::StoreHandle,
+    /// How many denials per uid are written down.
+    pub denials: Arc<DenialLimiter>,
+}
+
+/// Denials recorded one by one per uid and minute; the rest are counted.
+const DENIALS_RECORDED_PER_MINUTE: u32 = 20;
+/// Longest request path written to the journal or the audit log.
+const DENIED_PATH_MAX: usize = 256;
+
+/// Bounds what denied requests write: anyone who can reach the socket can be refused, so
+/// without a bound an unprivileged process could fill the disk with audit rows and the journal
+/// with warnings. Per uid, the first [`DENIALS_RECORDED_PER_MINUTE`] denials of a minute are
+/// logged and audited one by one; later ones are only counted, and the count goes into the next
+/// recorded event (`suppressed_before`), so the audit log still accounts for every denial.
+#[derive(Default)]
+pub struct DenialLimiter {
+    per_uid: Mutex<HashMap<u32, DenialWindow>>,
+}
+
+struct DenialWindow {
+    opened: std::time::Instant,
+    recorded: u32,
+    suppressed: u64,
+}
+
+impl DenialLimiter {
+    /// `Some(n)` when this denial is to be recorded (`n` suppressed since the last recorded
+    /// one), `None` when it is only counted.
+    pub fn admit(&self, uid: u32, now: std::time::Instant) -> Option<u64> {
+        let mut map = self.per_uid.lock().unwrap_or_else(|e| e.into_inner());
+        let w = map.entry(uid).or_insert(DenialWindow {
+            opened: now,
+            recorded: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(w.opened) >= std::time::Duration::from_secs(60) {
+            w.opened = now;
+            w.recorded = 0;
+        }
+        if w.recorded < DENIALS_RECORDED_PER_MINUTE {
+            w.recorded += 1;
+            Some(std::mem::take(&mut w.suppressed))
+        } else {
+            w.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// Middleware: refuses a caller without the route's role with 403.
@@ -163,17 +210,35 @@ pub async fn require(
     if req_role.roles.of(&caller).allows(req_role.role) {
         return Ok(next.run(request).await);
     }
-    let path = request.uri().path().to_string();
+    let Some(suppressed) = req_role
+        .denials
+        .admit(caller.uid, std::time::Instant::now())
+    else {
+        return Err(ApiError::forbidden(req_role.role));
+    };
+    let mut path = request.uri().path();
+    if path.len() > DENIED_PATH_MAX {
+        let mut end = DENIED_PATH_MAX;
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        path = &path[..end];
+    }
+    let path = path.to_string();
     tracing::warn!(
         uid = caller.uid,
         gid = caller.gid,
         path = %path,
         needs = req_role.role.name(),
+        suppressed_before = suppressed,
         "request denied"
     );
     // Audited off the request path: a refusal must not wait on (or be blocked by) the disk.
-    let detail = serde_json::json!({"path": path, "method": request.method().as_str(),
+    let mut detail = serde_json::json!({"path": path, "method": request.method().as_str(),
         "needs": req_role.role.name(), "gid": caller.gid});
+    if suppressed > 0 {
+        detail["suppressed_before"] = suppressed.into();
+    }
     let store = req_role.store.clone();
     tokio::spawn(async move {
         if let Err(e) = store
@@ -189,6 +254,24 @@ pub async fn require(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denials_are_recorded_up_to_a_bound_per_uid_and_minute_and_the_rest_counted() {
+        let limiter = DenialLimiter::default();
+        let t0 = std::time::Instant::now();
+        for _ in 0..DENIALS_RECORDED_PER_MINUTE {
+            assert_eq!(limiter.admit(7, t0), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(limiter.admit(7, t0), None);
+        }
+        // Another uid has its own allowance.
+        assert_eq!(limiter.admit(8, t0), Some(0));
+        // The next minute: recorded again, with the count of those only counted.
+        let later = t0 + std::time::Duration::from_secs(61);
+        assert_eq!(limiter.admit(7, later), Some(5));
+        assert_eq!(limiter.admit(7, later), Some(0));
+    }
 
     fn caller(uid: u32, gid: u32) -> Caller {
         Caller {

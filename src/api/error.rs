@@ -99,7 +99,15 @@ impl IntoResponse for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let message = e.to_string();
+        let message = match &e {
+            // The reason names the file and llama.cpp's words: for the log, not for callers,
+            // who may be any user of the socket.
+            EngineError::Load { name, .. } => {
+                tracing::error!(error = %e, "model load failed");
+                format!("cannot load model {name:?}; the reason is in the daemon's log")
+            }
+            _ => e.to_string(),
+        };
         let (status, kind, code) = match &e {
             EngineError::UnknownModel(_) => (
                 StatusCode::NOT_FOUND,

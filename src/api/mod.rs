@@ -70,12 +70,14 @@ pub struct AppState {
 /// declared. `/health` is open to anyone who can reach the socket (it reveals no data).
 pub fn router(state: AppState) -> Router {
     use auth::Role::{Admin, Auditor, User};
+    let denials = Arc::new(auth::DenialLimiter::default());
     let needs = |role| {
         axum::middleware::from_fn_with_state(
             auth::Requirement {
                 roles: state.roles.clone(),
                 role,
                 store: state.store.clone(),
+                denials: denials.clone(),
             },
             auth::require,
         )

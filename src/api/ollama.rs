@@ -191,7 +191,7 @@ pub async fn chat(
     wire["messages"] = body.get("messages").cloned().unwrap_or(Value::Null);
     let wire: ChatWire = into_wire(wire)?;
     let valid = scheduler::validate_chat(wire, caller.uid, &s.limits)?;
-    apply_keep_alive(&s, &body, &valid.request.model)?;
+    apply_keep_alive(&s, &caller, &body, &valid.request.model)?;
     respond(s, caller, valid, Kind::Chat).await
 }
 
@@ -221,7 +221,7 @@ pub async fn generate(
         let w: ChatWire = into_wire(wire)?;
         scheduler::validate_chat(w, caller.uid, &s.limits)?
     };
-    apply_keep_alive(&s, &body, &valid.request.model)?;
+    apply_keep_alive(&s, &caller, &body, &valid.request.model)?;
     respond(s, caller, valid, Kind::Generate).await
 }
 
@@ -255,10 +255,21 @@ fn parse_keep_alive(v: &Value) -> Result<Option<std::time::Duration>, ApiError> 
     Ok((secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs.min(1e9))))
 }
 
-fn apply_keep_alive(s: &AppState, body: &Map<String, Value>, model: &str) -> Result<(), ApiError> {
+/// Ollama's `keep_alive`: how long the model stays loaded after this request. A model is
+/// shared by every caller, so only an admin's request changes it; anyone else's value is
+/// checked (a malformed one is a 400, as in Ollama) and otherwise ignored, so that one user
+/// cannot pin a model in memory for everyone or have it unloaded under others.
+fn apply_keep_alive(
+    s: &AppState,
+    caller: &Caller,
+    body: &Map<String, Value>,
+    model: &str,
+) -> Result<(), ApiError> {
     if let (Some(v), Some(pool)) = (body.get("keep_alive"), &s.pool) {
         let keep = parse_keep_alive(v)?;
-        if pool.serves(model) {
+        if !s.roles.of(caller).allows(super::auth::Role::Admin) {
+            tracing::debug!(uid = caller.uid, "keep_alive from a non-admin ignored");
+        } else if pool.serves(model) {
             pool.set_keep_alive(model, keep);
         }
     }
@@ -371,7 +382,8 @@ async fn respond_uncounted(
                     }
                     Some(Event::Failed(e)) => {
                         let _ = g.recorder.finish(RequestStatus::Error, 0).await;
-                        return Some((ndjson(&json!({"error": e.to_string()})), None));
+                        let e = ApiError::from(e);
+                        return Some((ndjson(&json!({"error": e.message})), None));
                     }
                     None => return None,
                 }

@@ -237,7 +237,8 @@ pub(crate) fn outcome_for(
         params: json!({"temperature": sp.temperature, "top_p": sp.top_p, "top_k": sp.top_k,
             "min_p": sp.min_p, "presence_penalty": sp.presence_penalty,
             "frequency_penalty": sp.frequency_penalty, "seed": sp.seed,
-            "max_tokens": req.max_tokens, "stop": req.stop}),
+            // Stop strings are the caller's words: only their number is kept in the clear.
+            "max_tokens": req.max_tokens, "stop_strings": req.stop.len()}),
         prompt,
         created_at: crate::storage::now_unix(),
         prompt_tokens: 0,

@@ -41,6 +41,9 @@ impl Sink for crate::jobs::data::DataUpload {
 enum Piece {
     Data(Bytes),
     Abort(String),
+    /// The whole body arrived. Only this finishes the upload: a channel that closes without
+    /// it (the request's task dropped, e.g. at shutdown) aborts, never saves a truncated file.
+    End,
 }
 
 /// Streams `body` into the sink `open` makes, then hands it to `finish` (both on a blocking
@@ -57,27 +60,36 @@ pub async fn stream_into<S: Sink, R: Send + 'static>(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
     let writer = tokio::task::spawn_blocking(move || {
         let mut sink = open()?;
-        while let Some(piece) = rx.blocking_recv() {
-            match piece {
-                Piece::Data(chunk) => {
+        loop {
+            match rx.blocking_recv() {
+                Some(Piece::Data(chunk)) => {
                     if let Err(e) = sink.write(&chunk) {
                         sink.abort();
                         return Err(e);
                     }
                 }
-                Piece::Abort(why) => {
+                Some(Piece::Abort(why)) => {
                     sink.abort();
                     return Err(interrupted(format!("upload interrupted: {why}")));
                 }
+                Some(Piece::End) => return finish(sink),
+                None => {
+                    sink.abort();
+                    return Err(interrupted(
+                        "upload interrupted: the request went away".into(),
+                    ));
+                }
             }
         }
-        finish(sink)
     });
     let mut stream = body.into_data_stream();
     loop {
         let piece = match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => Piece::Abort("no data within the body timeout".into()),
-            Ok(None) => break,
+            Ok(None) => {
+                let _ = tx.send(Piece::End).await;
+                break;
+            }
             Ok(Some(Err(e))) => Piece::Abort(e.to_string()),
             Ok(Some(Ok(chunk))) => Piece::Data(chunk),
         };

@@ -185,6 +185,10 @@ pub struct ModelStore {
     require_signed: bool,
     trusted: TrustedKeys,
     max_bytes: u64,
+    /// Held while a name is added or removed: "the name is free" and "the blob is unused" stay
+    /// true until the change is written (two imports of one name, or an import and a removal
+    /// sharing a blob, would otherwise lose a manifest or a blob).
+    changes: std::sync::Mutex<()>,
 }
 
 impl ModelStore {
@@ -220,6 +224,7 @@ impl ModelStore {
             require_signed,
             trusted,
             max_bytes,
+            changes: std::sync::Mutex::new(()),
         })
     }
 
@@ -302,6 +307,7 @@ impl ModelStore {
         mut upload: Upload,
         req: &ImportRequest,
     ) -> Result<Manifest, ModelStoreError> {
+        let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let result = (|| {
             check_name(&req.name)?;
             if self.manifest_path(&req.name).exists() {
@@ -430,6 +436,7 @@ impl ModelStore {
     /// Removes a name. Its blob goes too unless another name uses it; removing a model also
     /// removes its adapters' names.
     pub fn remove(&self, name: &str) -> Result<Vec<String>, ModelStoreError> {
+        let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         self.get(name)?; // NotFound for an unknown name, before anything is touched
         let mut removed = vec![name.to_string()];
         let all = self.list();
