@@ -381,6 +381,38 @@ async fn timed(client: &Client, path: &str, mut body: Value) -> Timed {
     }
 }
 
+/// One round of concurrent clients: each prompt sent at once as a streamed greedy completion
+/// of `max_tokens`; returns each stream and the round's wall time in seconds.
+fn round(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    max_tokens: u32,
+    prompts: impl Iterator<Item = String>,
+) -> (Vec<Timed>, f64) {
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = prompts
+            .map(|prompt| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    timed(
+                        &c,
+                        "/v1/completions",
+                        json!({"model": "smol", "temperature": 0, "max_tokens": max_tokens,
+                               "prompt": prompt}),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("task"));
+        }
+        (out, t0.elapsed().as_secs_f64())
+    })
+}
+
 /// A prompt the model continues for as long as asked (no early end-of-text), different per `n`.
 fn counting(n: usize) -> String {
     (n * 10 + 1..n * 10 + 9).map(|k| format!("{k}, ")).collect()
@@ -559,30 +591,12 @@ fn main() {
             raw_default_rates.push(g.aggregate);
             raw_default_dec.push(g.generation);
             raw.llama_defaults = throughput_mode();
-            let client = d.client.clone();
-            let (out, wall) = rt.block_on(async move {
-                let t0 = Instant::now();
-                let tasks: Vec<_> = (0..n)
-                    .map(|i| {
-                        let c = client.clone();
-                        let prompt = counting(1000 * r + 50 * i + n + 500);
-                        tokio::spawn(async move {
-                            timed(
-                                &c,
-                                "/v1/completions",
-                                json!({"model": "smol", "temperature": 0, "max_tokens": 64,
-                                       "prompt": prompt}),
-                            )
-                            .await
-                        })
-                    })
-                    .collect();
-                let mut out = Vec::new();
-                for t in tasks {
-                    out.push(t.await.expect("task"));
-                }
-                (out, t0.elapsed().as_secs_f64())
-            });
+            let (out, wall) = round(
+                &rt,
+                &d.client,
+                64,
+                (0..n).map(|i| counting(1000 * r + 50 * i + n + 500)),
+            );
             let tokens: u64 = out.iter().map(|t| t.completion_tokens).sum();
             d_rates.push(tokens as f64 / wall);
             d_dec.push(steady_rate(&out));
@@ -624,7 +638,7 @@ fn main() {
 
     // 2b. Time to first token with very short prompts (a few tokens each, 8 generated): how far
     // batching can bring "8 at once" towards "1 alone" when there is almost nothing to read.
-    println!("\n## very short prompts (~6 tokens), 8 generated: time to first token");
+    println!("\n## very short prompts (a few tokens), 8 generated: time to first token");
     println!("| clients | prompt tokens | raw TTFT p95 s | raw p95 vs 1 | inhoused TTFT p50 s | TTFT p95 s | p95 vs 1 client |");
     println!("|---|---|---|---|---|---|---|");
     let short = |k: usize| format!("{k}, {},", k + 1);
@@ -638,29 +652,12 @@ fn main() {
                 .collect();
             prompt_tokens = prompts[0].len();
             raw_ttfts.extend(raw.generate(&prompts, 8).ttft);
-            let client = d.client.clone();
-            let out = rt.block_on(async move {
-                let tasks: Vec<_> = (0..n)
-                    .map(|i| {
-                        let c = client.clone();
-                        let prompt = short(100 * r + 10 * i + n + 5000);
-                        tokio::spawn(async move {
-                            timed(
-                                &c,
-                                "/v1/completions",
-                                json!({"model": "smol", "temperature": 0, "max_tokens": 8,
-                                       "prompt": prompt}),
-                            )
-                            .await
-                        })
-                    })
-                    .collect();
-                let mut out = Vec::new();
-                for t in tasks {
-                    out.push(t.await.expect("task"));
-                }
-                out
-            });
+            let (out, _) = round(
+                &rt,
+                &d.client,
+                8,
+                (0..n).map(|i| short(100 * r + 10 * i + n + 5000)),
+            );
             ttfts.extend(out.iter().map(|t| t.ttft));
         }
         let raw_p95 = percentile(raw_ttfts, 0.95);

@@ -650,24 +650,18 @@ fn interrupted_erase_is_finished_at_open() {
         store.get_history(2000, kept).unwrap().prompt_text,
         "to keep"
     );
-    let markers: i64 = store
-        .conn
-        .query_row(
-            "SELECT count(*) FROM meta WHERE key LIKE 'erase_pending:%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let markers: i64 = one(
+        &store,
+        "SELECT count(*) FROM meta WHERE key LIKE 'erase_pending:%'",
+    );
     assert_eq!(markers, 0);
-    let last_kind: String = store
-        .conn
-        .query_row(
-            "SELECT kind FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let last_kind: String = one(&store, "SELECT kind FROM audit ORDER BY seq DESC LIMIT 1");
     assert_eq!(last_kind, "uid_erased");
+}
+
+/// The single value a query returns.
+fn one<T: rusqlite::types::FromSql>(store: &Store, sql: &str) -> T {
+    store.conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 #[test]
@@ -733,23 +727,15 @@ fn erase_finished_at_open_keeps_records_written_after_it() {
         store.get_history(2000, other).unwrap().prompt_text,
         "other uid"
     );
-    let markers: i64 = store
-        .conn
-        .query_row(
-            "SELECT count(*) FROM meta WHERE key LIKE 'erase_pending:%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let markers: i64 = one(
+        &store,
+        "SELECT count(*) FROM meta WHERE key LIKE 'erase_pending:%'",
+    );
     assert_eq!(markers, 0);
-    let erased: String = store
-        .conn
-        .query_row(
-            "SELECT detail_json FROM audit WHERE kind = 'uid_erased'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let erased: String = one(
+        &store,
+        "SELECT detail_json FROM audit WHERE kind = 'uid_erased'",
+    );
     assert_eq!(erased, r#"{"requests_deleted":3,"uid":1000}"#);
     assert!(store.audit_verify().unwrap().is_ok());
 }
