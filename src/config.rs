@@ -249,6 +249,8 @@ pub struct LimitsConfig {
     pub max_messages: usize,
     /// Open connections at most; further ones are closed at once.
     pub max_connections: usize,
+    /// Open connections one uid may hold (further ones from it are closed at once).
+    pub max_connections_per_uid: usize,
     /// A request's headers must arrive within this many seconds; also the idle keep-alive limit.
     pub header_timeout_secs: u64,
     /// A request's body must arrive within this many seconds (slower: 408).
@@ -268,6 +270,7 @@ impl Default for LimitsConfig {
             max_json_depth: 32,
             max_messages: 256,
             max_connections: 1024,
+            max_connections_per_uid: 256,
             header_timeout_secs: 10,
             body_timeout_secs: 30,
             per_uid_concurrency: 8,
@@ -443,6 +446,10 @@ impl Config {
             ("limits.max-json-depth", l.max_json_depth as u64),
             ("limits.max-messages", l.max_messages as u64),
             ("limits.max-connections", l.max_connections as u64),
+            (
+                "limits.max-connections-per-uid",
+                l.max_connections_per_uid as u64,
+            ),
             ("limits.header-timeout-secs", l.header_timeout_secs),
             ("limits.body-timeout-secs", l.body_timeout_secs),
             (

@@ -28,7 +28,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn slow_and_numerous_clients_do_not_starve_a_normal_one() {
     let max_connections = 512;
     let d = Daemon::smol_with_config(&format!(
-        "[limits]\nmax-connections = {max_connections}\nheader-timeout-secs = 3\nbody-timeout-secs = 3\n"
+        "[limits]\nmax-connections = {max_connections}\nmax-connections-per-uid = {max_connections}\nheader-timeout-secs = 3\nbody-timeout-secs = 3\n"
     ));
     let pid = d.child.id();
     let socket = d.socket.clone();
@@ -125,4 +125,74 @@ fn rt_ok(d: &Daemon) {
         .block_on(d.client().json(hyper::Method::GET, "/health", None))
         .unwrap();
     assert_eq!(v["status"], "ok");
+}
+
+/// `GET /health` through the socket as uid/gid 65534 (system Python); the HTTP status, or
+/// `None` when the connection gave no answer.
+fn health_as_other_user(d: &Daemon) -> Option<u16> {
+    use std::os::unix::process::CommandExt;
+    const CLIENT: &str = r#"
+import http.client, socket, sys
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sys.argv[1])
+try:
+    c = Unix("inhouse", timeout=10)
+    c.request("GET", "/health")
+    print(c.getresponse().status)
+except Exception as e:
+    print("none")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", CLIENT])
+        .arg(&d.socket)
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run python3 as uid 65534");
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn one_uid_cannot_take_every_connection() {
+    let d = Daemon::smol_with_config(
+        "[limits]\nmax-connections = 64\nmax-connections-per-uid = 4\nheader-timeout-secs = 60\n",
+    );
+    d.open_to_all();
+    // The start-up probe's connections end first (each counts until the daemon sees it closed).
+    std::thread::sleep(Duration::from_millis(300));
+    // This uid holds its four connections without sending anything.
+    let held: Vec<_> = (0..4)
+        .map(|_| std::os::unix::net::UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Its fifth is closed at once, without an answer.
+    let fifth = rt().block_on(d.client().json(hyper::Method::GET, "/health", None));
+    assert!(
+        fifth.is_err(),
+        "a fifth connection was served: {fifth:?}\n{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains("per-uid connection cap reached"),
+        "{}",
+        d.log()
+    );
+    // Another uid is served meanwhile.
+    assert_eq!(health_as_other_user(&d), Some(200));
+    // Closing one of the four gives the slot back.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if rt()
+            .block_on(d.client().json(hyper::Method::GET, "/health", None))
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the uid's slots never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -22,6 +22,10 @@ use tower::ServiceExt;
 pub struct ServerLimits {
     /// Open connections at most; further ones are closed at once.
     pub max_connections: usize,
+    /// Open connections one uid may hold; its further ones are closed at once, so that one
+    /// local process cannot take every connection slot (e.g. by pipelining requests and never
+    /// reading the answers, which holds a slot for as long as it likes).
+    pub max_connections_per_uid: usize,
     /// A request's headers must arrive within this; it also closes idle keep-alive connections.
     pub header_timeout: Duration,
     /// After the shutdown signal, open requests get this long to finish before they are
@@ -33,6 +37,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 1024,
+            max_connections_per_uid: 256,
             header_timeout: Duration::from_secs(10),
             shutdown_deadline: Duration::from_secs(30),
         }
@@ -53,6 +58,43 @@ impl Caller {
     }
 }
 
+/// The open connections of each uid.
+type PerUid = Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>;
+
+/// One of a uid's connections; counted until dropped.
+struct UidConnection {
+    per_uid: PerUid,
+    uid: u32,
+}
+
+impl UidConnection {
+    /// Counts a new connection of `uid`, or `None` when it already holds `max`.
+    fn open(per_uid: &PerUid, uid: u32, max: usize) -> Option<UidConnection> {
+        let mut map = per_uid.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(uid).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(UidConnection {
+            per_uid: per_uid.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidConnection {
+    fn drop(&mut self) {
+        let mut map = self.per_uid.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets open
 /// requests finish for up to `limits.shutdown_deadline`, and returns (dropping, and so
 /// cancelling, whatever is still running).
@@ -63,6 +105,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_uid = PerUid::default();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -84,6 +127,17 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let caller = Caller::of(&stream);
+        let Some(uid_connection) =
+            UidConnection::open(&per_uid, caller.uid, limits.max_connections_per_uid)
+        else {
+            tracing::warn!(
+                uid = caller.uid,
+                max = limits.max_connections_per_uid,
+                "per-uid connection cap reached; closing a new connection"
+            );
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(
                 max = limits.max_connections,
@@ -91,7 +145,6 @@ pub async fn serve(
             );
             continue;
         };
-        let caller = Caller::of(&stream);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(caller));
@@ -101,6 +154,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _ = conn.await;
             drop(permit);
+            drop(uid_connection);
         });
     }
     drop(listener);

@@ -310,6 +310,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
     };
     let server_limits = crate::api::server::ServerLimits {
         max_connections: config.limits.max_connections,
+        max_connections_per_uid: config.limits.max_connections_per_uid,
         header_timeout: std::time::Duration::from_secs(config.limits.header_timeout_secs),
         shutdown_deadline: std::time::Duration::from_secs(config.limits.shutdown_deadline_secs),
     };
