@@ -26,6 +26,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod engine;
+pub mod incoming;
 pub mod jobs;
 pub mod metrics;
 pub mod models;

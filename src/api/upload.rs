@@ -1,42 +1,13 @@
 //! Streaming a request body into a file on a blocking thread: model imports and dataset
 //! uploads. The body is never held in memory whole: chunks cross a bounded channel to a
 //! blocking task that writes (and hashes) them. A client that stalls for longer than `idle`
-//! between chunks, or disconnects, aborts the upload, and the sink removes what it wrote.
+//! between chunks, or disconnects, aborts the upload, and what was written is removed.
 
+use crate::incoming::{IncomingError, IncomingFile};
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::time::Duration;
-
-/// Where an upload is written, on a blocking thread.
-pub trait Sink: Send + 'static {
-    /// What writing or finishing can fail with.
-    type Error: Send + 'static;
-    /// Appends a chunk.
-    fn write(&mut self, chunk: &[u8]) -> Result<(), Self::Error>;
-    /// Gives up and removes what was written.
-    fn abort(self);
-}
-
-impl Sink for crate::models::Upload {
-    type Error = crate::models::ModelStoreError;
-    fn write(&mut self, chunk: &[u8]) -> Result<(), Self::Error> {
-        crate::models::Upload::write(self, chunk)
-    }
-    fn abort(self) {
-        crate::models::Upload::abort(self)
-    }
-}
-
-impl Sink for crate::jobs::data::DataUpload {
-    type Error = crate::jobs::JobError;
-    fn write(&mut self, chunk: &[u8]) -> Result<(), Self::Error> {
-        crate::jobs::data::DataUpload::write(self, chunk)
-    }
-    fn abort(self) {
-        crate::jobs::data::DataUpload::abort(self)
-    }
-}
 
 enum Piece {
     Data(Bytes),
@@ -46,35 +17,39 @@ enum Piece {
     End,
 }
 
-/// Streams `body` into the sink `open` makes, then hands it to `finish` (both on a blocking
+/// Streams `body` into the file `open` makes, then hands it to `finish` (both on a blocking
 /// thread). `interrupted` turns "the upload stopped" (stall, disconnect, task failure) into the
-/// sink's error type.
-pub async fn stream_into<S: Sink, R: Send + 'static>(
+/// caller's error type.
+pub async fn stream_into<R, E>(
     body: Body,
     idle: Duration,
-    open: impl FnOnce() -> Result<S, S::Error> + Send + 'static,
-    finish: impl FnOnce(S) -> Result<R, S::Error> + Send + 'static,
-    interrupted: fn(String) -> S::Error,
-) -> Result<R, S::Error> {
+    open: impl FnOnce() -> Result<IncomingFile, E> + Send + 'static,
+    finish: impl FnOnce(IncomingFile) -> Result<R, E> + Send + 'static,
+    interrupted: fn(String) -> E,
+) -> Result<R, E>
+where
+    R: Send + 'static,
+    E: From<IncomingError> + Send + 'static,
+{
     // A bounded channel keeps a fast client from queueing the whole file in memory.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
     let writer = tokio::task::spawn_blocking(move || {
-        let mut sink = open()?;
+        let mut file = open()?;
         loop {
             match rx.blocking_recv() {
                 Some(Piece::Data(chunk)) => {
-                    if let Err(e) = sink.write(&chunk) {
-                        sink.abort();
-                        return Err(e);
+                    if let Err(e) = file.write(&chunk) {
+                        file.abort();
+                        return Err(e.into());
                     }
                 }
                 Some(Piece::Abort(why)) => {
-                    sink.abort();
+                    file.abort();
                     return Err(interrupted(format!("upload interrupted: {why}")));
                 }
-                Some(Piece::End) => return finish(sink),
+                Some(Piece::End) => return finish(file),
                 None => {
-                    sink.abort();
+                    file.abort();
                     return Err(interrupted(
                         "upload interrupted: the request went away".into(),
                     ));

@@ -9,10 +9,8 @@
 //! an admin may remove one at once (`DELETE /admin/jobs/data/ID`).
 
 use super::JobError;
-use inhouse_quantize::sign::Sha256Writer;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Unclaimed datasets older than this are removed at start-up.
@@ -93,32 +91,15 @@ pub struct Datasets {
     max_bytes: u64,
 }
 
-/// An upload in progress: bytes go to a file in `tmp/` and through SHA-256.
-pub struct DataUpload {
-    path: PathBuf,
-    out: Option<std::io::BufWriter<std::fs::File>>,
-    hash: Sha256Writer,
-    max_bytes: u64,
-}
+/// A dataset upload in progress (see [`crate::incoming`]).
+pub type DataUpload = crate::incoming::IncomingFile;
 
-impl DataUpload {
-    /// Appends a chunk.
-    pub fn write(&mut self, chunk: &[u8]) -> Result<(), JobError> {
-        let out = self
-            .out
-            .as_mut()
-            .ok_or_else(|| JobError::Io("upload already closed".into()))?;
-        self.hash.update(chunk);
-        if self.hash.len() > self.max_bytes {
-            return Err(JobError::DataTooLarge(self.max_bytes));
+impl From<crate::incoming::IncomingError> for JobError {
+    fn from(e: crate::incoming::IncomingError) -> Self {
+        match e {
+            crate::incoming::IncomingError::TooLarge(max) => JobError::DataTooLarge(max),
+            crate::incoming::IncomingError::Io(what) => JobError::Io(what),
         }
-        out.write_all(chunk).map_err(io("writing the upload"))
-    }
-
-    /// Abandons the upload and removes its file.
-    pub fn abort(mut self) {
-        self.out = None;
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -176,18 +157,7 @@ impl Datasets {
     /// Starts an upload.
     pub fn begin(&self) -> Result<DataUpload, JobError> {
         let path = self.tmp.join(format!("upload-{}", new_id()?));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io("creating the upload file"))?;
-        Ok(DataUpload {
-            path,
-            out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
-            hash: Sha256Writer::new(),
-            max_bytes: self.max_bytes,
-        })
+        Ok(DataUpload::create(path, self.max_bytes)?)
     }
 
     /// Completes an upload as a new dataset.
@@ -198,20 +168,11 @@ impl Datasets {
         uid: u32,
     ) -> Result<DatasetMeta, JobError> {
         let result = (|| {
-            let out = up
-                .out
-                .take()
-                .ok_or_else(|| JobError::Io("upload already closed".into()))?;
-            let file = out
-                .into_inner()
-                .map_err(|e| JobError::Io(format!("writing the upload: {}", e.error())))?;
-            file.sync_all().map_err(io("syncing the upload"))?;
-            let hash = std::mem::take(&mut up.hash);
-            let (sha256, size) = hash.finish();
-            self.store(&up.path, format, sha256, size, uid, "upload".into())
+            let (sha256, size) = up.close()?;
+            self.store(up.path(), format, sha256, size, uid, "upload".into())
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&up.path);
+            let _ = std::fs::remove_file(up.path());
         }
         result
     }
@@ -322,7 +283,7 @@ mod tests {
         }
         let mut up = ds.begin().unwrap();
         assert!(matches!(
-            up.write(&vec![0u8; 2 << 20]),
+            up.write(&vec![0u8; 2 << 20]).map_err(JobError::from),
             Err(JobError::DataTooLarge(_))
         ));
         up.abort();

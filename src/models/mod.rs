@@ -70,6 +70,18 @@ pub enum ModelStoreError {
     Io(String),
 }
 
+/// An import in progress (see [`crate::incoming`]).
+pub type Upload = crate::incoming::IncomingFile;
+
+impl From<crate::incoming::IncomingError> for ModelStoreError {
+    fn from(e: crate::incoming::IncomingError) -> Self {
+        match e {
+            crate::incoming::IncomingError::TooLarge(max) => ModelStoreError::TooLarge(max),
+            crate::incoming::IncomingError::Io(what) => ModelStoreError::Io(what),
+        }
+    }
+}
+
 fn io(context: &str) -> impl FnOnce(std::io::Error) -> ModelStoreError + '_ {
     move |e| ModelStoreError::Io(format!("{context}: {e}"))
 }
@@ -286,18 +298,7 @@ impl ModelStore {
             .root
             .join("tmp")
             .join(format!("import-{}-{}", std::process::id(), unique()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("creating the upload file"))?;
-        Ok(Upload {
-            path: tmp,
-            out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
-            hash: sign::Sha256Writer::new(),
-            max_bytes: self.max_bytes,
-        })
+        Ok(Upload::create(tmp, self.max_bytes)?)
     }
 
     /// Checks a finished upload and stores it under `req.name`. On any error the upload is
@@ -323,7 +324,7 @@ impl ModelStore {
                     });
                 }
             }
-            let file = gguf::open(&upload.path)
+            let file = gguf::open(upload.path())
                 .map_err(|e| ModelStoreError::InvalidGguf(e.to_string()))?;
             let (signed_by, signed_at) =
                 self.check_signature(req.signature.as_deref(), &digest, size)?;
@@ -344,18 +345,18 @@ impl ModelStore {
             }
             let blob = self.blob_path(&digest);
             if blob.exists() {
-                let _ = std::fs::remove_file(&upload.path);
+                let _ = std::fs::remove_file(upload.path());
             } else {
-                std::fs::set_permissions(&upload.path, std::fs::Permissions::from_mode(0o440))
+                std::fs::set_permissions(upload.path(), std::fs::Permissions::from_mode(0o440))
                     .map_err(io("protecting the blob"))?;
-                std::fs::rename(&upload.path, &blob).map_err(io("storing the blob"))?;
+                std::fs::rename(upload.path(), &blob).map_err(io("storing the blob"))?;
                 sync_dir(&self.root.join("blobs"));
             }
             self.write_manifest(&manifest)?;
             Ok(manifest)
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&upload.path);
+            let _ = std::fs::remove_file(upload.path());
         }
         result
     }
@@ -384,7 +385,7 @@ impl ModelStore {
             };
             if let Err(e) = up.write(&buf[..n]) {
                 up.abort();
-                return Err(e);
+                return Err(e.into());
             }
         }
         self.finish_import(up, req)
@@ -473,49 +474,6 @@ impl ModelStore {
             self.check_signature(m.provenance.signature.as_deref(), &m.digest, m.size)?;
         }
         Ok(path)
-    }
-}
-
-/// An upload in progress: bytes go to a file in `tmp/` and through SHA-256.
-pub struct Upload {
-    path: PathBuf,
-    out: Option<std::io::BufWriter<std::fs::File>>,
-    hash: sign::Sha256Writer,
-    max_bytes: u64,
-}
-
-impl Upload {
-    /// Appends a chunk.
-    pub fn write(&mut self, chunk: &[u8]) -> Result<(), ModelStoreError> {
-        let out = self
-            .out
-            .as_mut()
-            .ok_or_else(|| ModelStoreError::Io("upload already closed".into()))?;
-        self.hash.write_all(chunk).map_err(io("hashing"))?;
-        if self.hash.len() > self.max_bytes {
-            return Err(ModelStoreError::TooLarge(self.max_bytes));
-        }
-        out.write_all(chunk).map_err(io("writing the upload"))
-    }
-
-    /// Flushes and syncs the file; returns its digest and size.
-    fn close(&mut self) -> Result<(String, u64), ModelStoreError> {
-        let out = self
-            .out
-            .take()
-            .ok_or_else(|| ModelStoreError::Io("upload already closed".into()))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| ModelStoreError::Io(format!("writing the upload: {}", e.error())))?;
-        file.sync_all().map_err(io("syncing the upload"))?;
-        let hash = std::mem::replace(&mut self.hash, sign::Sha256Writer::new());
-        Ok(hash.finish())
-    }
-
-    /// Abandons the upload and removes its file.
-    pub fn abort(mut self) {
-        self.out = None;
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
