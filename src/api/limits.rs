@@ -18,30 +18,63 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
-/// Per-uid rate and concurrency limits.
-pub struct UidLimits {
-    rate: DefaultKeyedRateLimiter<u32>,
-    max_concurrent: u32,
-    running: Mutex<HashMap<u32, u32>>,
+/// How many of something (running requests, open connections) each uid holds, up to a bound.
+pub struct UidCounter {
+    max: usize,
+    held: Mutex<HashMap<u32, usize>>,
 }
 
-/// Holds one of a uid's concurrency slots; released on drop.
-struct Slot {
-    limits: Arc<UidLimits>,
+/// One of a uid's counted things; given back on drop.
+pub struct Counted {
+    counter: Arc<UidCounter>,
     uid: u32,
 }
 
-impl Drop for Slot {
+impl Drop for Counted {
     fn drop(&mut self) {
-        if let Ok(mut running) = self.limits.running.lock() {
-            if let Some(n) = running.get_mut(&self.uid) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    running.remove(&self.uid);
-                }
+        let mut held = self.counter.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.uid);
             }
         }
     }
+}
+
+impl UidCounter {
+    /// At most `max` per uid.
+    pub fn new(max: usize) -> Arc<UidCounter> {
+        Arc::new(UidCounter {
+            max,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The bound per uid.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Counts one more for `uid`, or `None` when it already holds the bound.
+    pub fn acquire(self: &Arc<Self>, uid: u32) -> Option<Counted> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(uid).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Counted {
+            counter: self.clone(),
+            uid,
+        })
+    }
+}
+
+/// Per-uid rate and concurrency limits.
+pub struct UidLimits {
+    rate: DefaultKeyedRateLimiter<u32>,
+    running: Arc<UidCounter>,
 }
 
 impl UidLimits {
@@ -51,22 +84,12 @@ impl UidLimits {
         let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         Arc::new(UidLimits {
             rate: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            max_concurrent: max_concurrent.max(1),
-            running: Mutex::new(HashMap::new()),
+            running: UidCounter::new(max_concurrent.max(1) as usize),
         })
     }
 
-    fn acquire(self: &Arc<Self>, uid: u32) -> Option<Slot> {
-        let mut running = self.running.lock().ok()?;
-        let n = running.entry(uid).or_insert(0);
-        if *n >= self.max_concurrent {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            limits: self.clone(),
-            uid,
-        })
+    fn acquire(&self, uid: u32) -> Option<Counted> {
+        self.running.acquire(uid)
     }
 }
 
@@ -106,7 +129,8 @@ pub async fn per_uid(
         return too_many(
             format!(
                 "uid {} already has {} requests running; retry when one finishes",
-                caller.uid, limits.max_concurrent
+                caller.uid,
+                limits.running.max()
             ),
             1,
         );

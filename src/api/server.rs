@@ -5,6 +5,7 @@
 //! timeout nor a connection cap, and both are what keeps a few thousand idle or trickling
 //! local clients from exhausting the daemon.
 
+use super::limits::UidCounter;
 use super::Caller;
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -58,43 +59,6 @@ impl Caller {
     }
 }
 
-/// The open connections of each uid.
-type PerUid = Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>;
-
-/// One of a uid's connections; counted until dropped.
-struct UidConnection {
-    per_uid: PerUid,
-    uid: u32,
-}
-
-impl UidConnection {
-    /// Counts a new connection of `uid`, or `None` when it already holds `max`.
-    fn open(per_uid: &PerUid, uid: u32, max: usize) -> Option<UidConnection> {
-        let mut map = per_uid.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(uid).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(UidConnection {
-            per_uid: per_uid.clone(),
-            uid,
-        })
-    }
-}
-
-impl Drop for UidConnection {
-    fn drop(&mut self) {
-        let mut map = self.per_uid.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.uid);
-            }
-        }
-    }
-}
-
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets open
 /// requests finish for up to `limits.shutdown_deadline`, and returns (dropping, and so
 /// cancelling, whatever is still running).
@@ -105,7 +69,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let per_uid = PerUid::default();
+    let per_uid = UidCounter::new(limits.max_connections_per_uid);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -128,9 +92,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let caller = Caller::of(&stream);
-        let Some(uid_connection) =
-            UidConnection::open(&per_uid, caller.uid, limits.max_connections_per_uid)
-        else {
+        let Some(uid_connection) = per_uid.acquire(caller.uid) else {
             tracing::warn!(
                 uid = caller.uid,
                 max = limits.max_connections_per_uid,
