@@ -316,45 +316,15 @@ fn cancelling_a_stream_frees_its_slot_at_once() {
 }
 
 /// Sends `body` to `/v1/chat/completions` as another local user (uid/gid 65534), the way a
-/// second person on the server would ask, with the system Python (this test's own binaries live
-/// under a directory that user cannot enter); returns the answer.
+/// second person on the server would ask; returns the answer.
 fn chat_as_other_user(d: &Daemon, body: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
-    // The other user must be able to reach the socket of this test daemon.
-    let dir: &std::path::Path = d.dir.as_ref();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    const CLIENT: &str = r#"
-import http.client, json, socket, sys
-class Unix(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(sys.argv[1])
-c = Unix("inhouse")
-c.request("POST", "/v1/chat/completions", body=sys.argv[2].encode(),
-          headers={"Content-Type": "application/json"})
-r = c.getresponse()
-data = r.read()
-if r.status != 200:
-    sys.exit("status %d: %s" % (r.status, data.decode(errors="replace")))
-print(json.loads(data)["choices"][0]["message"]["content"], end="")
-"#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", CLIENT])
-        .arg(&d.socket)
-        .arg(body)
-        .current_dir("/")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run python3 as uid 65534");
-    assert!(
-        out.status.success(),
-        "request as uid 65534 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let (status, answer) = request_as_other_user(d, "POST", "/v1/chat/completions", Some(body));
+    assert_eq!(status, 200, "request as uid 65534 failed: {answer}");
+    let v: Value = serde_json::from_str(&answer).expect("JSON answer");
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_string()
 }
 
 #[test]

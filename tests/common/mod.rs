@@ -276,6 +276,51 @@ pub fn looks_english(text: &str) -> bool {
 /// Runs `tests/<script>` (an official client package's check) with the test venv's Python
 /// against `socket` and `model`, and asserts it succeeded and printed `expect`.
 #[allow(dead_code)]
+/// Sends one request to `d` as another local user (uid/gid 65534), with the system Python (the
+/// test's own binaries may live where that user cannot enter); opens the socket to all uids
+/// first. Returns the HTTP status (0 when the connection gave no answer) and the body.
+pub fn request_as_other_user(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::os::unix::process::CommandExt;
+    d.open_to_all();
+    const CLIENT: &str = r#"
+import http.client, socket, sys
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sys.argv[1])
+try:
+    c = Unix("inhouse", timeout=120)
+    body = sys.argv[4].encode() if len(sys.argv) > 4 else None
+    c.request(sys.argv[2], sys.argv[3], body=body,
+              headers={"Content-Type": "application/json"} if body else {})
+    r = c.getresponse()
+    print(r.status)
+    sys.stdout.write(r.read().decode(errors="replace"))
+except Exception as e:
+    print(0)
+    sys.stdout.write(str(e))
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", CLIENT]).arg(&d.socket).args([method, path]);
+    if let Some(b) = body {
+        cmd.arg(b);
+    }
+    let out = cmd
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run python3 as uid 65534");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, rest) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+    (status.trim().parse().unwrap_or(0), rest.to_string())
+}
+
 pub fn run_python_client(script: &str, socket: &Path, model: &str, expect: &str) {
     let python = std::env::var("INHOUSE_PYTHON").unwrap_or_else(|_| {
         let home = std::env::var("HOME").unwrap();
