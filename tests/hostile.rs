@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Writes raw bytes to the socket; returns the status code of the answer (0 when the daemon
@@ -198,20 +197,11 @@ fn thirty_plus_hostile_inputs_each_get_their_status_and_the_daemon_keeps_serving
 }
 
 fn cli_as(uid: u32, socket: &Path, method: &str, path: &str, data: Option<&str>) -> u16 {
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        &format!("--reuid={uid}"),
-        &format!("--regid={uid}"),
-        "--clear-groups",
-    ])
-    .arg(env!("CARGO_BIN_EXE_inhouse"))
-    .arg("--socket")
-    .arg(socket)
-    .args(["request", method, path]);
+    let mut args = vec!["request", method, path];
     if let Some(d) = data {
-        cmd.args(["--data", d]);
+        args.extend(["--data", d]);
     }
-    let out = cmd.output().expect("setpriv");
+    let out = inhouse_as(uid, socket, &args);
     assert!(
         out.status.success(),
         "{}",

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{cli, ok, post, rt, smollm2, Daemon};
+use common::{cli, inhouse_as, ok, post, rt, smollm2, Daemon};
 use hyper::Method;
 use inhouse::client::Client;
 use serde_json::{json, Value};
@@ -360,14 +360,7 @@ fn bad_job_requests_get_stable_errors_and_non_admins_403() {
             "/admin/jobs/data/0123456789abcdef0123456789abcdef",
         ),
     ] {
-        let out = Command::new("setpriv")
-            .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_inhouse"))
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["request", method, path, "--data", "{}"])
-            .output()
-            .expect("setpriv is installed (util-linux)");
+        let out = inhouse_as(4242, &d.socket, &["request", method, path, "--data", "{}"]);
         let out = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.starts_with("403") && out.contains("\"forbidden\""),

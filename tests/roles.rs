@@ -3,23 +3,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
-
-/// Runs the `inhouse` CLI as `uid`:`gid` with no supplementary groups.
-fn cli_as(uid: u32, gid: u32, socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_inhouse"),
-            "--socket",
-        ])
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("setpriv is installed (util-linux)")
-}
 
 #[test]
 fn strangers_are_refused_and_configured_users_served() {
@@ -35,9 +18,9 @@ fn strangers_are_refused_and_configured_users_served() {
         ("auditor", 4343, false),
         ("root", 0, true),
     ] {
-        let health = cli_as(uid, uid, &d.socket, &["health"]);
+        let health = inhouse_as(uid, &d.socket, &["health"]);
         assert!(health.status.success(), "{who}: health is open to all");
-        let out = cli_as(uid, uid, &d.socket, &["models"]);
+        let out = inhouse_as(uid, &d.socket, &["models"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.success(), models_ok, "{who}: {err}");
         if !models_ok {
@@ -47,8 +30,7 @@ fn strangers_are_refused_and_configured_users_served() {
             );
         }
     }
-    let out = cli_as(
-        4242,
+    let out = inhouse_as(
         4242,
         &d.socket,
         &["run", "smol", "Say hi", "--max-tokens", "3"],

@@ -166,16 +166,7 @@ fn another_users_records_are_invisible() {
     let d = Daemon::smol_with_config("[roles]\nuser-uids = [4242]\n");
     d.open_to_all();
     let id = rt().block_on(async { record_id(&chat(&d.client(), "root's secret", 2).await.1) });
-    let as_4242 = |args: &[&str]| {
-        Command::new("setpriv")
-            .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_inhouse"))
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let as_4242 = |args: &[&str]| inhouse_as(4242, &d.socket, args);
     let out = as_4242(&["history", "show", &id.to_string()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
@@ -353,14 +344,7 @@ fn erasing_a_uid_shreds_its_key_and_rows() {
     let d = Daemon::smol_with_config("[roles]\nuser-uids = [4242]\n");
     d.open_to_all();
     for p in ["Say one", "Say two"] {
-        let out = Command::new("setpriv")
-            .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_inhouse"))
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["run", "smol", p, "--max-tokens", "2"])
-            .output()
-            .unwrap();
+        let out = inhouse_as(4242, &d.socket, &["run", "smol", p, "--max-tokens", "2"]);
         assert!(
             out.status.success(),
             "{}",

@@ -365,6 +365,23 @@ pub fn inhouse_at(socket: &Path, args: &[&str]) -> std::process::Output {
         .expect("run inhouse")
 }
 
+/// Runs the `inhouse` client against `socket` as `uid` (gid the same, no supplementary groups)
+/// through setpriv, as another local user would.
+pub fn inhouse_as(uid: u32, socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ])
+        .arg(env!("CARGO_BIN_EXE_inhouse"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("setpriv is installed (util-linux)")
+}
+
 /// The stdout of a client run that must have succeeded.
 #[allow(dead_code)]
 pub fn ok(out: &std::process::Output) -> String {
