@@ -370,17 +370,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Is `name` acceptable as a model name? Lower-case letters, digits and `._:-`, starting with a
-/// letter or digit, at most 64 characters: nothing path-like can pass.
-pub fn valid_model_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 64
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes.iter().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':' | b'-')
-        })
-}
+/// Model names are checked by one rule, shared with request validation.
+pub use inhouse_formats::validate::valid_model_name;
 
 /// Parses a `--model` argument: `NAME=PATH`, or `PATH` whose name is the file stem, lower-cased.
 pub fn parse_model_arg(arg: &str) -> Result<(String, PathBuf), ConfigError> {

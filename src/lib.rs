@@ -2,12 +2,19 @@
 //!
 //! Module map, in the order a request travels:
 //! - [`config`]: defaults → `/etc/inhouse/inhouse.toml` → flags, checked once at start-up.
-//! - [`daemon`]: start-up and shutdown order, the socket, signals.
-//! - [`api`]: the Unix-socket HTTP API, caller identity from peer credentials, the error table.
-//! - [`scheduler`]: untrusted JSON validated into checked requests.
-//! - [`engine`]: the only code that touches llama.cpp, on its own OS thread; continuous batching;
-//!   the pool of resident models (load on demand, memory budget, eviction, keep-alive).
+//! - [`daemon`]: start-up and shutdown order, the socket, signals, systemd.
+//! - [`api`]: the Unix-socket HTTP API: caller identity from peer credentials and roles
+//!   (`auth`), limits, one body extractor (`body`), the route files that translate wire shapes
+//!   (`openai`, `ollama`, `models`, `jobs`, `history`), the one request lifecycle they share
+//!   (`generation`: start, stream, collect, record, embed) and the one error table (`error`).
+//! - validation: request bodies are checked by `inhouse_formats::validate` (in `formats/`, no
+//!   llama.cpp, so its fuzz target builds alone) into the checked requests the engine runs.
+//! - [`engine`]: the [`engine::Engine`] seam; the only code that touches llama.cpp, one OS
+//!   thread per model; continuous batching; the pool of resident models (load on demand, memory
+//!   budget, eviction, keep-alive); a scripted fake for the API's tests.
 //! - [`models`]: the content-addressed model store: import, verify, sign-check, manifests.
+//! - [`incoming`]: received files (model imports, dataset uploads) written hashed and
+//!   size-limited.
 //! - [`jobs`]: toolchain jobs (prepare, finetune, quantize, eval) as niced child processes:
 //!   datasets, progress, cancel, recovery at start-up, outputs registered in the model store.
 //! - [`metrics`]: serving metrics for `GET /metrics` (Prometheus text).
@@ -30,5 +37,4 @@ pub mod incoming;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
-pub mod scheduler;
 pub mod storage;

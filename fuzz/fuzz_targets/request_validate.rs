@@ -1,8 +1,8 @@
-//! Any bytes as a request body: parsing and validation must return Ok or a 4xx error, never
-//! panic, for each generation and embeddings endpoint.
+//! Any bytes as a request body: parsing and validation must return Ok or a typed refusal with a
+//! code and a message, never panic, for each generation and embeddings endpoint.
 #![no_main]
 
-use inhouse::scheduler::{self, Limits};
+use inhouse_formats::validate::{self, Limits, ValidationError};
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: Limits = Limits {
@@ -12,20 +12,29 @@ const LIMITS: Limits = Limits {
     max_messages: 256,
 };
 
+/// A refusal must say what is wrong: a stable code and a message (the API answers it as a 400).
+fn check(e: ValidationError) {
+    assert!(!e.code().is_empty(), "{e:?}");
+    assert!(!e.to_string().is_empty(), "{e:?}");
+}
+
 fuzz_target!(|data: &[u8]| {
-    if let Ok(w) = scheduler::parse_body(data, LIMITS.max_json_depth) {
-        if let Err(e) = scheduler::validate_chat(w, 1000, &LIMITS) {
-            assert!(e.status.is_client_error(), "{e:?}");
+    match validate::parse_body(data, LIMITS.max_json_depth) {
+        Ok(w) => {
+            if let Err(e) = validate::validate_chat(w, 1000, &LIMITS) {
+                check(e);
+            }
+        }
+        Err(e) => check(e),
+    }
+    if let Ok(w) = validate::parse_body(data, LIMITS.max_json_depth) {
+        if let Err(e) = validate::validate_completion(w, 1000, &LIMITS) {
+            check(e);
         }
     }
-    if let Ok(w) = scheduler::parse_body(data, LIMITS.max_json_depth) {
-        if let Err(e) = scheduler::validate_completion(w, 1000, &LIMITS) {
-            assert!(e.status.is_client_error(), "{e:?}");
-        }
-    }
-    if let Ok(w) = scheduler::parse_body(data, LIMITS.max_json_depth) {
-        if let Err(e) = scheduler::validate_embeddings(w) {
-            assert!(e.status.is_client_error(), "{e:?}");
+    if let Ok(w) = validate::parse_body(data, LIMITS.max_json_depth) {
+        if let Err(e) = validate::validate_embeddings(w) {
+            check(e);
         }
     }
 });

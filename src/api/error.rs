@@ -7,6 +7,7 @@ use crate::engine::EngineError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use inhouse_formats::validate::ValidationError;
 use serde_json::json;
 
 /// An API error: status, stable type and code, and a message saying what to fix.
@@ -80,6 +81,45 @@ impl ApiError {
         }
     }
 
+    /// 408: the request body did not arrive within the body timeout.
+    pub fn body_timeout() -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "body_timeout",
+            ..ApiError::invalid("", "the request body did not arrive in time")
+        }
+    }
+
+    /// 413: the request body is over the configured limit.
+    pub fn body_too_large() -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "body_too_large",
+            ..ApiError::invalid("", "the request body is too large")
+        }
+    }
+
+    /// 400: the body could not be read (a broken transfer).
+    pub fn invalid_body(why: &dyn std::fmt::Display) -> Self {
+        ApiError::invalid("invalid_body", format!("cannot read the body: {why}"))
+    }
+
+    /// 400: a query string that does not parse.
+    pub fn invalid_query(why: impl Into<String>) -> Self {
+        ApiError::invalid("invalid_query", why)
+    }
+
+    /// 500: an invariant of the server itself broke; the caller did nothing wrong.
+    pub fn internal(what: &str) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            code: "internal_error",
+            message: format!("internal error: {what}"),
+            param: None,
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {
@@ -94,6 +134,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        let message = e.to_string();
+        match e.param_name() {
+            Some(param) => ApiError::bad_param(param, message),
+            None => ApiError::invalid(e.code(), message),
+        }
     }
 }
 
@@ -241,18 +291,25 @@ impl From<crate::models::ModelStoreError> for ApiError {
 
 impl From<crate::storage::StoreError> for ApiError {
     fn from(e: crate::storage::StoreError) -> Self {
-        let kind = e.kind();
-        let status = match kind {
-            "not_found" => StatusCode::NOT_FOUND,
-            "invalid_input" => StatusCode::BAD_REQUEST,
-            "rotation_conflict" => StatusCode::CONFLICT,
-            "storage_full" => StatusCode::INSUFFICIENT_STORAGE,
-            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        use crate::storage::StoreError as E;
+        let status = match &e {
+            E::NotFound { .. } => StatusCode::NOT_FOUND,
+            E::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            E::Rotation(_) => StatusCode::CONFLICT,
+            E::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            E::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            E::Integrity { .. }
+            | E::DataKeyIntegrity { .. }
+            | E::WrongKey { .. }
+            | E::TooNew { .. }
+            | E::Crypto(_)
+            | E::Sqlite(_)
+            | E::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        // Store messages name ids and key ids, never key bytes or record text. Server-side
-        // store failures carry the store's own kind as their type (`integrity_error`,
-        // `storage_full`, …) so that clients can tell them apart.
+        // The code is the store's own stable kind. Store messages name ids and key ids, never
+        // key bytes or record text. Server-side store failures carry that kind as their type
+        // too (`integrity_error`, `storage_full`, …) so that clients can tell them apart.
+        let kind = e.kind();
         ApiError {
             status,
             kind: if status.is_server_error() {

@@ -5,12 +5,11 @@
 //! 404, exactly like one that does not exist. Auditors see the audit log (metadata only), never
 //! prompt or response text.
 
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::{AppState, Caller};
 use crate::crypto::MasterKey;
-use crate::storage::RequestStatus;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -39,7 +38,7 @@ pub async fn list(
     ConnectInfo(caller): ConnectInfo<Caller>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(page) = page.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
+    let Query(page) = page.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_param(
@@ -124,10 +123,8 @@ pub struct EraseBody {
 pub async fn erase(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<EraseBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = super::openai::body_bytes(body)?;
-    let req: EraseBody = crate::scheduler::parse_body(&body, s.limits.max_json_depth)?;
     let report = s.store.erase_uid(req.uid).await?;
     tracing::info!(admin = caller.uid, uid = req.uid, "uid erased");
     let audit_error = audit_admin(&s, &caller, "admin_erase", json!({"uid": req.uid})).await;
@@ -167,10 +164,8 @@ fn zeroizing_string<'de, D: serde::Deserializer<'de>>(
 pub async fn rotate_key(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<RotateBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = super::openai::body_bytes(body)?;
-    let req: RotateBody = crate::scheduler::parse_body(&body, s.limits.max_json_depth)?;
     let bytes = zeroize::Zeroizing::new(
         base64::engine::general_purpose::STANDARD
             .decode(req.key.trim())
@@ -217,48 +212,6 @@ pub async fn audit_export(
     let (buf, rows) = s.store.audit_export(Vec::new()).await?;
     tracing::info!(uid = caller.uid, rows, "audit exported");
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], buf).into_response())
-}
-
-/// What a finished request leaves in the store: metadata in clear, text sealed.
-pub struct Outcome {
-    /// Caller.
-    pub uid: u32,
-    /// Model.
-    pub model: String,
-    /// Sampling parameters, as JSON.
-    pub params: Value,
-    /// The prompt, as JSON (messages or text).
-    pub prompt: Value,
-    /// When the request arrived.
-    pub created_at: i64,
-    /// Prompt tokens.
-    pub prompt_tokens: u32,
-    /// Generated tokens.
-    pub completion_tokens: u32,
-    /// How it ended.
-    pub status: RequestStatus,
-    /// The answer (possibly partial).
-    pub response: String,
-}
-
-/// Stores a request's record and its audit event (one transaction); returns the record id.
-pub async fn record(s: &AppState, o: Outcome) -> Result<i64, ApiError> {
-    let rec = crate::storage::NewRecord {
-        uid: o.uid,
-        model: o.model.clone(),
-        params_json: o.params.to_string(),
-        created_at: o.created_at,
-        finished_at: Some(crate::storage::now_unix()),
-        prompt_tokens: o.prompt_tokens,
-        completion_tokens: o.completion_tokens,
-        status: o.status,
-        prompt_text: o.prompt.to_string(),
-        response_text: o.response,
-    };
-    s.store.record_request_audited(rec).await.map_err(|e| {
-        tracing::error!(error = %e, kind = e.kind(), uid = o.uid, "request record not stored");
-        ApiError::from(e)
-    })
 }
 
 #[cfg(test)]

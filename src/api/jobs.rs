@@ -5,12 +5,12 @@
 //! client like a model import (see [`super::models`]): written to a file under the state
 //! directory while hashed, on a blocking thread, with the body timeout applied per chunk.
 
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::{AppState, Caller};
 use crate::jobs::data::check_format;
 use crate::jobs::{JobError, JobRequest, JobRunner};
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -84,10 +84,8 @@ pub async fn upload_data(
 pub async fn submit(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(req): JsonBody<JobRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = super::openai::body_bytes(body)?;
-    let req: JobRequest = crate::scheduler::parse_body(&body, s.limits.max_json_depth)?;
     let r = runner(&s)?;
     let row = r.submit(req, caller.uid).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"job": r.view(row)}))))

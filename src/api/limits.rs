@@ -168,45 +168,9 @@ pub async fn json_only(request: Request, next: Next) -> Result<Response, ApiErro
     Ok(next.run(request).await)
 }
 
-/// The deepest nesting of arrays and objects in a JSON text, counted without parsing it (so a
-/// hostile, deeply nested body is refused before serde recurses into it). Brackets inside
-/// strings do not count.
-pub fn json_depth(body: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn depth_ignores_brackets_in_strings() {
-        assert_eq!(json_depth(br#"{"a":[1,{"b":"[[[["}]}"#), 3);
-        assert_eq!(json_depth(br#""\"[""#), 0);
-        assert_eq!(json_depth(b"[[[[[]]]]]"), 5);
-        assert_eq!(json_depth(b""), 0);
-    }
 
     #[test]
     fn concurrency_slots_are_per_uid_and_released() {

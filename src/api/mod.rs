@@ -4,7 +4,9 @@
 //! (`SO_PEERCRED`) for every connection, never from anything the client says.
 
 pub mod auth;
+pub mod body;
 pub mod error;
+pub mod generation;
 pub mod history;
 pub mod jobs;
 pub mod limits;
@@ -16,9 +18,9 @@ pub mod server;
 pub mod upload;
 
 use crate::engine::Engine;
-use crate::scheduler::Limits;
 use axum::routing::{get, post};
 use axum::Router;
+use inhouse_formats::validate::Limits;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::UnixListener;
@@ -46,10 +48,9 @@ impl Caller {
 /// Everything a handler needs, shared by all connections.
 #[derive(Clone)]
 pub struct AppState {
-    /// The engine (real or, in unit tests, fake).
+    /// What runs the models: the model pool in the daemon, a scripted fake in the API's tests.
+    /// The model-management routes reach the pool and store through it.
     pub engine: Arc<dyn Engine>,
-    /// The model pool and store behind the engine, for the model-management routes.
-    pub pool: Option<Arc<crate::engine::pool::ModelPool>>,
     /// Validation limits.
     pub limits: Limits,
     /// Who holds which role.
@@ -64,6 +65,35 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// The toolchain job runner, for `/admin/jobs`.
     pub jobs: Option<Arc<crate::jobs::JobRunner>>,
+}
+
+impl AppState {
+    /// The state the API serves `config` with, over `engine`, `store` and (in the daemon) the
+    /// job runner: one mapping from the configuration, shared by the daemon and the in-process
+    /// tests.
+    pub fn new(
+        config: &crate::config::Config,
+        engine: Arc<dyn Engine>,
+        store: crate::storage::StoreHandle,
+        jobs: Option<Arc<crate::jobs::JobRunner>>,
+    ) -> AppState {
+        let l = &config.limits;
+        AppState {
+            engine,
+            limits: Limits {
+                default_max_tokens: config.default_max_tokens,
+                max_tokens_cap: config.ctx_size,
+                max_json_depth: l.max_json_depth,
+                max_messages: l.max_messages,
+            },
+            roles: auth::Roles::new(&config.roles),
+            store,
+            uid_limits: limits::UidLimits::new(l.per_uid_per_minute, l.per_uid_concurrency),
+            max_body_bytes: l.max_body_bytes,
+            body_timeout: std::time::Duration::from_secs(l.body_timeout_secs),
+            jobs,
+        }
+    }
 }
 
 /// All routes, each with the role it needs: this table is the one place where access is

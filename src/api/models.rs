@@ -25,9 +25,9 @@ use std::sync::Arc;
 /// Header carrying a signature file (base64 of its JSON) with an import.
 pub const SIGNATURE_HEADER: &str = "x-inhouse-signature";
 
-fn pool(s: &AppState) -> Result<&Arc<ModelPool>, ApiError> {
-    s.pool
-        .as_ref()
+fn pool(s: &AppState) -> Result<&ModelPool, ApiError> {
+    s.engine
+        .pool()
         .ok_or_else(|| ApiError::from(ModelStoreError::Io("this daemon has no model store".into())))
 }
 
@@ -249,13 +249,12 @@ pub async fn remove(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let st = store(&s)?;
-    let p = pool(&s)?.clone();
     let n = name.clone();
     let removed = tokio::task::spawn_blocking(move || st.remove(&n))
         .await
         .map_err(|e| ApiError::from(ModelStoreError::Io(format!("remove task: {e}"))))??;
     for r in &removed {
-        crate::engine::Engine::unload(p.as_ref(), r).await;
+        s.engine.unload(r).await;
     }
     let _ = s
         .store

@@ -6,19 +6,18 @@
 //! Requests are translated into the OpenAI wire types and pass the same validation, limits,
 //! engine and encrypted records as `/v1`.
 
+use super::body::JsonBody;
 use super::error::ApiError;
-use super::openai::{self, body_bytes, Generation};
+use super::generation::{self, Step};
 use super::{AppState, Caller};
-use crate::engine::{Event, ModelInfo};
-use crate::scheduler::{self, ChatWire, CompletionWire};
-use crate::storage::RequestStatus;
+use crate::engine::ModelInfo;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
+use inhouse_formats::validate::{self, ChatWire, CompletionWire, ValidGenerate, ValidationError};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
@@ -103,8 +102,9 @@ pub async fn ps(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"models": models}))
 }
 
+/// `POST /api/show` body: Ollama accepts the model under either name.
 #[derive(Debug, Deserialize)]
-struct ShowBody {
+pub struct ShowBody {
     model: Option<String>,
     name: Option<String>,
 }
@@ -112,14 +112,12 @@ struct ShowBody {
 /// `POST /api/show`: one model's details.
 pub async fn show(
     State(s): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(b): JsonBody<ShowBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body_bytes(body)?;
-    let b: ShowBody = scheduler::parse_body(&body, s.limits.max_json_depth)?;
     let name = b
         .model
         .or(b.name)
-        .ok_or_else(|| ApiError::invalid("missing_field", "model is required"))?;
+        .ok_or_else(|| ValidationError::MissingField("model is required".into()))?;
     let m = s
         .engine
         .models()
@@ -170,27 +168,22 @@ fn sampling_from(body: &Map<String, Value>) -> Value {
     Value::Object(out)
 }
 
-fn object(body: &[u8], s: &AppState) -> Result<Map<String, Value>, ApiError> {
-    scheduler::parse_body(body, s.limits.max_json_depth)
-}
-
-fn into_wire<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
-    serde_json::from_value(v)
-        .map_err(|e| ApiError::invalid("invalid_type", format!("invalid request: {e}")))
+/// The OpenAI wire type an Ollama body was translated into.
+fn into_wire<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ValidationError> {
+    serde_json::from_value(v).map_err(|e| ValidationError::InvalidType(e.to_string()))
 }
 
 /// `POST /api/chat`.
 pub async fn chat(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let body = object(&body_bytes(body)?, &s)?;
     let mut wire = sampling_from(&body);
     wire["model"] = body.get("model").cloned().unwrap_or(Value::Null);
     wire["messages"] = body.get("messages").cloned().unwrap_or(Value::Null);
     let wire: ChatWire = into_wire(wire)?;
-    let valid = scheduler::validate_chat(wire, caller.uid, &s.limits)?;
+    let valid = validate::validate_chat(wire, caller.uid, &s.limits)?;
     apply_keep_alive(&s, &caller, &body, &valid.request.model)?;
     respond(s, caller, valid, Kind::Chat).await
 }
@@ -200,9 +193,8 @@ pub async fn chat(
 pub async fn generate(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    let body = object(&body_bytes(body)?, &s)?;
     let mut wire = sampling_from(&body);
     let model = body.get("model").cloned().unwrap_or(Value::Null);
     let prompt = body.get("prompt").cloned().unwrap_or(Value::Null);
@@ -210,7 +202,7 @@ pub async fn generate(
     let valid = if body.get("raw") == Some(&Value::Bool(true)) {
         wire["prompt"] = prompt;
         let w: CompletionWire = into_wire(wire)?;
-        scheduler::validate_completion(w, caller.uid, &s.limits)?
+        validate::validate_completion(w, caller.uid, &s.limits)?
     } else {
         let mut messages = Vec::new();
         if let Some(system) = body.get("system") {
@@ -219,7 +211,7 @@ pub async fn generate(
         messages.push(json!({"role": "user", "content": prompt}));
         wire["messages"] = Value::Array(messages);
         let w: ChatWire = into_wire(wire)?;
-        scheduler::validate_chat(w, caller.uid, &s.limits)?
+        validate::validate_chat(w, caller.uid, &s.limits)?
     };
     apply_keep_alive(&s, &caller, &body, &valid.request.model)?;
     respond(s, caller, valid, Kind::Generate).await
@@ -228,9 +220,9 @@ pub async fn generate(
 /// Ollama's `keep_alive`: how long the model stays loaded after this request. A number of
 /// seconds or a duration string (`"90s"`, `"5m"`, `"1h"`); 0 unloads it once idle, a negative
 /// value keeps it until evicted for room.
-fn parse_keep_alive(v: &Value) -> Result<Option<std::time::Duration>, ApiError> {
+fn parse_keep_alive(v: &Value) -> Result<Option<std::time::Duration>, ValidationError> {
     let bad = || {
-        ApiError::bad_param(
+        ValidationError::param(
             "keep_alive",
             "keep_alive must be seconds or a duration like \"5m\"",
         )
@@ -265,7 +257,7 @@ fn apply_keep_alive(
     body: &Map<String, Value>,
     model: &str,
 ) -> Result<(), ApiError> {
-    if let (Some(v), Some(pool)) = (body.get("keep_alive"), &s.pool) {
+    if let (Some(v), Some(pool)) = (body.get("keep_alive"), s.engine.pool()) {
         let keep = parse_keep_alive(v)?;
         if !s.roles.of(caller).allows(super::auth::Role::Admin) {
             tracing::debug!(uid = caller.uid, "keep_alive from a non-admin ignored");
@@ -306,96 +298,66 @@ fn finish_fields(
     v["eval_count"] = json!(eval);
 }
 
+/// Runs a checked generation and answers in Ollama's shape: one object, or NDJSON pieces
+/// ending with a `done` piece (a failure ends the stream with an `{"error": …}` line).
 async fn respond(
     s: AppState,
     caller: Caller,
-    valid: scheduler::ValidGenerate,
-    kind: Kind,
-) -> Result<Response, ApiError> {
-    let metrics = s.engine.metrics();
-    let model = valid.request.model.clone();
-    let result = respond_uncounted(s, caller, valid, kind).await;
-    super::openai::count_status(metrics.as_deref(), &model, &result);
-    result
-}
-
-async fn respond_uncounted(
-    s: AppState,
-    caller: Caller,
-    valid: scheduler::ValidGenerate,
+    valid: ValidGenerate,
     kind: Kind,
 ) -> Result<Response, ApiError> {
     let model = valid.request.model.clone();
-    let started = Instant::now();
-    let generation = openai::start(&s, caller, valid.request).await?;
-    if !valid.stream {
-        let c = generation.collect().await?;
-        let mut v = kind.piece(&model, &c.text, true);
-        finish_fields(
-            &mut v,
-            c.reason,
-            c.prompt_tokens,
-            c.completion_tokens,
-            started,
-        );
-        v["inhouse_record_id"] = json!(c.record_id);
-        return Ok(Json(v).into_response());
-    }
-    let body = stream::unfold(Some(generation), move |state| {
-        let model = model.clone();
-        async move {
-            let mut g: Generation = state?;
-            loop {
-                match g.events.recv().await {
-                    Some(Event::Text(t)) if t.is_empty() => continue,
-                    Some(Event::Text(t)) => {
-                        g.recorder.push(&t);
-                        let line = ndjson(&kind.piece(&model, &t, false));
-                        return Some((line, Some(g)));
+    let counted_as = model.clone();
+    let state = s.clone();
+    generation::counted(&state, &counted_as, async move {
+        let started = Instant::now();
+        let generation = generation::start(&s, caller, valid.request).await?;
+        if !valid.stream {
+            let c = generation.collect().await?;
+            let mut v = kind.piece(&model, &c.text, true);
+            finish_fields(
+                &mut v,
+                c.reason,
+                c.prompt_tokens,
+                c.completion_tokens,
+                started,
+            );
+            v["inhouse_record_id"] = json!(c.record_id);
+            return Ok(Json(v).into_response());
+        }
+        let body = stream::unfold(Some(generation), move |state| {
+            let model = model.clone();
+            async move {
+                let mut g = state?;
+                let line = match g.next().await? {
+                    Step::Text(t) => {
+                        return Some((ndjson(&kind.piece(&model, &t, false)), Some(g)))
                     }
-                    Some(Event::Started { .. }) => continue,
-                    Some(Event::Finished {
+                    Step::Finished {
                         reason,
                         prompt_tokens,
                         completion_tokens,
-                    }) => {
-                        let line = match g
-                            .recorder
-                            .finish(RequestStatus::Completed, completion_tokens)
-                            .await
-                        {
-                            Ok(id) => {
-                                let mut v = kind.piece(&model, "", true);
-                                finish_fields(
-                                    &mut v,
-                                    reason,
-                                    prompt_tokens,
-                                    completion_tokens,
-                                    started,
-                                );
-                                v["inhouse_record_id"] = json!(id);
-                                ndjson(&v)
-                            }
-                            Err(e) => ndjson(&json!({"error": e.message})),
-                        };
-                        return Some((line, None));
+                        record_id,
+                        ..
+                    } => {
+                        let mut v = kind.piece(&model, "", true);
+                        finish_fields(&mut v, reason, prompt_tokens, completion_tokens, started);
+                        v["inhouse_record_id"] = json!(record_id);
+                        ndjson(&v)
                     }
-                    Some(Event::Failed(e)) => {
-                        let _ = g.recorder.finish(RequestStatus::Error, 0).await;
-                        let e = ApiError::from(e);
-                        return Some((ndjson(&json!({"error": e.message})), None));
-                    }
-                    None => return None,
-                }
+                    Step::Failed(e) => ndjson(&json!({"error": e.message})),
+                };
+                Some((line, None))
             }
-        }
+        })
+        .map(Ok::<_, Infallible>);
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .body(Body::from_stream(body))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
     })
-    .map(Ok::<_, Infallible>);
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+    .await
 }
 
 fn ndjson(v: &Value) -> Bytes {
@@ -406,12 +368,11 @@ fn ndjson(v: &Value) -> Bytes {
 pub async fn embed(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = object(&body_bytes(body)?, &s)?;
     let wire = json!({"model": body.get("model"), "input": body.get("input")});
-    let valid = scheduler::validate_embeddings(into_wire(wire)?)?;
-    let (out, record_id) = openai::embed(&s, caller, &valid.model, valid.inputs).await?;
+    let valid = validate::validate_embeddings(into_wire(wire)?)?;
+    let (out, record_id) = generation::embed(&s, caller, &valid.model, valid.inputs).await?;
     Ok(Json(json!({
         "model": valid.model,
         "embeddings": out.vectors,

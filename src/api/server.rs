@@ -34,6 +34,18 @@ pub struct ServerLimits {
     pub shutdown_deadline: Duration,
 }
 
+impl ServerLimits {
+    /// The connection limits `limits` configures.
+    pub fn from_config(limits: &crate::config::LimitsConfig) -> Self {
+        ServerLimits {
+            max_connections: limits.max_connections,
+            max_connections_per_uid: limits.max_connections_per_uid,
+            header_timeout: Duration::from_secs(limits.header_timeout_secs),
+            shutdown_deadline: Duration::from_secs(limits.shutdown_deadline_secs),
+        }
+    }
+}
+
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {

@@ -14,7 +14,6 @@ use crate::engine::llama::EngineConfig;
 use crate::engine::pool::{GpuLayers, ModelPool, PoolConfig};
 use crate::engine::EngineError;
 use crate::models::ModelStore;
-use crate::scheduler::Limits;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -255,27 +254,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
     systemd::notify_status(&format!("loading {} model(s)", config.models.len()));
     pool.preload().await?;
     let reaper = pool.reaper();
-    let engine: Arc<dyn crate::engine::Engine> = pool.clone();
-    let max_ctx = config.ctx_size;
-    let state = AppState {
-        engine,
-        pool: Some(pool.clone()),
-        limits: Limits {
-            default_max_tokens: config.default_max_tokens,
-            max_tokens_cap: max_ctx,
-            max_json_depth: config.limits.max_json_depth,
-            max_messages: config.limits.max_messages,
-        },
-        roles: crate::api::auth::Roles::new(&config.roles),
-        store: store.clone(),
-        uid_limits: crate::api::limits::UidLimits::new(
-            config.limits.per_uid_per_minute,
-            config.limits.per_uid_concurrency,
-        ),
-        max_body_bytes: config.limits.max_body_bytes,
-        body_timeout: std::time::Duration::from_secs(config.limits.body_timeout_secs),
-        jobs: Some(jobs.clone()),
-    };
+    let state = AppState::new(&config, pool.clone(), store.clone(), Some(jobs.clone()));
     let n_models = crate::engine::Engine::models(pool.as_ref()).len();
     // The activated socket belongs to systemd (inhoused.socket): it outlives this process and is
     // never removed here. A socket we bound ourselves is removed on the way out.
@@ -308,12 +287,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         shutdown_signal().await;
         systemd::notify_stopping();
     };
-    let server_limits = crate::api::server::ServerLimits {
-        max_connections: config.limits.max_connections,
-        max_connections_per_uid: config.limits.max_connections_per_uid,
-        header_timeout: std::time::Duration::from_secs(config.limits.header_timeout_secs),
-        shutdown_deadline: std::time::Duration::from_secs(config.limits.shutdown_deadline_secs),
-    };
+    let server_limits = crate::api::server::ServerLimits::from_config(&config.limits);
     raise_fd_limit();
     api::serve(listener, state, server_limits, shutdown).await?;
     if let Some(path) = bound {

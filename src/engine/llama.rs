@@ -17,8 +17,8 @@
 use super::slots::{choose_slot, FairQueue, SlotView};
 use super::text::{Fed, StopStream};
 use super::{
-    BoxFuture, ChatMessage, Embeddings, Engine, EngineError, Event, FinishReason, GenerateRequest,
-    ModelInfo, Prompt, Sampling,
+    ChatMessage, Embeddings, EngineError, Event, FinishReason, GenerateRequest, ModelInfo, Prompt,
+    Sampling,
 };
 use crate::metrics::{Metrics, ModelMetrics};
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
@@ -169,7 +169,6 @@ pub struct LlamaEngine {
     queue_size: usize,
     /// Generation requests sent to the engine and not yet in a slot.
     waiting: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
     /// Tells the engine thread to stop after its current step.
     stop: Arc<AtomicBool>,
     /// The engine thread, joined by [`LlamaEngine::shutdown`].
@@ -205,7 +204,7 @@ impl LlamaEngine {
         let waiting = Arc::new(AtomicUsize::new(0));
         let shared = Shared {
             waiting: waiting.clone(),
-            metrics: metrics.clone(),
+            metrics,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
@@ -219,7 +218,6 @@ impl LlamaEngine {
             models,
             queue_size,
             waiting,
-            metrics,
             stop,
             thread: std::sync::Mutex::new(Some(thread)),
         })
@@ -241,12 +239,14 @@ impl LlamaEngine {
     }
 }
 
-impl Engine for LlamaEngine {
-    fn models(&self) -> Vec<ModelInfo> {
-        self.models.clone()
+impl LlamaEngine {
+    /// The models this engine serves.
+    pub fn models(&self) -> &[ModelInfo] {
+        &self.models
     }
 
-    fn generate(
+    /// Queues a generation; its events arrive on the returned channel.
+    pub fn generate(
         &self,
         req: GenerateRequest,
     ) -> Result<mpsc::UnboundedReceiver<Event>, EngineError> {
@@ -264,29 +264,16 @@ impl Engine for LlamaEngine {
         Ok(rx)
     }
 
-    fn embed(
+    /// Embeds each input.
+    pub async fn embed(
         &self,
         model: String,
         inputs: Vec<String>,
-    ) -> BoxFuture<'_, Result<Embeddings, EngineError>> {
-        Box::pin(async move {
-            self.check_model(&model)?;
-            let (tx, rx) = oneshot::channel();
-            self.submit(Job::Embed(model, inputs, tx))?;
-            rx.await.map_err(|_| EngineError::ShuttingDown)?
-        })
-    }
-
-    fn backend(&self) -> String {
-        backend_description()
-    }
-
-    fn cpu(&self) -> Option<super::CpuBackend> {
-        super::cpu_backend().ok()
-    }
-
-    fn metrics(&self) -> Option<Arc<Metrics>> {
-        Some(self.metrics.clone())
+    ) -> Result<Embeddings, EngineError> {
+        self.check_model(&model)?;
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Embed(model, inputs, tx))?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
     }
 }
 

@@ -1,12 +1,15 @@
 //! The engine: the only code that touches llama.cpp.
 //!
-//! llama.cpp runs on one dedicated OS thread ([`llama`]); the async side talks to it through
-//! [`EngineHandle`]: a bounded queue in, and a channel of [`Event`]s per request out. Dropping that
-//! channel's receiver (a client that went away) cancels the generation before its next token.
+//! llama.cpp runs on one dedicated OS thread per resident model ([`llama::LlamaEngine`]): a
+//! bounded queue in, and a channel of [`Event`]s per request out. Dropping that channel's
+//! receiver (a client that went away) cancels the generation before its next token. The
+//! [`pool::ModelPool`] loads, keeps and evicts those engines within the memory budget.
 //!
-//! [`Engine`] is the seam in front of it, so that the API and scheduler can be tested against a
-//! fake; the real engine is always tested end to end on real models.
+//! [`Engine`] is the seam between the API and what runs the models. The pool is its one real
+//! implementation; [`fake::FakeEngine`] scripts answers so that the API's tests run in-process
+//! without a model. The real engine is always tested end to end on real models.
 
+pub mod fake;
 mod ffi;
 pub mod llama;
 pub mod pool;
@@ -14,6 +17,8 @@ pub mod slots;
 pub mod text;
 
 pub use ffi::{cpu_backend, CpuBackend, INSTALLED_BACKENDS_DIR};
+/// The engine runs checked requests, defined beside their validation in `inhouse-formats`.
+pub use inhouse_formats::request::{ChatMessage, GenerateRequest, Prompt, Sampling};
 
 use serde::Serialize;
 use std::future::Future;
@@ -47,61 +52,6 @@ pub struct ModelInfo {
     pub n_layers: u32,
     /// Unix time the model was loaded.
     pub loaded_at: u64,
-}
-
-/// One chat message, already reduced to plain text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
-
-/// What to generate from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Prompt {
-    /// Messages rendered through the model's own chat template by llama.cpp.
-    Chat(Vec<ChatMessage>),
-    /// Plain text, tokenized as it is.
-    Text(String),
-}
-
-/// Sampling settings, already checked by the scheduler: every value is finite and in range.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampling {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// Nucleus sampling; 1 disables it.
-    pub top_p: f32,
-    /// 0 disables it.
-    pub top_k: i32,
-    /// 0 disables it.
-    pub min_p: f32,
-    /// OpenAI's presence penalty, -2..=2.
-    pub presence_penalty: f32,
-    /// OpenAI's frequency penalty, -2..=2.
-    pub frequency_penalty: f32,
-    /// Seed of the random sampler.
-    pub seed: u32,
-}
-
-/// A checked generation request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerateRequest {
-    /// The calling uid: whose data the prompt is (cached prompt state is never shared across
-    /// owners unless configured).
-    pub owner_uid: u32,
-    /// A model name the engine serves.
-    pub model: String,
-    /// The input.
-    pub prompt: Prompt,
-    /// Sampling settings.
-    pub sampling: Sampling,
-    /// At most this many generated tokens.
-    pub max_tokens: u32,
-    /// The answer ends before the first of these strings.
-    pub stop: Vec<String>,
 }
 
 /// Why a generation ended.
@@ -230,7 +180,54 @@ pub enum EngineError {
 /// A boxed future, so that [`Engine`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The seam between the API and whatever runs the models.
+/// One request's events, together with whatever keeps its model in memory: the hold travels
+/// with the stream and is released with its last event (or when the stream is dropped, which
+/// also cancels the generation).
+pub struct EventStream {
+    events: mpsc::UnboundedReceiver<Event>,
+    hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl EventStream {
+    /// A stream that holds nothing but its events.
+    pub fn new(events: mpsc::UnboundedReceiver<Event>) -> Self {
+        EventStream { events, hold: None }
+    }
+
+    /// A stream that keeps `hold` alive until its last event.
+    pub fn holding(
+        events: mpsc::UnboundedReceiver<Event>,
+        hold: impl std::any::Any + Send + Sync,
+    ) -> Self {
+        EventStream {
+            events,
+            hold: Some(Box::new(hold)),
+        }
+    }
+
+    /// A stream whose only event is `error` (a request accepted, then failed before it started,
+    /// e.g. while its model loaded).
+    pub fn failed(error: EngineError) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(Event::Failed(error));
+        EventStream::new(rx)
+    }
+
+    /// The next event; `None` once the engine has dropped the request.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.events.recv().await;
+        if matches!(
+            event,
+            None | Some(Event::Finished { .. }) | Some(Event::Failed(_))
+        ) {
+            self.hold = None;
+        }
+        event
+    }
+}
+
+/// The seam between the API and whatever runs the models: the model pool in the daemon, a
+/// scripted fake in the API's tests.
 pub trait Engine: Send + Sync + 'static {
     /// The models served, in a stable order.
     fn models(&self) -> Vec<ModelInfo>;
@@ -257,9 +254,9 @@ pub trait Engine: Send + Sync + 'static {
     fn unload(&self, _name: &str) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
-    /// Queues a generation; events arrive on the returned channel.
-    fn generate(&self, req: GenerateRequest)
-        -> Result<mpsc::UnboundedReceiver<Event>, EngineError>;
+    /// Queues a generation. An unknown model or a full queue fails here; a failure after the
+    /// request was accepted (e.g. its model failed to load) arrives as the stream's event.
+    fn generate(&self, req: GenerateRequest) -> BoxFuture<'_, Result<EventStream, EngineError>>;
     /// Embeds each input.
     fn embed(
         &self,
@@ -274,6 +271,12 @@ pub trait Engine: Send + Sync + 'static {
     }
     /// Serving metrics, when the engine keeps them.
     fn metrics(&self) -> Option<Arc<crate::metrics::Metrics>> {
+        None
+    }
+    /// The model pool and store behind the engine, for the model-management routes and
+    /// Ollama's `keep_alive`; `None` for an engine without one (they then answer that this
+    /// daemon has no model store).
+    fn pool(&self) -> Option<&pool::ModelPool> {
         None
     }
 }

@@ -20,7 +20,7 @@
 //! that engine; the base keeps serving.
 
 use super::llama::{EngineConfig, LlamaEngine, ModelSpec};
-use super::{BoxFuture, Embeddings, Engine, EngineError, Event, GenerateRequest, ModelInfo};
+use super::{BoxFuture, Embeddings, Engine, EngineError, EventStream, GenerateRequest, ModelInfo};
 use crate::metrics::Metrics;
 use crate::models::estimate::{self, Estimate};
 use crate::models::{split_adapter, Kind, Manifest, ModelStore};
@@ -30,7 +30,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// How many layers to offload to a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,7 +388,8 @@ impl ModelPool {
                 .await
                 .map_err(|e| EngineError::Inference(format!("model load panicked: {e}")))?
                 .map_err(gone)?;
-        let mut info = Engine::models(&engine)
+        let mut info = engine
+            .models()
             .first()
             .cloned()
             .unwrap_or_else(|| entry.info.clone());
@@ -600,6 +600,17 @@ impl ModelPool {
             .collect()
     }
 
+    /// Loads `name` (or finds it resident) in a task of its own: a client that leaves mid-load
+    /// must not drop the load lock while the load goes on without it, and the load completes to
+    /// serve the next request.
+    async fn load_detached(&self, name: &str) -> Result<Use, EngineError> {
+        let pool = self.arc()?;
+        let name = name.to_string();
+        tokio::spawn(async move { pool.ensure_loaded(&name).await })
+            .await
+            .map_err(|e| EngineError::Inference(format!("model load failed: {e}")))?
+    }
+
     fn arc(&self) -> Result<Arc<ModelPool>, EngineError> {
         self.me.upgrade().ok_or(EngineError::ShuttingDown)
     }
@@ -658,32 +669,6 @@ pub fn auto_layers(free: u64, est: &Estimate, n_layers: u32) -> u32 {
     (usable / per_layer).min(n_layers + 1) as u32
 }
 
-/// Forwards a resident engine's events to the caller while holding the model in memory.
-fn forward(
-    hold: Use,
-    mut inner: mpsc::UnboundedReceiver<Event>,
-    outer: mpsc::UnboundedSender<Event>,
-) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                ev = inner.recv() => match ev {
-                    Some(ev) => {
-                        let end = matches!(ev, Event::Finished { .. } | Event::Failed(_));
-                        if outer.send(ev).is_err() || end {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-                // The client went away: dropping `inner` cancels the generation.
-                _ = outer.closed() => break,
-            }
-        }
-        drop(hold);
-    });
-}
-
 impl Engine for ModelPool {
     fn models(&self) -> Vec<ModelInfo> {
         self.available().into_iter().map(|(i, _)| i).collect()
@@ -693,30 +678,23 @@ impl Engine for ModelPool {
         self.loaded_models()
     }
 
-    fn generate(
-        &self,
-        req: GenerateRequest,
-    ) -> Result<mpsc::UnboundedReceiver<Event>, EngineError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        if let Some(hold) = self.acquire(&req.model) {
-            let inner = hold.0.engine.generate(req)?;
-            forward(hold, inner, tx);
-            return Ok(rx);
-        }
-        // Not in memory: an unknown name fails now; a known one loads while the request waits.
-        self.resolve(&req.model)?;
-        let pool = self.arc()?;
-        tokio::spawn(async move {
-            // Not cancelled if the client leaves: the load completes and serves the next one.
-            let hold = pool.ensure_loaded(&req.model).await;
-            match hold.and_then(|h| h.0.engine.generate(req).map(|inner| (h, inner))) {
-                Ok((h, inner)) => forward(h, inner, tx),
-                Err(e) => {
-                    let _ = tx.send(Event::Failed(e));
+    fn generate(&self, req: GenerateRequest) -> BoxFuture<'_, Result<EventStream, EngineError>> {
+        Box::pin(async move {
+            let hold = match self.acquire(&req.model) {
+                Some(hold) => hold,
+                None => {
+                    // Not in memory: an unknown name fails now; a known one loads while the
+                    // request waits, and a failed load is this request's event.
+                    self.resolve(&req.model)?;
+                    match self.load_detached(&req.model).await {
+                        Ok(hold) => hold,
+                        Err(e) => return Ok(EventStream::failed(e)),
+                    }
                 }
-            }
-        });
-        Ok(rx)
+            };
+            let events = hold.0.engine.generate(req)?;
+            Ok(EventStream::holding(events, hold))
+        })
     }
 
     fn embed(
@@ -725,15 +703,13 @@ impl Engine for ModelPool {
         inputs: Vec<String>,
     ) -> BoxFuture<'_, Result<Embeddings, EngineError>> {
         Box::pin(async move {
-            // The load runs in its own task, as for `generate`: a client that leaves mid-load
-            // must not drop the load lock while the load goes on without it.
-            let pool = self.arc()?;
-            let name = model.clone();
-            let hold = tokio::spawn(async move { pool.ensure_loaded(&name).await })
-                .await
-                .map_err(|e| EngineError::Inference(format!("model load failed: {e}")))??;
+            let hold = self.load_detached(&model).await?;
             hold.0.engine.embed(model, inputs).await
         })
+    }
+
+    fn pool(&self) -> Option<&ModelPool> {
+        Some(self)
     }
 
     fn backend(&self) -> String {
