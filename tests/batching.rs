@@ -6,24 +6,12 @@ mod common;
 
 use common::*;
 use hyper::Method;
-use inhouse::client::{Client, SseParser};
+use inhouse::client::Client;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 fn chat(prompt: &str, extra: Value) -> Value {
-    chat_turns(&[("user", prompt)], extra)
-}
-
-fn chat_turns(turns: &[(&str, &str)], extra: Value) -> Value {
-    let messages: Vec<Value> = turns
-        .iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
-        .collect();
-    let mut body = json!({"model": "smol", "messages": messages});
-    for (k, v) in extra.as_object().expect("object") {
-        body[k] = v.clone();
-    }
-    body
+    chat_body("smol", prompt, extra)
 }
 
 /// One streamed answer: its text and when each content chunk arrived.
@@ -35,31 +23,22 @@ struct Streamed {
 /// Streams a chat or completion request and records when each content chunk arrives.
 async fn stream(client: &Client, path: &str, mut body: Value) -> Streamed {
     body["stream"] = json!(true);
-    let mut resp = client
-        .send(Method::POST, path, Some(body.to_string().into()))
-        .await
-        .expect("request");
-    assert_eq!(resp.status, 200);
-    let mut parser = SseParser::default();
+    let sse = collect_sse(client, path, &body).await;
+    assert_eq!(sse.status, 200);
     let mut out = Streamed {
         text: String::new(),
         arrivals: Vec::new(),
     };
-    while let Some(chunk) = resp.next_chunk().await {
-        for e in parser.push(&chunk.expect("chunk")) {
-            if e == "[DONE]" {
-                continue;
-            }
-            let v: Value = serde_json::from_str(&e).expect("event JSON");
-            let piece = v
-                .pointer("/choices/0/delta/content")
-                .or_else(|| v.pointer("/choices/0/text"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if !piece.is_empty() {
-                out.text.push_str(piece);
-                out.arrivals.push(Instant::now());
-            }
+    for (e, at) in sse.events.iter().filter(|(e, _)| e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).expect("event JSON");
+        let piece = v
+            .pointer("/choices/0/delta/content")
+            .or_else(|| v.pointer("/choices/0/text"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !piece.is_empty() {
+            out.text.push_str(piece);
+            out.arrivals.push(*at);
         }
     }
     out
@@ -78,25 +57,6 @@ fn assert_ran_together(streams: &[Streamed]) {
         .max()
         .expect("streams");
     assert!(last_start <= first_end, "the streams ran one after another");
-}
-
-async fn metrics_text(client: &Client) -> String {
-    let (status, body) = client
-        .raw(Method::GET, "/metrics", None)
-        .await
-        .expect("metrics");
-    assert_eq!(status, 200);
-    String::from_utf8(body.to_vec()).expect("utf-8")
-}
-
-/// The value of one sample line, e.g. `inhouse_cache_reuse_hits_total{model="smol"}`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-        .parse()
-        .expect("number")
 }
 
 const PROMPTS: [&str; 8] = [
@@ -246,7 +206,7 @@ fn cache_reuse_gives_the_cold_text_and_counts_hits() {
         let (_, v1) = post(
             &c,
             "/v1/chat/completions",
-            &chat_turns(&first, greedy.clone()).to_string(),
+            &chat_turns("smol", &first, greedy.clone()).to_string(),
         )
         .await;
         let reply = answer(&v1);
@@ -256,7 +216,7 @@ fn cache_reuse_gives_the_cold_text_and_counts_hits() {
             ("assistant", reply.as_str()),
             ("user", "Tell me more about their work."),
         ];
-        let body = chat_turns(&second, greedy.clone()).to_string();
+        let body = chat_turns("smol", &second, greedy.clone()).to_string();
         let before = metrics_text(&c).await;
         let (_, warm) = post(&c, "/v1/chat/completions", &body).await;
         let after = metrics_text(&c).await;

@@ -102,15 +102,11 @@ fn slow_and_numerous_clients_do_not_starve_a_normal_one() {
         "the daemon died:\n{}",
         d.log()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fd_count(pid) > fds_before + 4 {
-        assert!(
-            Instant::now() < deadline,
-            "descriptors not released: {} (before {fds_before})",
-            fd_count(pid)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        10,
+        &format!("descriptors not released (before {fds_before})"),
+        || fd_count(pid) <= fds_before + 4,
+    );
     let rss_after = rss_kib(pid);
     eprintln!("daemon RSS {rss_before} KiB -> {rss_after} KiB");
     assert!(
@@ -156,15 +152,8 @@ fn one_uid_cannot_take_every_connection() {
     assert_eq!(request_as_other_user(&d, "GET", "/health", None).0, 200);
     // Closing one of the four gives the slot back.
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if rt()
-            .block_on(d.client().json(hyper::Method::GET, "/health", None))
+    wait_until(10, "the uid's slots never came back", || {
+        rt().block_on(d.client().json(hyper::Method::GET, "/health", None))
             .is_ok()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the uid's slots never came back");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }

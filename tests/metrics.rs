@@ -6,86 +6,6 @@ mod common;
 use common::*;
 use hyper::Method;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-
-/// A parsed exposition: series (name with labels, as written) → value, and metric → type.
-struct Exposition {
-    samples: BTreeMap<String, f64>,
-    types: BTreeMap<String, String>,
-}
-
-/// Parses the Prometheus text format strictly enough to catch malformed output: every line is a
-/// `# HELP`, a `# TYPE` or `name{label="value",…} number`, and every sample's metric has a type.
-fn parse(text: &str) -> Exposition {
-    let mut samples = BTreeMap::new();
-    let mut types = BTreeMap::new();
-    for line in text.lines() {
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("TYPE line");
-            assert!(
-                ["counter", "gauge", "histogram"].contains(&kind),
-                "type {kind}"
-            );
-            assert!(
-                types.insert(name.to_string(), kind.to_string()).is_none(),
-                "{name} typed twice"
-            );
-            continue;
-        }
-        if line.starts_with("# HELP ") {
-            continue;
-        }
-        assert!(!line.starts_with('#'), "stray comment {line:?}");
-        let (series, value) = line.rsplit_once(' ').expect("sample line");
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        let name = series.split('{').next().unwrap();
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad name {name:?}"
-        );
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                let inner = labels
-                    .strip_prefix('{')
-                    .and_then(|l| l.strip_suffix('}'))
-                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
-                for pair in inner.split(',') {
-                    let (k, v) = pair.split_once('=').expect("label pair");
-                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-                    assert!(v.starts_with('"') && v.ends_with('"') && v.len() >= 2);
-                }
-            }
-        }
-        let base = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| {
-                name.strip_suffix(s)
-                    .filter(|b| types.get(*b).is_some_and(|t| t == "histogram"))
-            })
-            .unwrap_or(name);
-        assert!(types.contains_key(base), "{name} has no TYPE line");
-        assert!(
-            samples.insert(series.to_string(), value).is_none(),
-            "{series} twice"
-        );
-    }
-    Exposition { samples, types }
-}
-
-impl Exposition {
-    fn get(&self, series: &str) -> f64 {
-        *self
-            .samples
-            .get(series)
-            .unwrap_or_else(|| panic!("no {series}"))
-    }
-}
 
 #[test]
 fn metrics_parse_and_count_the_requests_made() {
@@ -94,7 +14,7 @@ fn metrics_parse_and_count_the_requests_made() {
         let c = d.client();
         let (status, ctype_body) = c.raw(Method::GET, "/metrics", None).await.unwrap();
         assert_eq!(status, 200);
-        let empty = parse(std::str::from_utf8(&ctype_body).unwrap());
+        let empty = parse_metrics(std::str::from_utf8(&ctype_body).unwrap());
         assert_eq!(
             empty.get("inhouse_generated_tokens_total{model=\"smol\"}"),
             0.0
@@ -141,7 +61,7 @@ fn metrics_parse_and_count_the_requests_made() {
         let (status, text) = c.raw(Method::GET, "/metrics", None).await.unwrap();
         assert_eq!(status, 200);
         let text = String::from_utf8(text.to_vec()).unwrap();
-        let m = parse(&text);
+        let m = parse_metrics(&text);
         assert!(!text.contains("nope"));
         assert_eq!(
             m.get("inhouse_requests_total{model=\"smol\",status=\"200\"}"),

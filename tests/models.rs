@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    answer, cli, failed, gemma, inhouse_at, looks_english, ok, post, rt, smollm2, Daemon,
+    answer, chat_body, cli, failed, gemma, inhouse_at, looks_english, ok, post, rt, smollm2, Daemon,
 };
 use hyper::Method;
 use inhouse::client::Client;
@@ -37,8 +37,7 @@ fn store_files(d: &Daemon) -> Vec<String> {
 }
 
 fn chat(c: &Client, model: &str, prompt: &str) -> (u16, Value) {
-    let body = json!({"model": model, "temperature": 0, "max_tokens": 24,
-                      "messages": [{"role": "user", "content": prompt}]});
+    let body = chat_body(model, prompt, json!({"temperature": 0, "max_tokens": 24}));
     rt().block_on(post(c, "/v1/chat/completions", &body.to_string()))
 }
 

@@ -7,14 +7,6 @@ use common::*;
 use hyper::Method;
 use serde_json::{json, Value};
 
-fn chat_body(model: &str, prompt: &str, extra: Value) -> Value {
-    let mut body = json!({"model": model, "messages": [{"role": "user", "content": prompt}]});
-    for (k, v) in extra.as_object().expect("object") {
-        body[k] = v.clone();
-    }
-    body
-}
-
 /// Concatenated content of a chat stream, the number of content chunks, the finish reason.
 fn stream_text(events: &[String]) -> (String, usize, String) {
     let mut text = String::new();

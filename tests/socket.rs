@@ -97,7 +97,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
 
 #[test]
 fn a_body_that_never_finishes_gets_408_and_idle_connections_are_closed() {
-    let d = Daemon::smol_with_config("[limits]\nbody-timeout-secs = 2\nheader-timeout-secs = 2\n");
+    let d = TestServer::with_config("[limits]\nbody-timeout-secs = 2\nheader-timeout-secs = 2\n");
     let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"").unwrap();

@@ -1,4 +1,6 @@
-//! The encrypted store, end to end: the real daemon, real SQLite files on disk, real keys.
+//! The encrypted store, end to end: real SQLite files on disk, real keys; history, erasure and
+//! tampering through the API in-process (over a scripted engine), and the daemon process itself
+//! where keys, restarts, crashes, a full disk, retention and its log are what is tested.
 
 mod common;
 
@@ -12,8 +14,11 @@ use std::time::{Duration, Instant};
 const DB: &str = "inhouse.db";
 
 async fn chat(c: &inhouse::client::Client, prompt: &str, max_tokens: u32) -> (u16, Value) {
-    let body = json!({"model": "smol", "messages": [{"role": "user", "content": prompt}],
-                      "max_tokens": max_tokens, "temperature": 0});
+    let body = chat_body(
+        "smol",
+        prompt,
+        json!({"max_tokens": max_tokens, "temperature": 0}),
+    );
     post(c, "/v1/chat/completions", &body.to_string()).await
 }
 
@@ -117,7 +122,7 @@ fn a_canary_in_prompts_never_reaches_the_disk_or_the_log() {
 
 #[test]
 fn history_lists_reads_and_deletes_only_the_callers_records() {
-    let d = Daemon::smol();
+    let d = TestServer::start();
     rt().block_on(async {
         let c = d.client();
         let mut ids = vec![];
@@ -163,7 +168,7 @@ fn history_lists_reads_and_deletes_only_the_callers_records() {
 
 #[test]
 fn another_users_records_are_invisible() {
-    let d = Daemon::smol_with_config("[roles]\nuser-uids = [4242]\n");
+    let d = TestServer::with_config("[roles]\nuser-uids = [4242]\n");
     d.open_to_all();
     let id = rt().block_on(async { record_id(&chat(&d.client(), "root's secret", 2).await.1) });
     let as_4242 = |args: &[&str]| inhouse_as(4242, &d.socket, args);
@@ -201,7 +206,7 @@ fn another_users_records_are_invisible() {
 
 #[test]
 fn a_damaged_ciphertext_fails_alone_and_a_moved_one_fails_too() {
-    let d = Daemon::smol();
+    let d = TestServer::start();
     rt().block_on(async {
         let c = d.client();
         let mut ids = vec![];
@@ -341,7 +346,7 @@ fn rotation_then_restart_with_only_the_new_key_reads_everything() {
 
 #[test]
 fn erasing_a_uid_shreds_its_key_and_rows() {
-    let d = Daemon::smol_with_config("[roles]\nuser-uids = [4242]\n");
+    let d = TestServer::with_config("[roles]\nuser-uids = [4242]\n");
     d.open_to_all();
     for p in ["Say one", "Say two"] {
         let out = inhouse_as(4242, &d.socket, &["run", "smol", p, "--max-tokens", "2"]);

@@ -1,12 +1,17 @@
-//! Shared helpers for the integration tests: the real `inhoused` binary as a child process on a
-//! socket in a temporary directory, the real test models, and a client.
+//! Shared helpers for the integration tests: the API served in-process over a scripted engine
+//! ([`TestServer`]), the real `inhoused` binary as a child process on a socket in a temporary
+//! directory ([`Daemon`]), the real test models, and a client.
 #![allow(dead_code)]
 
 use hyper::Method;
+use inhouse::api::AppState;
 use inhouse::client::Client;
+use inhouse::config::Config;
+use inhouse::engine::fake::FakeEngine;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The model cache: `$INHOUSE_MODELS_DIR` or `~/.cache/inhouse/models`.
@@ -37,6 +42,103 @@ pub fn smollm2() -> PathBuf {
 /// Gemma 3 270M, Q4_K_M (gemma3 architecture, no template in the GGUF).
 pub fn gemma() -> PathBuf {
     model("gemma-3-270m-q4_k_m.gguf")
+}
+
+/// The API served in-process (mini-redis' `start_server()`): the real router, roles, limits and
+/// Unix socket, over a real encrypted store in a temporary directory and a scripted
+/// [`FakeEngine`] instead of llama.cpp. For every test whose subject is not generation itself
+/// or the daemon process; it starts in milliseconds.
+pub struct TestServer {
+    /// The socket the API listens on.
+    pub socket: PathBuf,
+    /// The state directory (the database file).
+    pub dir: PathBuf,
+    /// The scripted engine: set its script, read what it was asked.
+    pub engine: Arc<FakeEngine>,
+    /// The store the API writes to.
+    pub store: inhouse::storage::StoreHandle,
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Serves a fake model `smol` with the default configuration.
+    pub fn start() -> TestServer {
+        TestServer::with_config("")
+    }
+
+    /// Serves a fake model `smol` with `toml` as the configuration file's text.
+    pub fn with_config(toml: &str) -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let mut config = Config::from_toml(toml).expect("test config");
+        config.state_dir = dir.clone();
+        config.socket = dir.join("inhouse.sock");
+        config.check().expect("test config checks");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let engine = FakeEngine::new(&["smol"]);
+        let (store, listener) = runtime.block_on(async {
+            let key = inhouse::crypto::MasterKey::generate().expect("master key");
+            let store = inhouse::storage::StoreHandle::open(dir.join("inhouse.db"), key)
+                .await
+                .expect("open the store");
+            let listener = tokio::net::UnixListener::bind(&config.socket).expect("bind");
+            (store, listener)
+        });
+        let state = AppState::new(&config, engine.clone(), store.clone(), None);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = inhouse::api::server::ServerLimits::from_config(&config.limits);
+        runtime.spawn(inhouse::api::serve(listener, state, limits, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            socket: config.socket.clone(),
+            dir,
+            engine,
+            store,
+            runtime: Some(runtime),
+            stop: Some(stop),
+            _tmp: tmp,
+        }
+    }
+
+    /// A client for this server's socket.
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Lets every local uid reach the socket (see [`Daemon::open_to_all`]).
+    pub fn open_to_all(&self) {
+        open_to_all(&self.dir, &self.socket);
+    }
+
+    /// Whether the server still answers `/health`.
+    pub fn serving(&self) -> bool {
+        rt().block_on(async { self.client().raw(Method::GET, "/health", None).await })
+            .is_ok_and(|(status, _)| status.as_u16() == 200)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+fn open_to_all(dir: &Path, socket: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
 }
 
 /// A running daemon; stopped (SIGKILL) when dropped unless [`Daemon::terminate`] was called.
@@ -123,9 +225,7 @@ impl Daemon {
     /// Lets every local uid reach the socket, so that the daemon's own checks (roles, limits),
     /// not the file mode, decide (tests run clients as other uids with setpriv).
     pub fn open_to_all(&self) {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        open_to_all(&self.dir, &self.socket);
     }
 
     fn wait_ready(&mut self) {
@@ -228,8 +328,16 @@ pub async fn post(client: &Client, path: &str, body: &str) -> (u16, Value) {
     (status.as_u16(), v)
 }
 
-/// Streams a request with `"stream": true`; returns every `data:` payload and the content type.
-pub async fn post_stream(client: &Client, path: &str, body: &Value) -> (u16, String, Vec<String>) {
+/// A streamed answer as it arrived: status, content type, and every `data:` payload with the
+/// moment it was read.
+pub struct Sse {
+    pub status: u16,
+    pub content_type: String,
+    pub events: Vec<(String, Instant)>,
+}
+
+/// POSTs `body` and reads its server-sent events to the end.
+pub async fn collect_sse(client: &Client, path: &str, body: &Value) -> Sse {
     let mut resp = client
         .send(
             Method::POST,
@@ -241,9 +349,147 @@ pub async fn post_stream(client: &Client, path: &str, body: &Value) -> (u16, Str
     let mut parser = inhouse::client::SseParser::default();
     let mut events = Vec::new();
     while let Some(chunk) = resp.next_chunk().await {
-        events.extend(parser.push(&chunk.expect("chunk")));
+        let parsed = parser.push(&chunk.expect("chunk"));
+        let at = Instant::now();
+        events.extend(parsed.into_iter().map(|e| (e, at)));
     }
-    (resp.status.as_u16(), resp.content_type.clone(), events)
+    Sse {
+        status: resp.status.as_u16(),
+        content_type: resp.content_type.clone(),
+        events,
+    }
+}
+
+/// Streams a request (the body says `"stream": true`); returns the status, the content type and
+/// every `data:` payload.
+pub async fn post_stream(client: &Client, path: &str, body: &Value) -> (u16, String, Vec<String>) {
+    let sse = collect_sse(client, path, body).await;
+    let events = sse.events.into_iter().map(|(e, _)| e).collect();
+    (sse.status, sse.content_type, events)
+}
+
+/// A chat request body for `model`: one user turn, plus the fields of `extra`.
+pub fn chat_body(model: &str, prompt: &str, extra: Value) -> Value {
+    chat_turns(model, &[("user", prompt)], extra)
+}
+
+/// A chat request body for `model` with these `(role, content)` turns, plus the fields of
+/// `extra`.
+pub fn chat_turns(model: &str, turns: &[(&str, &str)], extra: Value) -> Value {
+    let messages: Vec<Value> = turns
+        .iter()
+        .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
+        .collect();
+    let mut body = serde_json::json!({"model": model, "messages": messages});
+    for (k, v) in extra.as_object().expect("extra fields are an object") {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// `GET /metrics` as text.
+pub async fn metrics_text(client: &Client) -> String {
+    let (status, body) = client
+        .raw(Method::GET, "/metrics", None)
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    String::from_utf8(body.to_vec()).expect("utf-8")
+}
+
+/// A parsed exposition: series (name with labels, as written) → value, and metric → type.
+pub struct Exposition {
+    pub samples: std::collections::BTreeMap<String, f64>,
+    pub types: std::collections::BTreeMap<String, String>,
+}
+
+/// Parses the Prometheus text format strictly enough to catch malformed output: every line is a
+/// `# HELP`, a `# TYPE` or `name{label="value",…} number`, and every sample's metric has a type.
+pub fn parse_metrics(text: &str) -> Exposition {
+    let mut samples = std::collections::BTreeMap::new();
+    let mut types = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE line");
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "type {kind}"
+            );
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "{name} typed twice"
+            );
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "stray comment {line:?}");
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad name {name:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+                for pair in inner.split(',') {
+                    let (k, v) = pair.split_once('=').expect("label pair");
+                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                    assert!(v.starts_with('"') && v.ends_with('"') && v.len() >= 2);
+                }
+            }
+        }
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|b| types.get(*b).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(base), "{name} has no TYPE line");
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "{series} twice"
+        );
+    }
+    Exposition { samples, types }
+}
+
+impl Exposition {
+    /// The value of `series`, written as the line writes it (`name{label="value"}`).
+    pub fn get(&self, series: &str) -> f64 {
+        *self
+            .samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series}"))
+    }
+}
+
+/// The value of one sample of Prometheus text (checked by [`parse_metrics`]), `series` written
+/// as the line writes it (e.g. `inhouse_busy_slots{model="smol"}`).
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    parse_metrics(metrics).get(series)
+}
+
+/// Polls `done` every 50 ms until it holds; fails saying `what` after `secs` seconds.
+pub fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} (after {secs} s)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The assistant's text of a non-streamed chat completion.
