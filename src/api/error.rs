@@ -109,6 +109,37 @@ impl ApiError {
         ApiError::invalid("invalid_query", why)
     }
 
+    /// 429: the caller's uid is over its rate or concurrency limit.
+    pub fn rate_limited(message: String) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            code: "rate_limited",
+            message,
+            param: None,
+        }
+    }
+
+    /// 415: a body that is not JSON where JSON is expected.
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            ..ApiError::invalid(
+                "",
+                format!("Content-Type {content_type:?} is not accepted: send application/json"),
+            )
+        }
+    }
+
+    /// 400: a model import's signature header does not decode.
+    pub fn invalid_signature_header(header: &str) -> Self {
+        ApiError::invalid(
+            "invalid_signature_header",
+            format!("{header} must be the base64 of the signature file"),
+        )
+    }
+
     /// 500: an invariant of the server itself broke; the caller did nothing wrong.
     pub fn internal(what: &str) -> Self {
         ApiError {

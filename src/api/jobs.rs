@@ -47,7 +47,7 @@ pub async fn upload_data(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let checked = query
-        .map_err(|e| ApiError::invalid("invalid_query", e.body_text()))
+        .map_err(|e| ApiError::invalid_query(e.body_text()))
         .and_then(|Query(q)| Ok(check_format(q.format.as_deref().unwrap_or("jsonl"))?))
         .and_then(|format| Ok((format, runner(&s)?.clone())));
     let (format, r) = match checked {
@@ -104,7 +104,7 @@ pub async fn list(
     State(s): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(json!({"jobs": runner(&s)?.list(limit).await?})))
 }

@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::Caller;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -94,14 +94,7 @@ impl UidLimits {
 }
 
 fn too_many(message: String, retry_after_secs: u64) -> Response {
-    let err = ApiError {
-        status: StatusCode::TOO_MANY_REQUESTS,
-        kind: "rate_limit_error",
-        code: "rate_limited",
-        message,
-        param: None,
-    };
-    let mut resp = err.into_response();
+    let mut resp = ApiError::rate_limited(message).into_response();
     if let Ok(v) = HeaderValue::from_str(&retry_after_secs.max(1).to_string()) {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
@@ -153,15 +146,7 @@ pub async fn json_only(request: Request, next: Next) -> Result<Response, ApiErro
             let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
             let essence = ct.split(';').next().unwrap_or("").trim();
             if essence != "application/json" {
-                return Err(ApiError {
-                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    kind: "invalid_request_error",
-                    code: "unsupported_media_type",
-                    message: format!(
-                        "Content-Type {essence:?} is not accepted: send application/json"
-                    ),
-                    param: None,
-                });
+                return Err(ApiError::unsupported_media_type(essence));
             }
         }
     }

@@ -165,7 +165,7 @@ fn import_request(
     query: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     headers: &HeaderMap,
 ) -> Result<(Arc<models::ModelStore>, ImportRequest), ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     models::check_name(name)?;
     if let Some(b) = &q.adapter_for {
         models::check_name(b)?;
@@ -185,12 +185,7 @@ fn import_request(
                 .decode(v.as_bytes())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "invalid_signature_header",
-                        format!("{SIGNATURE_HEADER} must be the base64 of the signature file"),
-                    )
-                })?;
+                .ok_or_else(|| ApiError::invalid_signature_header(SIGNATURE_HEADER))?;
             Some(text)
         }
     };
