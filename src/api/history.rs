@@ -9,6 +9,7 @@ use super::error::ApiError;
 use super::{AppState, Caller};
 use crate::crypto::MasterKey;
 use crate::storage::RequestStatus;
+use crate::wire;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -38,7 +39,7 @@ pub async fn list(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::HistoryPage>, ApiError> {
     let Query(page) = page.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
@@ -59,12 +60,12 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(json!({
-        "object": "list",
-        "data": rows,
-        "has_more": has_more,
-        "next_before": next_before,
-    })))
+    Ok(Json(wire::HistoryPage {
+        object: "list".into(),
+        data: rows,
+        has_more,
+        next_before,
+    }))
 }
 
 /// A record id from the path; anything but an integer is a 400 with a JSON body.
@@ -78,15 +79,16 @@ pub async fn get(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::HistoryRecord>, ApiError> {
     let id = record_id(id)?;
     let r = s.store.get_history(caller.uid, id).await?;
     let prompt: Value =
-        serde_json::from_str(&r.prompt_text).unwrap_or(Value::String(r.prompt_text.clone()));
-    let mut v = serde_json::to_value(&r.meta).unwrap_or_default();
-    v["prompt"] = prompt;
-    v["response"] = Value::String(r.response_text.clone());
-    Ok(Json(v))
+        serde_json::from_str(&r.prompt_text).unwrap_or(Value::String(r.prompt_text));
+    Ok(Json(wire::HistoryRecord {
+        meta: r.meta,
+        prompt,
+        response: r.response_text,
+    }))
 }
 
 /// `DELETE /v1/history/{id}`.
@@ -94,12 +96,14 @@ pub async fn delete(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::HistoryDeleted>, ApiError> {
     let id = record_id(id)?;
     s.store.delete_history(caller.uid, id).await?;
-    Ok(Json(
-        json!({"id": id, "object": "history.record", "deleted": true}),
-    ))
+    Ok(Json(wire::HistoryDeleted {
+        id,
+        object: "history.record".into(),
+        deleted: true,
+    }))
 }
 
 /// Appends an audit event for an admin action; the action already happened, so a failure to
@@ -112,55 +116,30 @@ async fn audit_admin(s: &AppState, caller: &Caller, kind: &str, detail: Value) -
         .map(|e| e.to_string())
 }
 
-/// `POST /admin/erase` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EraseBody {
-    /// The uid whose data is destroyed.
-    pub uid: u32,
-}
+/// `POST /admin/erase` body (typed in [`crate::wire`], shared with the client).
+pub use crate::wire::EraseRequest as EraseBody;
 
 /// `POST /admin/erase`: crypto-shreds a uid (destroys its data key, then purges its rows).
 pub async fn erase(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Erased>, ApiError> {
     let body = super::openai::body_bytes(body)?;
     let req: EraseBody = crate::scheduler::parse_body(&body, s.limits.max_json_depth)?;
     let report = s.store.erase_uid(req.uid).await?;
     tracing::info!(admin = caller.uid, uid = req.uid, "uid erased");
     let audit_error = audit_admin(&s, &caller, "admin_erase", json!({"uid": req.uid})).await;
-    Ok(Json(
-        json!({"uid": req.uid, "report": report, "audit_error": audit_error}),
-    ))
+    Ok(Json(wire::Erased {
+        uid: req.uid,
+        report,
+        audit_error,
+    }))
 }
 
-/// `POST /admin/rotate-key` body. It holds a master key: its `Debug` redacts the key, and the
-/// key text is zeroized when the body is dropped.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateBody {
-    /// The new master key, base64 of its 32 bytes (the client reads it from a 0600 file).
-    #[serde(deserialize_with = "zeroizing_string")]
-    pub key: zeroize::Zeroizing<String>,
-}
-
-impl std::fmt::Debug for RotateBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RotateBody")
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
-
-/// Deserializes a string straight into a [`zeroize::Zeroizing`] (the `zeroize` crate is built
-/// without its `serde` feature).
-fn zeroizing_string<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<zeroize::Zeroizing<String>, D::Error> {
-    String::deserialize(d).map(zeroize::Zeroizing::new)
-}
+/// `POST /admin/rotate-key` body (typed in [`crate::wire`], shared with the client): it holds a
+/// master key, so its `Debug` redacts it and the key text is zeroized on drop.
+pub use crate::wire::RotateKeyRequest as RotateBody;
 
 /// `POST /admin/rotate-key`: rewraps every data key under a new master key, in batches, while
 /// serving. Afterwards only the new key opens the store.
@@ -168,7 +147,7 @@ pub async fn rotate_key(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::KeyRotated>, ApiError> {
     let body = super::openai::body_bytes(body)?;
     let req: RotateBody = crate::scheduler::parse_body(&body, s.limits.max_json_depth)?;
     let bytes = zeroize::Zeroizing::new(
@@ -191,22 +170,32 @@ pub async fn rotate_key(
         json!({"old_key_id": status.old_key_id, "new_key_id": status.new_key_id}),
     )
     .await;
-    Ok(Json(json!({"status": status, "audit_error": audit_error})))
+    Ok(Json(wire::KeyRotated {
+        status,
+        audit_error,
+    }))
 }
 
 /// `GET /admin/rotate-key`: the state of an unfinished rotation, if any.
-pub async fn rotation_status(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"rotation": s.store.rotation_status().await?})))
+pub async fn rotation_status(
+    State(s): State<AppState>,
+) -> Result<Json<wire::RotationState>, ApiError> {
+    Ok(Json(wire::RotationState {
+        rotation: s.store.rotation_status().await?,
+    }))
 }
 
 /// `GET /audit/verify`: checks the whole chain and names the first bad row.
 pub async fn audit_verify(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::AuditVerified>, ApiError> {
     let report = s.store.audit_verify().await?;
     tracing::info!(uid = caller.uid, ok = report.is_ok(), "audit verified");
-    Ok(Json(json!({"ok": report.is_ok(), "report": report})))
+    Ok(Json(wire::AuditVerified {
+        ok: report.is_ok(),
+        report,
+    }))
 }
 
 /// `GET /audit/export`: the audit log as JSON lines.
