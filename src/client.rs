@@ -1,13 +1,23 @@
-//! A small HTTP/1.1 client for the daemon's Unix socket, used by the `inhouse` CLI and the
-//! tests, plus a parser for the server-sent events that streaming answers use.
+//! A small HTTP/1.1 client for the daemon's Unix socket, used by the `inhouse` CLI ([`crate::cli`])
+//! and the tests, plus a parser for the server-sent events that streaming answers use.
+//!
+//! Two levels: [`Client::send`], [`Client::raw`], [`Client::json`] and [`Client::upload`] speak
+//! plain HTTP and JSON (the tests use them to send anything, malformed included); the typed
+//! methods ([`Client::models`], [`Client::jobs`], [`Client::history`], …) send and read the
+//! bodies of [`crate::wire`], so that an answer without a field the client needs is a
+//! [`ClientError::Decode`] naming that field, never a silent default.
 
+use crate::wire;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::net::UnixStream;
 
 /// Client errors.
@@ -45,6 +55,44 @@ pub enum ClientError {
         /// The error message from the body.
         message: String,
     },
+    /// A successful answer is not the shape the client expects (a daemon of another version):
+    /// the message names the request and the field, e.g. `models[0].info: missing field
+    /// `architecture``.
+    #[error("unexpected answer to {request}: {source}")]
+    Decode {
+        /// Method and path, e.g. `GET /admin/models`.
+        request: String,
+        /// Where in the body, and what is wrong there.
+        source: serde_path_to_error::Error<serde_json::Error>,
+    },
+    /// A request body could not be serialized.
+    #[error("encoding the request: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Reads a JSON answer as `T`; an error names the field at fault (with its path) and `request`.
+pub fn decode<T: DeserializeOwned>(request: &str, bytes: &[u8]) -> Result<T, ClientError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|source| ClientError::Decode {
+        request: request.to_string(),
+        source,
+    })
+}
+
+/// Called with the bytes sent so far while a file uploads (for a progress bar).
+pub type OnSent = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// What a model import sends besides the file.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Store the file as a LoRA adapter of this stored model.
+    pub adapter_for: Option<String>,
+    /// The SHA-256 the file must have (hex).
+    pub sha256: Option<String>,
+    /// The file's own name, recorded as its provenance.
+    pub source: Option<String>,
+    /// A signature file's contents.
+    pub signature: Option<Vec<u8>>,
 }
 
 /// A connection factory for one socket; each request uses a fresh connection.
@@ -179,6 +227,18 @@ impl Client {
         file: &Path,
         headers: &[(&str, String)],
     ) -> Result<Value, ClientError> {
+        let (status, bytes) = self.upload_with(path, file, headers, None).await?;
+        json_answer(status, &bytes)
+    }
+
+    /// [`Client::upload`] reporting its progress to `on_sent`, answering status and body.
+    async fn upload_with(
+        &self,
+        path: &str,
+        file: &Path,
+        headers: &[(&str, String)],
+        on_sent: Option<OnSent>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         use tokio::io::AsyncReadExt;
         let f = tokio::fs::File::open(file)
             .await
@@ -194,16 +254,24 @@ impl Client {
                 source,
             })?
             .len();
-        let chunks = futures_util::stream::unfold(Some(f), |f| async move {
-            let mut f = f?;
-            let mut buf = vec![0u8; 1 << 20];
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), Some(f)))
+        let chunks = futures_util::stream::unfold(Some((f, 0u64)), move |state| {
+            let on_sent = on_sent.clone();
+            async move {
+                let (mut f, sent) = state?;
+                let mut buf = vec![0u8; 1 << 20];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        let sent = sent + n as u64;
+                        if let Some(report) = &on_sent {
+                            report(sent);
+                        }
+                        let frame = hyper::body::Frame::data(Bytes::from(buf));
+                        Some((Ok(frame), Some((f, sent))))
+                    }
+                    Err(e) => Some((Err(e), None)),
                 }
-                Err(e) => Some((Err(e), None)),
             }
         });
         let mut sender = self.connect().await?;
@@ -220,7 +288,190 @@ impl Client {
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        json_answer(status, &bytes)
+        Ok((status, bytes))
+    }
+
+    /// Sends `body` (or nothing) as JSON and reads the answer as `T`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, ClientError> {
+        let request = format!("{method} {path}");
+        let body = body.map(serde_json::to_vec).transpose()?.map(Bytes::from);
+        let (status, bytes) = self.raw(method, path, body).await?;
+        check_status(status, &bytes)?;
+        decode(&request, &bytes)
+    }
+
+    /// `GET` `path`, read as `T`.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    /// Uploads `file` to `path`, read as `T`.
+    async fn upload_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: &Path,
+        headers: &[(&str, String)],
+        on_sent: Option<OnSent>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.upload_with(path, file, headers, on_sent).await?;
+        check_status(status, &bytes)?;
+        decode(&format!("POST {path}"), &bytes)
+    }
+
+    /// `GET /health`: the daemon's health report (free-form: it grows with the daemon).
+    pub async fn health(&self) -> Result<Value, ClientError> {
+        self.json(Method::GET, "/health", None).await
+    }
+
+    /// `GET /v1/models`: the models served.
+    pub async fn served_models(&self) -> Result<wire::ServedModels, ClientError> {
+        self.get("/v1/models").await
+    }
+
+    /// `GET /admin/models`: every name, stored or configured.
+    pub async fn models(&self) -> Result<wire::ModelList, ClientError> {
+        self.get("/admin/models").await
+    }
+
+    /// `GET /admin/models/{name}`: one name in detail.
+    pub async fn show_model(&self, name: &str) -> Result<wire::ModelEntry, ClientError> {
+        self.get(&format!("/admin/models/{name}")).await
+    }
+
+    /// `POST /admin/models/{name}`: imports `file` (streamed) under `name`.
+    pub async fn import_model(
+        &self,
+        name: &str,
+        file: &Path,
+        opts: &ImportOptions,
+        on_sent: Option<OnSent>,
+    ) -> Result<wire::Imported, ClientError> {
+        use base64::Engine as _;
+        let mut query = vec![];
+        if let Some(b) = &opts.adapter_for {
+            query.push(format!("adapter_for={b}"));
+        }
+        if let Some(h) = &opts.sha256 {
+            query.push(format!("sha256={h}"));
+        }
+        if let Some(f) = &opts.source {
+            query.push(format!("source={f}"));
+        }
+        let mut uri = format!("/admin/models/{name}");
+        if !query.is_empty() {
+            uri = format!("{uri}?{}", query.join("&"));
+        }
+        let mut headers = vec![];
+        if let Some(sig) = &opts.signature {
+            headers.push((
+                crate::api::models::SIGNATURE_HEADER,
+                base64::engine::general_purpose::STANDARD.encode(sig),
+            ));
+        }
+        self.upload_as(&uri, file, &headers, on_sent).await
+    }
+
+    /// `DELETE /admin/models/{name}`: removes a stored name (and a model's adapters).
+    pub async fn remove_model(&self, name: &str) -> Result<wire::ModelsRemoved, ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/admin/models/{name}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /admin/ps`: the models in memory.
+    pub async fn ps(&self) -> Result<wire::Ps, ClientError> {
+        self.get("/admin/ps").await
+    }
+
+    /// `GET /admin/jobs`: the newest jobs.
+    pub async fn jobs(&self) -> Result<wire::JobList, ClientError> {
+        self.get("/admin/jobs").await
+    }
+
+    /// `GET /admin/jobs/{id}`: one job with its progress.
+    pub async fn job(&self, id: i64) -> Result<wire::JobAnswer, ClientError> {
+        self.get(&format!("/admin/jobs/{id}")).await
+    }
+
+    /// `POST /admin/jobs`: submits a job (answered `queued`).
+    pub async fn submit_job(&self, req: &wire::JobRequest) -> Result<wire::JobAnswer, ClientError> {
+        self.call(Method::POST, "/admin/jobs", Some(req)).await
+    }
+
+    /// `DELETE /admin/jobs/{id}`: cancels a job; answers it once it has ended.
+    pub async fn cancel_job(&self, id: i64) -> Result<wire::JobAnswer, ClientError> {
+        self.call(Method::DELETE, &format!("/admin/jobs/{id}"), None::<&()>)
+            .await
+    }
+
+    /// `POST /admin/jobs/data?format=…`: uploads `file` (streamed) as a dataset.
+    pub async fn upload_dataset(
+        &self,
+        file: &Path,
+        format: &str,
+        on_sent: Option<OnSent>,
+    ) -> Result<wire::DatasetUploaded, ClientError> {
+        let path = format!("/admin/jobs/data?format={format}");
+        self.upload_as(&path, file, &[], on_sent).await
+    }
+
+    /// `GET /v1/history`: a page of the caller's records, newest first.
+    pub async fn history(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<wire::HistoryPage, ClientError> {
+        let mut path = format!("/v1/history?limit={limit}");
+        if let Some(b) = before {
+            path.push_str(&format!("&before={b}"));
+        }
+        self.get(&path).await
+    }
+
+    /// `GET /v1/history/{id}`: one of the caller's records.
+    pub async fn history_record(&self, id: i64) -> Result<wire::HistoryRecord, ClientError> {
+        self.get(&format!("/v1/history/{id}")).await
+    }
+
+    /// `DELETE /v1/history/{id}`.
+    pub async fn delete_history(&self, id: i64) -> Result<wire::HistoryDeleted, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/history/{id}"), None::<&()>)
+            .await
+    }
+
+    /// `POST /admin/erase`: destroys every record of `uid`.
+    pub async fn erase(&self, uid: u32) -> Result<wire::Erased, ClientError> {
+        let body = wire::EraseRequest { uid };
+        self.call(Method::POST, "/admin/erase", Some(&body)).await
+    }
+
+    /// `POST /admin/rotate-key`: rewraps every data key under a new master key.
+    pub async fn rotate_key(
+        &self,
+        req: &wire::RotateKeyRequest,
+    ) -> Result<wire::KeyRotated, ClientError> {
+        self.call(Method::POST, "/admin/rotate-key", Some(req))
+            .await
+    }
+
+    /// `GET /audit/verify`: checks the audit chain.
+    pub async fn audit_verify(&self) -> Result<wire::AuditVerified, ClientError> {
+        self.get("/audit/verify").await
+    }
+
+    /// `GET /audit/export`: the audit log as JSON lines.
+    pub async fn audit_export(&self) -> Result<Bytes, ClientError> {
+        let (status, bytes) = self.raw(Method::GET, "/audit/export", None).await?;
+        check_status(status, &bytes)?;
+        Ok(bytes)
     }
 
     /// Streams a chat completion, calling `on_text` with each piece of the answer; returns the
@@ -242,10 +493,9 @@ impl Client {
         if !resp.status.is_success() {
             let status = resp.status;
             let raw = resp.collect().await?;
-            let value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
             return Err(ClientError::Api {
                 status,
-                message: error_message(&value, &raw),
+                message: error_message(&raw),
             });
         }
         let mut parser = SseParser::default();
@@ -260,7 +510,7 @@ impl Client {
                 if v.get("error").is_some() {
                     return Err(ClientError::Api {
                         status: StatusCode::INTERNAL_SERVER_ERROR,
-                        message: error_message(&v, data.as_bytes()),
+                        message: error_message(data.as_bytes()),
                     });
                 }
                 if let Some(t) = v
@@ -287,23 +537,29 @@ impl Client {
 
 /// A JSON answer, or [`ClientError::Api`] with the daemon's message for an error status.
 fn json_answer(status: StatusCode, bytes: &[u8]) -> Result<Value, ClientError> {
-    let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
-    if !status.is_success() {
-        return Err(ClientError::Api {
-            status,
-            message: error_message(&value, bytes),
-        });
-    }
-    Ok(value)
+    check_status(status, bytes)?;
+    Ok(serde_json::from_slice(bytes).unwrap_or(Value::Null))
 }
 
-/// The `error.message` of an OpenAI-shaped error body, or the raw text.
-pub fn error_message(value: &Value, raw: &[u8]) -> String {
-    value
-        .pointer("/error/message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned())
+/// [`ClientError::Api`] with the daemon's message for an error status.
+fn check_status(status: StatusCode, bytes: &[u8]) -> Result<(), ClientError> {
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(ClientError::Api {
+            status,
+            message: error_message(bytes),
+        })
+    }
+}
+
+/// The `error.message` of an error body ([`wire::ErrorBody`]), or the raw text when the body is
+/// not one (a proxy's page, a truncated answer).
+pub fn error_message(raw: &[u8]) -> String {
+    match serde_json::from_slice::<wire::ErrorBody>(raw) {
+        Ok(body) => body.error.message,
+        Err(_) => String::from_utf8_lossy(raw).into_owned(),
+    }
 }
 
 /// Splits a server-sent-event stream into the `data:` payloads of its events.

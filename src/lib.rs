@@ -21,13 +21,16 @@
 //! - [`storage`]: the encrypted SQLite store on its own thread: records, history, erasure,
 //!   rotation, the audit chain.
 //! - [`crypto`]: master key, sub-keys, per-user data keys, sealing fields (AES-256-GCM via ring).
-//! - [`client`]: the socket client used by the `inhouse` CLI and the tests.
+//! - [`wire`]: the admin, models, ps, jobs, history and error bodies, typed once for both ends.
+//! - [`client`]: the socket client used by the `inhouse` CLI and the tests, typed over [`wire`].
+//! - [`cli`]: the `inhouse` command line, one file per command family.
 // `deny`, not `forbid`: the one exception is `engine::ffi` (ggml's CPU-variant registry), which
 // allows it for itself with a SAFETY comment on each block.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crypto;
@@ -38,3 +41,4 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod storage;
+pub mod wire;

@@ -167,6 +167,28 @@ fn history_lists_reads_and_deletes_only_the_callers_records() {
 }
 
 #[test]
+fn history_list_prints_dates_and_its_json_is_the_api_page() {
+    let d = Daemon::smol();
+    let id = rt().block_on(async { record_id(&chat(&d.client(), "hello", 2).await.1) });
+    let (_, api) = rt().block_on(get(&d.client(), "/v1/history?limit=50"));
+    let out = cli(&d.socket, &["history", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page, api, "--json prints the API's answer");
+    assert_eq!(page["data"][0]["id"], id);
+    assert!(page["data"][0]["created_at"].is_i64(), "{page}");
+    // Without --json, the time is a date, not Unix seconds.
+    let out = cli(&d.socket, &["history", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let when = text.split('\t').nth(1).unwrap_or_default();
+    assert!(when.len() == 23 && when.ends_with(" UTC"), "{text}");
+}
+
+#[test]
 fn another_users_records_are_invisible() {
     let d = TestServer::with_config("[roles]\nuser-uids = [4242]\n");
     d.open_to_all();

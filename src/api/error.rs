@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use inhouse_formats::validate::ValidationError;
-use serde_json::json;
 
 /// An API error: status, stable type and code, and a message saying what to fix.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,13 +151,15 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> crate::wire::ErrorBody {
+        crate::wire::ErrorBody {
+            error: crate::wire::ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind.to_string(),
+                param: self.param.clone(),
+                code: self.code.to_string(),
+            },
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::{AppState, Caller};
 use crate::crypto::MasterKey;
+use crate::wire;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::header;
@@ -37,7 +38,7 @@ pub async fn list(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::HistoryPage>, ApiError> {
     let Query(page) = page.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
@@ -58,12 +59,12 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(json!({
-        "object": "list",
-        "data": rows,
-        "has_more": has_more,
-        "next_before": next_before,
-    })))
+    Ok(Json(wire::HistoryPage {
+        object: "list".into(),
+        data: rows,
+        has_more,
+        next_before,
+    }))
 }
 
 /// A record id from the path; anything but an integer is a 400 with a JSON body.
@@ -77,15 +78,16 @@ pub async fn get(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::HistoryRecord>, ApiError> {
     let id = record_id(id)?;
     let r = s.store.get_history(caller.uid, id).await?;
     let prompt: Value =
-        serde_json::from_str(&r.prompt_text).unwrap_or(Value::String(r.prompt_text.clone()));
-    let mut v = serde_json::to_value(&r.meta).unwrap_or_default();
-    v["prompt"] = prompt;
-    v["response"] = Value::String(r.response_text.clone());
-    Ok(Json(v))
+        serde_json::from_str(&r.prompt_text).unwrap_or(Value::String(r.prompt_text));
+    Ok(Json(wire::HistoryRecord {
+        meta: r.meta,
+        prompt,
+        response: r.response_text,
+    }))
 }
 
 /// `DELETE /v1/history/{id}`.
@@ -93,12 +95,14 @@ pub async fn delete(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::HistoryDeleted>, ApiError> {
     let id = record_id(id)?;
     s.store.delete_history(caller.uid, id).await?;
-    Ok(Json(
-        json!({"id": id, "object": "history.record", "deleted": true}),
-    ))
+    Ok(Json(wire::HistoryDeleted {
+        id,
+        object: "history.record".into(),
+        deleted: true,
+    }))
 }
 
 /// Appends an audit event for an admin action; the action already happened, so a failure to
@@ -111,52 +115,20 @@ async fn audit_admin(s: &AppState, caller: &Caller, kind: &str, detail: Value) -
         .map(|e| e.to_string())
 }
 
-/// `POST /admin/erase` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EraseBody {
-    /// The uid whose data is destroyed.
-    pub uid: u32,
-}
-
 /// `POST /admin/erase`: crypto-shreds a uid (destroys its data key, then purges its rows).
 pub async fn erase(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    JsonBody(req): JsonBody<EraseBody>,
-) -> Result<Json<Value>, ApiError> {
+    JsonBody(req): JsonBody<wire::EraseRequest>,
+) -> Result<Json<wire::Erased>, ApiError> {
     let report = s.store.erase_uid(req.uid).await?;
     tracing::info!(admin = caller.uid, uid = req.uid, "uid erased");
     let audit_error = audit_admin(&s, &caller, "admin_erase", json!({"uid": req.uid})).await;
-    Ok(Json(
-        json!({"uid": req.uid, "report": report, "audit_error": audit_error}),
-    ))
-}
-
-/// `POST /admin/rotate-key` body. It holds a master key: its `Debug` redacts the key, and the
-/// key text is zeroized when the body is dropped.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateBody {
-    /// The new master key, base64 of its 32 bytes (the client reads it from a 0600 file).
-    #[serde(deserialize_with = "zeroizing_string")]
-    pub key: zeroize::Zeroizing<String>,
-}
-
-impl std::fmt::Debug for RotateBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RotateBody")
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
-
-/// Deserializes a string straight into a [`zeroize::Zeroizing`] (the `zeroize` crate is built
-/// without its `serde` feature).
-fn zeroizing_string<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<zeroize::Zeroizing<String>, D::Error> {
-    String::deserialize(d).map(zeroize::Zeroizing::new)
+    Ok(Json(wire::Erased {
+        uid: req.uid,
+        report,
+        audit_error,
+    }))
 }
 
 /// `POST /admin/rotate-key`: rewraps every data key under a new master key, in batches, while
@@ -164,8 +136,8 @@ fn zeroizing_string<'de, D: serde::Deserializer<'de>>(
 pub async fn rotate_key(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    JsonBody(req): JsonBody<RotateBody>,
-) -> Result<Json<Value>, ApiError> {
+    JsonBody(req): JsonBody<wire::RotateKeyRequest>,
+) -> Result<Json<wire::KeyRotated>, ApiError> {
     let bytes = zeroize::Zeroizing::new(
         base64::engine::general_purpose::STANDARD
             .decode(req.key.trim())
@@ -186,22 +158,32 @@ pub async fn rotate_key(
         json!({"old_key_id": status.old_key_id, "new_key_id": status.new_key_id}),
     )
     .await;
-    Ok(Json(json!({"status": status, "audit_error": audit_error})))
+    Ok(Json(wire::KeyRotated {
+        status,
+        audit_error,
+    }))
 }
 
 /// `GET /admin/rotate-key`: the state of an unfinished rotation, if any.
-pub async fn rotation_status(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"rotation": s.store.rotation_status().await?})))
+pub async fn rotation_status(
+    State(s): State<AppState>,
+) -> Result<Json<wire::RotationState>, ApiError> {
+    Ok(Json(wire::RotationState {
+        rotation: s.store.rotation_status().await?,
+    }))
 }
 
 /// `GET /audit/verify`: checks the whole chain and names the first bad row.
 pub async fn audit_verify(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::AuditVerified>, ApiError> {
     let report = s.store.audit_verify().await?;
     tracing::info!(uid = caller.uid, ok = report.is_ok(), "audit verified");
-    Ok(Json(json!({"ok": report.is_ok(), "report": report})))
+    Ok(Json(wire::AuditVerified {
+        ok: report.is_ok(),
+        report,
+    }))
 }
 
 /// `GET /audit/export`: the audit log as JSON lines.
@@ -220,7 +202,8 @@ mod tests {
 
     #[test]
     fn rotate_body_debug_redacts_the_key() {
-        let body: RotateBody = serde_json::from_str(r#"{"key":"c2VjcmV0LWtleQ=="}"#).unwrap();
+        let body: wire::RotateKeyRequest =
+            serde_json::from_str(r#"{"key":"c2VjcmV0LWtleQ=="}"#).unwrap();
         assert_eq!(body.key.as_str(), "c2VjcmV0LWtleQ==");
         let shown = format!("{body:?}");
         assert!(!shown.contains("c2VjcmV0"), "{shown}");

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::{AppState, Caller};
 use crate::jobs::data::check_format;
 use crate::jobs::{JobError, JobRequest, JobRunner};
+use crate::wire;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
@@ -22,6 +23,13 @@ fn runner(s: &AppState) -> Result<&Arc<JobRunner>, ApiError> {
     s.jobs
         .as_ref()
         .ok_or_else(|| ApiError::from(JobError::Io("this daemon runs no jobs".into())))
+}
+
+/// A job as [`JobRunner`] shows it, typed for the answer.
+// The runner builds the view as JSON (row plus live progress and `fraction`); reading it back
+// here checks that it is the shape [`wire::Job`] promises.
+fn job(view: Value) -> Result<wire::Job, ApiError> {
+    serde_json::from_value(view).map_err(|e| ApiError::from(JobError::Io(format!("job view: {e}"))))
 }
 
 fn job_id(id: &str) -> Result<i64, ApiError> {
@@ -45,7 +53,7 @@ pub async fn upload_data(
     ConnectInfo(caller): ConnectInfo<Caller>,
     query: Result<Query<DataQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<wire::DatasetUploaded>), ApiError> {
     let checked = query
         .map_err(|e| ApiError::invalid_query(e.body_text()))
         .and_then(|Query(q)| Ok(check_format(q.format.as_deref().unwrap_or("jsonl"))?))
@@ -77,7 +85,10 @@ pub async fn upload_data(
                 .to_string(),
         )
         .await;
-    Ok((StatusCode::CREATED, Json(json!({"dataset": meta}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(wire::DatasetUploaded { dataset: meta }),
+    ))
 }
 
 /// `POST /admin/jobs`: checks and queues a job; answers it (`queued`).
@@ -85,10 +96,11 @@ pub async fn submit(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     JsonBody(req): JsonBody<JobRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<wire::JobAnswer>), ApiError> {
     let r = runner(&s)?;
     let row = r.submit(req, caller.uid).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"job": r.view(row)}))))
+    let job = job(r.view(row))?;
+    Ok((StatusCode::ACCEPTED, Json(wire::JobAnswer { job })))
 }
 
 /// Query of the job list.
@@ -103,19 +115,23 @@ pub struct ListQuery {
 pub async fn list(
     State(s): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::JobList>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(json!({"jobs": runner(&s)?.list(limit).await?})))
+    let jobs = runner(&s)?.list(limit).await?;
+    Ok(Json(wire::JobList {
+        jobs: jobs.into_iter().map(job).collect::<Result<_, _>>()?,
+    }))
 }
 
 /// `GET /admin/jobs/{id}`: one job with its progress.
 pub async fn show(
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::JobAnswer>, ApiError> {
     let id = job_id(&id)?;
-    Ok(Json(json!({"job": runner(&s)?.get(id).await?})))
+    let job = job(runner(&s)?.get(id).await?)?;
+    Ok(Json(wire::JobAnswer { job }))
 }
 
 /// `DELETE /admin/jobs/{id}`: cancels a queued or running job (its process is stopped and its
@@ -124,11 +140,10 @@ pub async fn cancel(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::JobAnswer>, ApiError> {
     let id = job_id(&id)?;
-    Ok(Json(
-        json!({"job": runner(&s)?.cancel(id, caller.uid).await?}),
-    ))
+    let job = job(runner(&s)?.cancel(id, caller.uid).await?)?;
+    Ok(Json(wire::JobAnswer { job }))
 }
 
 /// `DELETE /admin/jobs/data/{id}`: removes a dataset no job has claimed.
@@ -136,7 +151,7 @@ pub async fn remove_data(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::DatasetRemoved>, ApiError> {
     let r = runner(&s)?.clone();
     let meta = tokio::task::spawn_blocking(move || r.datasets().remove(&id))
         .await
@@ -149,5 +164,5 @@ pub async fn remove_data(
             json!({"id": meta.id, "sha256": meta.sha256}).to_string(),
         )
         .await;
-    Ok(Json(json!({"removed": meta.id})))
+    Ok(Json(wire::DatasetRemoved { removed: meta.id }))
 }

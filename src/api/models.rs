@@ -13,6 +13,7 @@ use crate::engine::pool::{LoadedModel, ModelPool};
 use crate::engine::ModelInfo;
 use crate::models::estimate::Estimate;
 use crate::models::{self, ImportRequest, Kind, Manifest, ModelStoreError};
+use crate::wire;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
@@ -45,27 +46,30 @@ fn entry(
     loaded: &[LoadedModel],
     name: &str,
     manifest: Option<&Manifest>,
-) -> Value {
+) -> wire::ModelEntry {
     let found = available.iter().find(|(i, _)| i.name == name);
-    let loaded = loaded.iter().find(|l| l.info.name == name);
-    json!({
-        "name": name,
-        "source": if manifest.is_some() { "store" } else { "config" },
-        "manifest": manifest,
-        "info": found.map(|(i, _)| i),
-        "estimate": found.map(|(_, e)| e),
-        "loaded": loaded,
-    })
+    wire::ModelEntry {
+        name: name.to_string(),
+        source: if manifest.is_some() {
+            wire::ModelSource::Store
+        } else {
+            wire::ModelSource::Config
+        },
+        manifest: manifest.cloned(),
+        info: found.map(|(i, _)| i.clone()),
+        estimate: found.map(|(_, e)| *e),
+        loaded: loaded.iter().find(|l| l.info.name == name).cloned(),
+    }
 }
 
 /// `GET /admin/models`: every name, stored or configured, with what it is and whether it is
 /// in memory.
-pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(s): State<AppState>) -> Result<Json<wire::ModelList>, ApiError> {
     let p = pool(&s)?;
     let st = store(&s)?;
     let manifests = st.list();
     let (available, loaded) = (p.available(), p.loaded_models());
-    let out: Vec<Value> = available
+    let models = available
         .iter()
         .map(|(info, _)| {
             let (base, adapter) = models::split_adapter(&info.name);
@@ -73,18 +77,18 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
             entry(&available, &loaded, &info.name, m)
         })
         .collect();
-    Ok(Json(json!({
-        "models": out,
-        "budget_bytes": p.budget(),
-        "require_signed_models": st.require_signed(),
-    })))
+    Ok(Json(wire::ModelList {
+        models,
+        budget_bytes: p.budget(),
+        require_signed_models: st.require_signed(),
+    }))
 }
 
 /// `GET /admin/models/{name}`: one name in detail.
 pub async fn show(
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::ModelEntry>, ApiError> {
     let p = pool(&s)?;
     let (base, adapter) = models::split_adapter(&name);
     models::check_name(base)?;
@@ -101,10 +105,14 @@ pub async fn show(
     if !available.iter().any(|(i, _)| i.name == name) {
         // An adapter is listed under `base+adapter`; asking for it alone shows its manifest.
         return match manifest {
-            Some(m) if m.kind == Kind::Adapter => Ok(Json(json!({
-                "name": name, "source": "store", "manifest": m,
-                "info": null, "estimate": null, "loaded": null,
-            }))),
+            Some(m) if m.kind == Kind::Adapter => Ok(Json(wire::ModelEntry {
+                name,
+                source: wire::ModelSource::Store,
+                manifest: Some(m),
+                info: None,
+                estimate: None,
+                loaded: None,
+            })),
             _ => Err(ModelStoreError::NotFound(name).into()),
         };
     }
@@ -136,7 +144,7 @@ pub async fn import(
     query: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Imported>, ApiError> {
     let (st, req) = match import_request(&s, caller, &name, query, &headers) {
         Ok(x) => x,
         Err(e) => {
@@ -208,7 +216,7 @@ async fn finish_import(
     caller: Caller,
     name: &str,
     result: Result<Manifest, ModelStoreError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Imported>, ApiError> {
     let audit = |outcome: &str, detail: Value| {
         let store = s.store.clone();
         let kind = format!("model_import_{outcome}");
@@ -227,7 +235,7 @@ async fn finish_import(
             )
             .await;
             tracing::info!(model = %m.name, digest = %m.digest, "model imported");
-            Ok(Json(json!({"imported": m})))
+            Ok(Json(wire::Imported { imported: m }))
         }
         Err(e) => {
             audit("refused", json!({"name": name, "error": e.to_string()})).await;
@@ -242,7 +250,7 @@ pub async fn remove(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::ModelsRemoved>, ApiError> {
     let st = store(&s)?;
     let n = name.clone();
     let removed = tokio::task::spawn_blocking(move || st.remove(&n))
@@ -259,22 +267,22 @@ pub async fn remove(
             json!({"names": removed}).to_string(),
         )
         .await;
-    Ok(Json(json!({"removed": removed})))
+    Ok(Json(wire::ModelsRemoved { removed }))
 }
 
 /// `GET /admin/ps`: the models in memory, where their layers live, and the budget.
-pub async fn ps(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn ps(State(s): State<AppState>) -> Result<Json<wire::Ps>, ApiError> {
     let p = pool(&s)?;
     let loaded = p.loaded_models();
-    let used: u64 = loaded.iter().map(|l| l.memory.total).sum();
-    Ok(Json(json!({
-        "loaded": loaded,
-        "budget_bytes": p.budget(),
-        "used_bytes": used,
-        "evictions": p.evictions(),
-        "gpus": crate::engine::pool::gpu_devices()
+    let used_bytes = loaded.iter().map(|l| l.memory.total).sum();
+    Ok(Json(wire::Ps {
+        loaded,
+        budget_bytes: p.budget(),
+        used_bytes,
+        evictions: p.evictions(),
+        gpus: crate::engine::pool::gpu_devices()
             .into_iter()
-            .map(|(name, free)| json!({"name": name, "free_bytes": free}))
-            .collect::<Vec<_>>(),
-    })))
+            .map(|(name, free_bytes)| wire::Gpu { name, free_bytes })
+            .collect(),
+    }))
 }

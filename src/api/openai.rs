@@ -288,7 +288,9 @@ fn stream_response(generation: Generation, meta: StreamMeta) -> Response {
                         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
                         Some((out, (g, meta, StreamState::Done)))
                     }
-                    Step::Failed(e) => Some((vec![sse(e.body())], (g, meta, StreamState::Done))),
+                    Step::Failed(e) => {
+                        Some((vec![sse(json!(e.body()))], (g, meta, StreamState::Done)))
+                    }
                 },
             }
         },

@@ -86,6 +86,15 @@ impl serde::Serialize for KeyId {
     }
 }
 
+/// Reads the 16-hex-digit form, as the API sends it (the client reads rotation reports).
+impl<'de> serde::Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        KeyId::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a key id")))
+    }
+}
+
 /// The 32-byte master key everything else derives from.
 ///
 /// Deliberately not `Clone` and not `Serialize`; `Debug` shows only the key id; the bytes are

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// What a model is and what it can do, as reported by `/v1/models` and `/health`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ModelInfo {
     /// The name clients use.
     pub name: String,

@@ -56,7 +56,7 @@ pub struct PoolConfig {
 }
 
 /// A model in memory, as `models ps` and `/api/ps` report it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct LoadedModel {
     /// What the model is.
     #[serde(flatten)]

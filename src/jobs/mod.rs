@@ -144,7 +144,7 @@ impl JobKind {
 }
 
 /// The body of `POST /admin/jobs`, as sent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     /// `prepare`, `finetune`, `quantize` or `eval`.

@@ -21,7 +21,7 @@ const BATCH: u64 = 512;
 const FIXED: u64 = 32 << 20;
 
 /// A memory estimate, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Estimate {
     /// Tensor data.
     pub weights: u64,

@@ -63,7 +63,7 @@ pub mod kinds {
 const MAX_KIND_LEN: usize = 64;
 
 /// What is wrong with the first bad audit row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum AuditProblem {
     /// The row's MAC does not match its content: the row was modified.
@@ -123,7 +123,7 @@ impl std::fmt::Display for AuditProblem {
 }
 
 /// The first row where verification failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AuditFault {
     /// The seq of the first bad row.
     pub seq: i64,
@@ -139,7 +139,7 @@ impl std::fmt::Display for AuditFault {
 }
 
 /// The result of [`Store::audit_verify`]. A broken chain is a finding, not an `Err`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     /// Rows checked, up to and including the first bad one.
     pub rows_checked: u64,

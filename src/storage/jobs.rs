@@ -11,7 +11,7 @@ use super::{audit, now_unix, write_tx, Store, StoreError};
 use crate::crypto::AuditKey;
 
 /// Where a job is in its life. Stored as text, checked by the schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for a free runner slot (`[jobs] max-concurrent`).
@@ -58,7 +58,7 @@ impl JobState {
 }
 
 /// One job as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct JobRow {
     /// Job id (never reused).
     pub id: i64,

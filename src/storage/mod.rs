@@ -126,7 +126,7 @@ impl std::fmt::Debug for NewRecord {
 }
 
 /// The clear metadata of a stored request, as listed in history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RecordMeta {
     /// Record id (stable, never reused).
     pub id: i64,
@@ -180,7 +180,7 @@ impl std::fmt::Debug for Redacted {
 }
 
 /// What [`Store::erase_uid`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct EraseReport {
     /// Wrapped data keys destroyed (0 or 1).
     pub keys_destroyed: u64,

@@ -34,7 +34,7 @@ use crate::crypto::{KeyId, MasterKey};
 pub const ROTATION_BATCH: usize = 256;
 
 /// Where a rotation stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RotationStatus {
     /// The key being retired.
     pub old_key_id: KeyId,

@@ -628,6 +628,31 @@ pub fn inhouse_as(uid: u32, socket: &Path, args: &[&str]) -> std::process::Outpu
         .expect("setpriv is installed (util-linux)")
 }
 
+/// Runs the `inhouse` client against `socket` on a pseudo-terminal (util-linux `script`), as a
+/// person at a terminal would; returns what the terminal showed (stdout and stderr together).
+/// The run must succeed.
+pub fn inhouse_on_terminal(socket: &Path, args: &[&str]) -> String {
+    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+    let mut line = quote(env!("CARGO_BIN_EXE_inhouse"));
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let out = Command::new("script")
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .env("INHOUSE_SOCKET", socket)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script is installed (util-linux)");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "inhouse on a terminal failed: {screen}"
+    );
+    screen
+}
+
 /// The stdout of a client run that must have succeeded.
 #[allow(dead_code)]
 pub fn ok(out: &std::process::Output) -> String {
