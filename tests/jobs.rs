@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{cli, inhouse_as, ok, post, rt, smollm2, Daemon};
+use common::{cli, inhouse_as, inhouse_on_terminal, ok, post, rt, smollm2, Daemon};
 use hyper::Method;
 use inhouse::client::Client;
 use serde_json::{json, Value};
