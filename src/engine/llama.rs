@@ -706,12 +706,18 @@ impl<'m> Runner<'m> {
         for s in &mut self.slots {
             let Some(a) = s.active.as_mut() else { continue };
             if let Some(t) = a.next.take() {
-                if self
-                    .batch
-                    .add(t, s.tokens.len() as i32, &[s.seq], true)
-                    .is_err()
-                {
-                    break; // cannot happen: slots ≤ N_BATCH
+                if let Err(e) = self.batch.add(t, s.tokens.len() as i32, &[s.seq], true) {
+                    // Cannot happen while slots ≤ N_BATCH (the config allows 64): should it,
+                    // this request fails instead of waiting forever for a token it lost.
+                    tracing::error!(
+                        model = %self.l.info.name,
+                        seq = s.seq,
+                        error = %e,
+                        "a generating sequence does not fit the step's batch"
+                    );
+                    let _ = a.events.send(Event::Failed(inference(e)));
+                    s.active = None;
+                    break;
                 }
                 a.logits_at = Some(generating as i32);
                 s.tokens.push(t);
