@@ -59,8 +59,7 @@ impl JobRunner {
         let root = root
             .canonicalize()
             .map_err(|e| JobError::Io(format!("{}: {e}", root.display())))?;
-        let max = cfg.max_data_bytes.resolve(|| 4 << 30);
-        let datasets = Datasets::open(&root, max)?;
+        let datasets = Datasets::open(&root, cfg.data_size_limit())?;
         let toolchain = toolchain_path(&cfg);
         let nice = find_nice(cfg.nice);
         tracing::info!(toolchain = %toolchain.display(), "jobs");
