@@ -1,12 +1,22 @@
 //! Daemon configuration: built-in defaults, then `/etc/inhouse/inhouse.toml` (or `--config`),
-//! then command-line flags. Each default is written once, in [`Config::default`].
+//! then command-line flags. Each default is written once, in [`Config::default`] (or in a
+//! `DEFAULT_*` constant where `"auto"` falls back to it too).
+//!
+//! The config is also where each component's settings are derived from it
+//! ([`Config::engine_config`], [`Config::pool_config`], [`Config::limits`],
+//! [`Config::server_limits`]…), so that start-up ([`crate::daemon::run`]) only wires components
+//! together in order.
 //!
 //! Keys are kebab-case and unknown keys are refused, so a misspelt key in an admin's file is an
 //! error at start-up rather than a setting silently ignored.
 
+use crate::engine::llama::EngineConfig;
+use crate::engine::pool::{GpuLayers, PoolConfig};
+use inhouse_formats::validate::Limits;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the daemon looks for its configuration file when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/inhouse/inhouse.toml";
@@ -17,6 +27,15 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/inhouse";
 
 /// Where trusted publisher keys are looked for when the config names no directory.
 pub const DEFAULT_TRUSTED_KEYS_DIR: &str = "/etc/inhouse/trusted-keys";
+
+/// Largest model file an import accepts: the default of `max-model-bytes`, and what `"auto"`
+/// means there.
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 256 << 30;
+/// Largest dataset upload: the default of `[jobs] max-data-bytes` (which refuses `"auto"`).
+pub const DEFAULT_MAX_DATA_BYTES: u64 = 4 << 30;
+/// How long loading a model waits for busy models to finish before giving up. Not a key: a
+/// request that waited longer than this would have timed out at its client anyway.
+pub const MODEL_BUSY_WAIT: Duration = Duration::from_secs(120);
 
 /// `gpu-layers`: a count or `"auto"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -232,8 +251,15 @@ impl Default for JobsConfig {
             keep_data: false,
             max_concurrent: 1,
             nice: 10,
-            max_data_bytes: ByteSize::Bytes(4 << 30),
+            max_data_bytes: ByteSize::Bytes(DEFAULT_MAX_DATA_BYTES),
         }
+    }
+}
+
+impl JobsConfig {
+    /// Largest dataset upload, bytes.
+    pub fn data_size_limit(&self) -> u64 {
+        self.max_data_bytes.resolve(|| DEFAULT_MAX_DATA_BYTES)
     }
 }
 
@@ -277,6 +303,13 @@ impl Default for LimitsConfig {
             per_uid_per_minute: 600,
             shutdown_deadline_secs: 30,
         }
+    }
+}
+
+impl LimitsConfig {
+    /// Time allowed to receive a request body.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
     }
 }
 
@@ -328,7 +361,7 @@ impl Default for Config {
             keep_alive_secs: 300,
             require_signed_models: false,
             trusted_keys_dir: PathBuf::from(DEFAULT_TRUSTED_KEYS_DIR),
-            max_model_bytes: ByteSize::Bytes(256 << 30),
+            max_model_bytes: ByteSize::Bytes(DEFAULT_MAX_MODEL_BYTES),
             default_max_tokens: 512,
             queue_size: 64,
             slots: 4,
@@ -414,6 +447,56 @@ impl Config {
     /// Parses TOML text over the defaults.
     pub fn from_toml(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// How each model's engine runs llama.cpp. `gpu_layers` is 0 here: the pool sets it per
+    /// model from [`Config::pool_config`]'s policy.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            threads: self.threads,
+            ctx_size: self.ctx_size,
+            gpu_layers: 0,
+            queue_size: self.queue_size,
+            slots: self.slots,
+            cache_reuse_across_users: self.cache_reuse_across_users,
+            prefill_chunk: self.prefill_chunk,
+            deterministic_batching: self.deterministic_batching,
+        }
+    }
+
+    /// How the model pool loads, places and evicts models.
+    pub fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            engine: self.engine_config(),
+            gpu_layers: match self.gpu_layers {
+                GpuLayersSetting::Auto => GpuLayers::Auto,
+                GpuLayersSetting::Count(n) => GpuLayers::Fixed(n),
+            },
+            budget: self.memory_budget.resolve(default_memory_budget),
+            keep_alive: Some(Duration::from_secs(self.keep_alive_secs)),
+            busy_wait: MODEL_BUSY_WAIT,
+        }
+    }
+
+    /// Largest model file an import accepts, bytes.
+    pub fn model_size_limit(&self) -> u64 {
+        self.max_model_bytes.resolve(|| DEFAULT_MAX_MODEL_BYTES)
+    }
+
+    /// What a request is validated against. No request may ask for more tokens than a
+    /// context holds.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            default_max_tokens: self.default_max_tokens,
+            max_tokens_cap: self.ctx_size,
+            max_json_depth: self.limits.max_json_depth,
+            max_messages: self.limits.max_messages,
+        }
+    }
+
+    /// How often the retention purge runs.
+    pub fn retention_interval(&self) -> Duration {
+        Duration::from_secs(self.retention_check_secs)
     }
 
     /// Checks ranges and consistency; the message says which key to fix.
@@ -577,5 +660,37 @@ mod tests {
             ..Config::default()
         };
         assert!(c.check().unwrap_err().to_string().contains("3..=512"));
+    }
+
+    #[test]
+    fn components_take_their_settings_from_the_config() {
+        let c = Config::from_toml(
+            "ctx-size = 2048\nslots = 8\ngpu-layers = \"auto\"\nmemory-budget = \"1GiB\"\n\
+             keep-alive-secs = 7\nmax-model-bytes = \"auto\"\n\
+             [limits]\nheader-timeout-secs = 3\nmax-messages = 9\n",
+        )
+        .unwrap();
+        let e = c.engine_config();
+        assert_eq!((e.ctx_size, e.slots, e.gpu_layers), (2048, 8, 0));
+        let p = c.pool_config();
+        assert!(matches!(p.gpu_layers, GpuLayers::Auto));
+        assert_eq!(p.budget, 1 << 30);
+        assert_eq!(p.keep_alive, Some(Duration::from_secs(7)));
+        assert_eq!(p.engine.prefill_chunk, Config::default().prefill_chunk);
+        assert_eq!(c.model_size_limit(), DEFAULT_MAX_MODEL_BYTES);
+        let l = c.limits();
+        assert_eq!((l.max_tokens_cap, l.max_messages), (2048, 9));
+        assert_eq!(
+            crate::api::server::ServerLimits::from_config(&c.limits).header_timeout,
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            crate::api::server::ServerLimits::from_config(&c.limits).max_connections,
+            LimitsConfig::default().max_connections
+        );
+        assert_eq!(
+            Config::default().jobs.data_size_limit(),
+            DEFAULT_MAX_DATA_BYTES
+        );
     }
 }

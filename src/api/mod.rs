@@ -80,17 +80,12 @@ impl AppState {
         let l = &config.limits;
         AppState {
             engine,
-            limits: Limits {
-                default_max_tokens: config.default_max_tokens,
-                max_tokens_cap: config.ctx_size,
-                max_json_depth: l.max_json_depth,
-                max_messages: l.max_messages,
-            },
+            limits: config.limits(),
             roles: auth::Roles::new(&config.roles),
             store,
             uid_limits: limits::UidLimits::new(l.per_uid_per_minute, l.per_uid_concurrency),
             max_body_bytes: l.max_body_bytes,
-            body_timeout: std::time::Duration::from_secs(l.body_timeout_secs),
+            body_timeout: l.body_timeout(),
             jobs,
         }
     }

@@ -10,14 +10,15 @@ pub mod systemd;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::engine::llama::EngineConfig;
-use crate::engine::pool::{GpuLayers, ModelPool, PoolConfig};
+use crate::engine::pool::ModelPool;
 use crate::engine::EngineError;
-use crate::models::ModelStore;
+use crate::jobs::{JobError, JobRunner};
+use crate::models::{ModelStore, ModelStoreError};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
 
 /// Exit status for a configuration problem the admin must fix (sysexits' `EX_CONFIG`); systemd
 /// is told not to restart on it.
@@ -32,6 +33,16 @@ pub enum DaemonError {
     /// The master key or the database was refused.
     #[error(transparent)]
     Store(#[from] store::StoreStartError),
+    /// The model store could not be opened (its folders, or the trusted keys): a problem the
+    /// admin must fix, like the configuration.
+    #[error("cannot open the model store: {0}")]
+    ModelStore(#[from] ModelStoreError),
+    /// Opening the model store did not finish (the task running it panicked).
+    #[error("opening the model store did not finish: {0}")]
+    ModelStoreTask(String),
+    /// The job runner could not set up `state-dir/jobs`.
+    #[error(transparent)]
+    Jobs(#[from] JobError),
     /// A model failed to load.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -52,8 +63,14 @@ impl DaemonError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Config(_) | DaemonError::Store(_) => EXIT_CONFIG,
-            _ => 1,
+            DaemonError::Config(_) | DaemonError::Store(_) | DaemonError::ModelStore(_) => {
+                EXIT_CONFIG
+            }
+            DaemonError::ModelStoreTask(_)
+            | DaemonError::Jobs(_)
+            | DaemonError::Engine(_)
+            | DaemonError::Socket { .. }
+            | DaemonError::Io(_) => 1,
         }
     }
 }
@@ -171,94 +188,52 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// Runs the daemon with a checked configuration until a shutdown signal. `activation` is what
-/// systemd passed (see [`systemd::Activation::from_env`]); [`systemd::Activation::none`] binds
-/// `config.socket` instead.
-pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), DaemonError> {
-    let _watchdog = systemd::spawn_watchdog(activation.watchdog);
-    config.check()?;
-    // The key and the database come first: a wrong key must stop the daemon (status 78)
-    // before any model is loaded or the socket opened.
-    let store = store::open(&config).await?;
-    let _ = store
-        .audit_append(
-            "daemon_start",
-            None,
-            serde_json::json!({"pid": std::process::id()}).to_string(),
-        )
-        .await;
-    let retention = config.retention_days.map(|days| {
-        tokio::spawn(store::retention_loop(
-            store.clone(),
-            days,
-            std::time::Duration::from_secs(config.retention_check_secs),
-        ))
-    });
-    let engine_cfg = EngineConfig {
-        threads: config.threads,
-        ctx_size: config.ctx_size,
-        gpu_layers: 0,
-        queue_size: config.queue_size,
-        slots: config.slots,
-        cache_reuse_across_users: config.cache_reuse_across_users,
-        prefill_chunk: config.prefill_chunk,
-        deterministic_batching: config.deterministic_batching,
-    };
-    let model_store = {
-        let (dir, signed, keys) = (
-            config.state_dir.clone(),
-            config.require_signed_models,
-            config.trusted_keys_dir.clone(),
-        );
-        let max = config.max_model_bytes.resolve(|| 256 << 30);
-        tokio::task::spawn_blocking(move || ModelStore::open(&dir, signed, &keys, max))
-            .await
-            .map_err(|e| EngineError::Inference(format!("model store: {e}")))?
-            .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?
-    };
-    let pool_cfg = PoolConfig {
-        engine: engine_cfg,
-        gpu_layers: match config.gpu_layers {
-            crate::config::GpuLayersSetting::Auto => GpuLayers::Auto,
-            crate::config::GpuLayersSetting::Count(n) => GpuLayers::Fixed(n),
-        },
-        budget: config
-            .memory_budget
-            .resolve(crate::config::default_memory_budget),
-        keep_alive: Some(std::time::Duration::from_secs(config.keep_alive_secs)),
-        busy_wait: std::time::Duration::from_secs(120),
-    };
-    tracing::info!(
-        budget_mib = pool_cfg.budget >> 20,
-        stored = model_store.list().len(),
-        "model pool"
+/// Opens the model store in the state directory (off the runtime: it lists and cleans folders
+/// and reads the trusted keys).
+async fn open_model_store(config: &Config) -> Result<Arc<ModelStore>, DaemonError> {
+    let (dir, signed, keys) = (
+        config.state_dir.clone(),
+        config.require_signed_models,
+        config.trusted_keys_dir.clone(),
     );
-    let model_store = Arc::new(model_store);
-    let pool = ModelPool::new(pool_cfg, config.models.clone(), Some(model_store.clone()))?;
-    // Toolchain jobs: a job left unfinished by the previous run is resumed or failed here, so
-    // none stays `running` without a process.
-    let jobs = crate::jobs::JobRunner::new(
+    let max = config.model_size_limit();
+    let store = tokio::task::spawn_blocking(move || ModelStore::open(&dir, signed, &keys, max))
+        .await
+        .map_err(|e| DaemonError::ModelStoreTask(e.to_string()))??;
+    Ok(Arc::new(store))
+}
+
+/// Starts the job runner and its dataset sweeper, then resumes or fails the jobs the previous
+/// run left unfinished, so that none stays `running` without a process.
+async fn start_jobs(
+    config: &Config,
+    store: &crate::storage::StoreHandle,
+    models: Arc<ModelStore>,
+) -> Result<(Arc<JobRunner>, JoinHandle<()>), DaemonError> {
+    let jobs = JobRunner::new(
         store.clone(),
-        Some(model_store),
+        Some(models),
         config.models.clone(),
         &config.state_dir,
         config.jobs.clone(),
-    )
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    )?;
     let sweeper = jobs.spawn_sweeper();
     match jobs.recover().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(jobs = n, "jobs resumed or queued again"),
         Err(e) => tracing::error!(error = %e, "cannot recover unfinished jobs"),
     }
-    systemd::notify_status(&format!("loading {} model(s)", config.models.len()));
-    pool.preload().await?;
-    let reaper = pool.reaper();
-    let state = AppState::new(&config, pool.clone(), store.clone(), Some(jobs.clone()));
-    let n_models = crate::engine::Engine::models(pool.as_ref()).len();
-    // The activated socket belongs to systemd (inhoused.socket): it outlives this process and is
-    // never removed here. A socket we bound ourselves is removed on the way out.
-    let (listener, bound) = match activation.listener {
+    Ok((jobs, sweeper))
+}
+
+/// The API socket: the one systemd passed, else `config.socket` bound here. The second value is
+/// the path to remove on the way out: the activated socket belongs to systemd
+/// (inhoused.socket), outlives this process and is never removed here.
+fn listen(
+    activated: Option<std::os::unix::net::UnixListener>,
+    config: &Config,
+) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
+    match activated {
         Some(l) => {
             l.set_nonblocking(true)?;
             // systemd passes the socket without close-on-exec: job processes must not inherit
@@ -274,21 +249,55 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
                 .and_then(|a| a.as_pathname().map(Path::to_path_buf));
             let path = path.unwrap_or_default().display().to_string();
             tracing::info!(socket = %path, "listening on the socket systemd passed");
-            (UnixListener::from_std(l)?, None)
+            Ok((UnixListener::from_std(l)?, None))
         }
         None => {
             let l = bind_socket(&config.socket, config.socket_group.as_deref())?;
             tracing::info!(socket = %config.socket.display(), "listening");
-            (l, Some(config.socket.clone()))
+            Ok((l, Some(config.socket.clone())))
         }
-    };
+    }
+}
+
+/// Runs the daemon with a checked configuration until a shutdown signal. `activation` is what
+/// systemd passed (see [`systemd::Activation::from_env`]); [`systemd::Activation::none`] binds
+/// `config.socket` instead.
+pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), DaemonError> {
+    let _watchdog = systemd::spawn_watchdog(activation.watchdog);
+    config.check()?;
+    // The key and the database come first: a wrong key must stop the daemon (status 78)
+    // before any model is loaded or the socket opened.
+    let store = store::open(&config).await?;
+    store::audit_pid(&store, "daemon_start").await;
+    let retention = config.retention_days.map(|days| {
+        tokio::spawn(store::retention_loop(
+            store.clone(),
+            days,
+            config.retention_interval(),
+        ))
+    });
+    let model_store = open_model_store(&config).await?;
+    let pool_cfg = config.pool_config();
+    tracing::info!(
+        budget_mib = pool_cfg.budget >> 20,
+        stored = model_store.list().len(),
+        "model pool"
+    );
+    let pool = ModelPool::new(pool_cfg, config.models.clone(), Some(model_store.clone()))?;
+    let (jobs, sweeper) = start_jobs(&config, &store, model_store).await?;
+    systemd::notify_status(&format!("loading {} model(s)", config.models.len()));
+    pool.preload().await?;
+    let reaper = pool.reaper();
+    let state = AppState::new(&config, pool.clone(), store.clone(), Some(jobs.clone()));
+    let n_models = crate::engine::Engine::models(pool.as_ref()).len();
+    let (listener, bound) = listen(activation.listener, &config)?;
     systemd::notify_ready(&format!("serving {n_models} model(s)"));
     let shutdown = async {
         shutdown_signal().await;
         systemd::notify_stopping();
     };
-    let server_limits = crate::api::server::ServerLimits::from_config(&config.limits);
     raise_fd_limit();
+    let server_limits = crate::api::server::ServerLimits::from_config(&config.limits);
     api::serve(listener, state, server_limits, shutdown).await?;
     if let Some(path) = bound {
         let _ = std::fs::remove_file(path);
@@ -304,15 +313,29 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
     let stopping = pool.clone();
     let _ = tokio::task::spawn_blocking(move || stopping.shutdown()).await;
     // Every request has finished: flush the store's queue, log the stop, close the database.
-    let _ = store
-        .audit_append(
-            "daemon_stop",
-            None,
-            serde_json::json!({"pid": std::process::id()}).to_string(),
-        )
-        .await;
+    store::audit_pid(&store, "daemon_stop").await;
     store.close().await;
     tracing::info!("store closed");
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_up_errors_keep_their_exit_codes() {
+        let config = DaemonError::Config(crate::config::ConfigError::Invalid("x".into()));
+        assert_eq!(config.exit_code(), EXIT_CONFIG);
+        // A store the admin must repair (folders, trusted keys) is a configuration problem.
+        let models = DaemonError::from(ModelStoreError::Signature("bad key".into()));
+        assert_eq!(models.exit_code(), EXIT_CONFIG);
+        assert!(models.to_string().contains("model store"), "{models}");
+        let jobs = DaemonError::from(JobError::Io("state-dir/jobs: denied".into()));
+        assert_eq!(jobs.exit_code(), 1);
+        assert_eq!(DaemonError::ModelStoreTask("panic".into()).exit_code(), 1);
+        let engine = DaemonError::from(EngineError::UnknownModel("m".into()));
+        assert_eq!(engine.exit_code(), 1);
+    }
 }

@@ -65,6 +65,18 @@ pub async fn open(config: &Config) -> Result<StoreHandle, StoreStartError> {
     Ok(store)
 }
 
+/// Appends a daemon event (`daemon_start`, `daemon_stop`) with this process's pid to the audit
+/// log. A failure here must not stop start-up or shutdown; the daemon's own log has both.
+pub async fn audit_pid(store: &StoreHandle, event: &'static str) {
+    let _ = store
+        .audit_append(
+            event,
+            None,
+            serde_json::json!({"pid": std::process::id()}).to_string(),
+        )
+        .await;
+}
+
 /// Purges records older than `retention-days`, now and then every `retention-check-secs`.
 pub async fn retention_loop(store: StoreHandle, days: u32, every: Duration) {
     let mut tick = tokio::time::interval(every);

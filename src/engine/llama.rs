@@ -9,12 +9,12 @@
 //! Each model has one context with `slots` sequences, each with its own KV stream of
 //! `ctx-size` tokens (see [`serving_params`] for why not one unified cache). The thread loops:
 //! take new jobs, admit waiting requests into free slots (round-robin across callers, reusing a
-//! slot's cached prompt prefix for the same caller, see [`super::slots`]), then run one step:
+//! slot's cached prompt prefix for the same caller, see [`super::scheduler`]), then run one step:
 //! a decode with one token for every generating sequence, then a bounded amount of prompt in
 //! chunks, sampling each sequence with its own sampler. Requests join and leave between steps; a
 //! client that goes away frees its slot at the next step.
 
-use super::slots::{choose_slot, FairQueue, SlotView};
+use super::scheduler::{choose_slot, plan_prefill, FairQueue, Prefilling, SlotView};
 use super::text::{Fed, StopStream};
 use super::{
     ChatMessage, Embeddings, EngineError, Event, FinishReason, GenerateRequest, ModelInfo, Prompt,
@@ -693,12 +693,18 @@ impl<'m> Runner<'m> {
         for s in &mut self.slots {
             let Some(a) = s.active.as_mut() else { continue };
             if let Some(t) = a.next.take() {
-                if self
-                    .batch
-                    .add(t, s.tokens.len() as i32, &[s.seq], true)
-                    .is_err()
-                {
-                    break; // cannot happen: slots ≤ N_BATCH
+                if let Err(e) = self.batch.add(t, s.tokens.len() as i32, &[s.seq], true) {
+                    // Cannot happen while slots ≤ N_BATCH (the config allows 64): should it,
+                    // this request fails instead of waiting forever for a token it lost.
+                    tracing::error!(
+                        model = %self.l.info.name,
+                        seq = s.seq,
+                        error = %e,
+                        "a generating sequence does not fit the step's batch"
+                    );
+                    let _ = a.events.send(Event::Failed(inference(e)));
+                    s.active = None;
+                    break;
                 }
                 a.logits_at = Some(generating as i32);
                 s.tokens.push(t);
@@ -714,29 +720,32 @@ impl<'m> Runner<'m> {
                 self.sample(i);
             }
         }
-        // Prompt chunks, oldest admission first. While others generate, at most
-        // `prefill_chunk` prompt tokens per step keep their streams flowing.
-        let mut left = if generating == 0 {
-            N_BATCH as usize
-        } else {
-            self.prefill_chunk
-        };
-        let mut prefill: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].prefilling())
+        // Prompt chunks, as the scheduler plans them (oldest admission first; while others
+        // generate, at most `prefill_chunk` prompt tokens per step keep their streams flowing).
+        let waiting: Vec<Prefilling> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.prefilling())
+            .filter_map(|(i, s)| {
+                Some(Prefilling {
+                    slot: i,
+                    admitted: s.last_used,
+                    done: s.tokens.len(),
+                    prompt: s.active.as_ref()?.prompt.len(),
+                })
+            })
             .collect();
-        prefill.sort_by_key(|&i| self.slots[i].last_used);
-        for i in prefill {
+        let plan = plan_prefill(
+            &waiting,
+            generating > 0,
+            N_BATCH as usize,
+            self.prefill_chunk,
+        );
+        for c in plan {
+            let (i, from, n) = (c.slot, c.from, c.len);
             let s = &mut self.slots[i];
             let Some(a) = s.active.as_mut() else { continue };
-            let from = s.tokens.len();
-            let remaining = a.prompt.len() - from;
-            let mut n = remaining.min(left);
-            if remaining - n == 1 && n > 1 {
-                n -= 1; // never leave a one-token chunk for later
-            }
-            if n == 0 || (n == 1 && remaining > 1) {
-                break;
-            }
             self.batch.clear();
             for pos in from..from + n {
                 let last = pos + 1 == a.prompt.len();
@@ -745,7 +754,6 @@ impl<'m> Runner<'m> {
             a.logits_at = (from + n == a.prompt.len()).then_some(n as i32 - 1);
             s.tokens.extend_from_slice(&a.prompt[from..from + n]);
             s.prefilled = s.tokens.len();
-            left -= n;
             if let Err(e) = self.ctx.decode(&mut self.batch) {
                 self.fail_all(&e);
                 return;

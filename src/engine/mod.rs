@@ -13,7 +13,7 @@ pub mod fake;
 mod ffi;
 pub mod llama;
 pub mod pool;
-pub mod slots;
+pub mod scheduler;
 pub mod text;
 
 pub use ffi::{cpu_backend, CpuBackend, INSTALLED_BACKENDS_DIR};

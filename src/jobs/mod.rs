@@ -6,17 +6,19 @@
 //! - **Data** arrives first (`POST /admin/jobs/data`): the client streams a file, the daemon
 //!   stores it under `state-dir/jobs/datasets/ID/` (mode 0600, SHA-256 recorded) and answers an
 //!   id ([`data`]). The daemon never opens a path a user names.
-//! - **Submit** (`POST /admin/jobs`): the request is checked into a [`JobSpec`] (kind, models
+//! - **Submit** (`POST /admin/jobs`, [`submit`]): the request is checked into a [`JobSpec`] (kind, models
 //!   resolved to files in the store or the config, datasets by id, typed options, output name),
 //!   stored as a `queued` row ([`crate::storage::JobRow`]) with its audit event, and the dataset
 //!   is moved into the job's own folder `state-dir/jobs/work/ID/data/`: a dataset serves one job.
 //! - **Run** ([`runner`]): when a slot is free (`[jobs] max-concurrent`), `inhouse-quantize` runs
-//!   under `nice`; its `--progress json` lines update the row (throttled), its last stderr lines
-//!   are the reason of a failure.
+//!   under `nice` with the command line of its kind ([`args`]); its `--progress json` lines
+//!   update the row (throttled), its last stderr lines are the reason of a failure
+//!   ([`process`]).
 //! - **Finish**: a finetune or quantize output is imported into the model store with its
 //!   provenance (base model and dataset digests, options, evaluation), so it can be served at
 //!   once; a prepare's train/eval sets become new datasets; an eval's report is the result.
-//! - **Cancel** (`DELETE /admin/jobs/ID`): SIGTERM, SIGKILL after a grace period, `cancelled`.
+//! - **Cancel** (`DELETE /admin/jobs/ID`, [`process`]): SIGTERM, SIGKILL after a grace period,
+//!   `cancelled`.
 //! - **Restart**: jobs found `running` at start-up (the daemon crashed or stopped) are resumed
 //!   when they can be (a finetune with a checkpoint reruns with `--resume`) or marked `failed`
 //!   with the reason; `queued` ones are queued again. A leftover process of the old daemon is
@@ -27,8 +29,11 @@
 //! data (and every working file) when the job ends, unless `[jobs] keep-data = true`. Job rows
 //! and the audit log hold ids, digests, names, options and numbers, never the data's text.
 
+mod args;
 pub mod data;
+mod process;
 pub mod runner;
+mod submit;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

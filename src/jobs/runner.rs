@@ -1,156 +1,47 @@
-//! The job runner: checks and stores submissions, runs each job's `inhouse-quantize` process,
-//! follows its progress, finishes, cancels and recovers jobs (see the [module map](super)).
+//! The job runner: one per daemon, shared by the API handlers. It owns the live jobs, drives
+//! each from queued to its end (a slot, the process, the collection of its output, the final
+//! row), shows them with their live progress, and at start-up resolves what an earlier run left
+//! unfinished (see the [module map](super)).
 //!
-//! Each job has one tokio task ([`JobRunner::drive`]) that waits for a slot, spawns the process
-//! and polls it. The process is a `std::process::Child` behind a mutex that only the task reaps
-//! (`try_wait`), so a signal is never sent to a pid that was already reaped and reused. Two
-//! plain threads read its stdout (progress JSON lines, passed to the task through a channel) and
-//! its stderr (the last lines, kept as the reason of a failure).
-//!
-//! Priority: the process runs through `nice -n N` (`[jobs] nice`); `nice` execs the toolchain,
-//! so the pid is the toolchain's. No `unsafe` (`pre_exec`, `setpriority`) is needed.
+//! Each job has one tokio task ([`JobRunner::drive`]) that waits for a slot, then runs the
+//! process ([`super::process`]) and, when it succeeds, registers what it produced. Submission
+//! checks live in [`super::submit`], the toolchain's command lines in [`super::args`].
 
-use super::data::{private_dir, DatasetMeta, Datasets};
-use super::{check_options, summarize, DataRef, JobError, JobKind, JobRequest, JobSpec, ModelRef};
+use super::data::{private_dir, Datasets};
+use super::process::{find_nice, kill_leftover, lock, Ended, Live};
+use super::{summarize, DataRef, JobError, JobKind, JobSpec};
 use crate::config::JobsConfig;
-use crate::models::{ImportRequest, Kind, ModelStore, ModelStoreError};
+use crate::models::{ImportRequest, ModelStore, ModelStoreError};
 use crate::storage::{JobRow, JobState, StoreHandle};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::ffi::OsString;
-use std::io::BufRead;
-use std::os::unix::ffi::OsStrExt;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
-/// Time a process gets between SIGTERM and SIGKILL.
-pub const TERM_GRACE: Duration = Duration::from_secs(5);
-/// Stderr lines kept as the reason of a failure.
-const STDERR_LINES: usize = 20;
+pub use super::process::{toolchain_path, TERM_GRACE};
+
 /// A finetune is resumed from its checkpoint at most this many times in all.
 const MAX_ATTEMPTS: u32 = 3;
-/// Progress is written to the database at most this often (and once more at the end).
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// How often the task checks whether the process has exited.
-const POLL: Duration = Duration::from_millis(100);
-/// Environment variables of the daemon the toolchain must not inherit: systemd's notification
-/// socket, socket activation and credentials are the daemon's alone.
-const PRIVATE_ENV: &[&str] = &[
-    "NOTIFY_SOCKET",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "CREDENTIALS_DIRECTORY",
-];
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A job this daemon is driving (queued or running).
-struct Live {
-    /// Woken by a cancel (and by shutdown).
-    wake: Notify,
-    /// The uid that asked to cancel, `u32::MAX` while none did.
-    cancelled_by: AtomicU32,
-    /// The process while it runs; only the job's task reaps it.
-    child: Mutex<Option<Child>>,
-    /// The last progress line, fresher than the row.
-    progress: Mutex<Option<Value>>,
-}
-
-impl Live {
-    fn cancel_requested(&self) -> Option<u32> {
-        match self.cancelled_by.load(Ordering::SeqCst) {
-            u32::MAX => None,
-            uid => Some(uid),
-        }
-    }
-}
-
-/// What a process run came to.
-enum Ended {
-    /// It exited by itself (or by a signal we did not send).
-    Exited {
-        status: ExitStatus,
-        result: Option<Value>,
-        stderr: String,
-    },
-    /// An admin cancelled it.
-    Cancelled(u32),
-    /// The daemon is stopping; the row stays as it is for the next start.
-    Stopping,
-}
 
 /// Runs and tracks the daemon's jobs. One per daemon, shared by the API handlers.
 pub struct JobRunner {
-    me: Weak<JobRunner>,
-    store: StoreHandle,
-    models: Option<Arc<ModelStore>>,
-    configured: BTreeMap<String, PathBuf>,
-    cfg: JobsConfig,
+    pub(super) me: Weak<JobRunner>,
+    pub(super) store: StoreHandle,
+    pub(super) models: Option<Arc<ModelStore>>,
+    pub(super) configured: BTreeMap<String, PathBuf>,
+    pub(super) cfg: JobsConfig,
     /// `state-dir/jobs`, absolute.
-    root: PathBuf,
-    datasets: Datasets,
-    toolchain: PathBuf,
-    nice: Option<PathBuf>,
-    slots: Arc<Semaphore>,
-    live: Mutex<HashMap<i64, Arc<Live>>>,
-    stopping: AtomicBool,
-}
-
-/// Finds `name` in `$PATH` (or the usual bin directories).
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// The toolchain: `[jobs] toolchain-binary`, else `inhouse-quantize` next to this executable
-/// (a build tree, `/usr/lib/...`), else on `$PATH` (the .deb puts the daemon in /usr/sbin and
-/// the toolchain in /usr/bin).
-pub fn toolchain_path(cfg: &JobsConfig) -> PathBuf {
-    if let Some(p) = &cfg.toolchain_binary {
-        return p.clone();
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("inhouse-quantize")));
-    match beside {
-        Some(p) if p.is_file() => p,
-        other => on_path("inhouse-quantize")
-            .or(other)
-            .unwrap_or_else(|| PathBuf::from("inhouse-quantize")),
-    }
-}
-
-/// Is a process with this pid one of our job's processes? Its command line must name the job's
-/// working folder (so a pid reused by an unrelated process is never killed).
-fn is_job_process(pid: i64, work: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    // Component-wise, so that job 1's folder does not match job 12's paths.
-    cmdline
-        .split(|&b| b == 0)
-        .any(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)).starts_with(work))
-}
-
-/// Whether a pid is gone (or a zombie nobody reaped yet).
-fn pid_gone(pid: i64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-    }
+    pub(super) root: PathBuf,
+    pub(super) datasets: Datasets,
+    pub(super) toolchain: PathBuf,
+    pub(super) nice: Option<PathBuf>,
+    pub(super) slots: Arc<Semaphore>,
+    pub(super) live: Mutex<HashMap<i64, Arc<Live>>>,
+    pub(super) stopping: AtomicBool,
 }
 
 impl JobRunner {
@@ -168,18 +59,9 @@ impl JobRunner {
         let root = root
             .canonicalize()
             .map_err(|e| JobError::Io(format!("{}: {e}", root.display())))?;
-        let max = cfg.max_data_bytes.resolve(|| 4 << 30);
-        let datasets = Datasets::open(&root, max)?;
+        let datasets = Datasets::open(&root, cfg.data_size_limit())?;
         let toolchain = toolchain_path(&cfg);
-        let nice = if cfg.nice == 0 {
-            None
-        } else {
-            let n = on_path("nice");
-            if n.is_none() {
-                tracing::warn!("nice(1) not found: jobs run at the daemon's priority");
-            }
-            n
-        };
+        let nice = find_nice(cfg.nice);
         tracing::info!(toolchain = %toolchain.display(), "jobs");
         let slots = Arc::new(Semaphore::new(cfg.max_concurrent.max(1) as usize));
         Ok(Arc::new_cyclic(|me| JobRunner {
@@ -217,215 +99,17 @@ impl JobRunner {
         })
     }
 
-    fn work_dir(&self, id: i64) -> PathBuf {
+    /// The working folder of job `id`: its data, outputs and checkpoints.
+    pub(super) fn work_dir(&self, id: i64) -> PathBuf {
         self.root.join("work").join(id.to_string())
     }
 
-    // ----- submission -----
-
-    fn resolve_model(&self, name: &str) -> Result<ModelRef, JobError> {
-        if let Some(path) = self.configured.get(name) {
-            let (digest, _) = inhouse_quantize::sign::sha256_file(path)
-                .map_err(|e| JobError::Io(format!("model {name:?}: {e}")))?;
-            return Ok(ModelRef {
-                name: name.to_string(),
-                digest,
-                path: path.clone(),
-            });
-        }
-        let store = self
-            .models
-            .as_ref()
-            .ok_or_else(|| JobError::UnknownModel(name.to_string()))?;
-        match store.get(name) {
-            Ok(m) if m.kind == Kind::Model => Ok(ModelRef {
-                name: name.to_string(),
-                path: store.blob_path(&m.digest),
-                digest: m.digest,
-            }),
-            Ok(_) => Err(JobError::Invalid {
-                field: "model".into(),
-                message: format!("{name:?} is a LoRA adapter, not a model"),
-            }),
-            Err(_) => Err(JobError::UnknownModel(name.to_string())),
-        }
-    }
-
-    fn resolve_data(&self, id: &str, kind: JobKind) -> Result<DatasetMeta, JobError> {
-        let meta = self.datasets.get(id)?;
-        if kind != JobKind::Prepare && meta.format != "jsonl" {
-            return Err(JobError::Invalid {
-                field: "data".into(),
-                message: format!(
-                    "a {} job reads JSONL; dataset {id} is {} (run a prepare job on it first)",
-                    kind.as_str(),
-                    meta.format
-                ),
-            });
-        }
-        Ok(meta)
-    }
-
-    /// Checks a request into a spec and the datasets it claims (blocking: it may hash a
-    /// configured model).
-    fn check(&self, req: &JobRequest) -> Result<(JobSpec, Vec<DatasetMeta>), JobError> {
-        let kind = JobKind::parse(&req.kind)?;
-        let k = kind.as_str();
-        let options = check_options(kind, req.options.as_ref())?;
-        let needs_model = kind != JobKind::Prepare;
-        let needs_data = kind != JobKind::Quantize;
-        let needs_output = matches!(kind, JobKind::Finetune | JobKind::Quantize);
-        let refuse = |field: &str, present: bool| -> Result<(), JobError> {
-            if present {
-                Err(JobError::Invalid {
-                    field: field.into(),
-                    message: format!("a {k} job does not take {field}"),
-                })
-            } else {
-                Ok(())
-            }
-        };
-        if !needs_model {
-            refuse("model", req.model.is_some())?;
-        }
-        if !needs_data {
-            refuse("data", req.data.is_some())?;
-        }
-        if !needs_output {
-            refuse("output_name", req.output_name.is_some())?;
-        }
-        let model = match (&req.model, needs_model) {
-            (Some(m), true) => Some(self.resolve_model(m)?),
-            (None, true) => {
-                return Err(JobError::Missing {
-                    kind: k,
-                    field: "model",
-                })
-            }
-            _ => None,
-        };
-        let compare = options
-            .compare
-            .as_deref()
-            .map(|m| self.resolve_model(m))
-            .transpose()?;
-        let mut claimed = vec![];
-        let data = match (&req.data, needs_data) {
-            (Some(id), true) => {
-                let meta = self.resolve_data(id, kind)?;
-                claimed.push(meta.clone());
-                Some(meta)
-            }
-            (None, true) => {
-                return Err(JobError::Missing {
-                    kind: k,
-                    field: "data",
-                })
-            }
-            _ => None,
-        };
-        let eval_data = match options.eval_data.as_deref() {
-            Some(id) if Some(id) == req.data.as_deref() => {
-                return Err(JobError::Invalid {
-                    field: "options.eval_data".into(),
-                    message: "must be another dataset than data".into(),
-                })
-            }
-            Some(id) => {
-                let meta = self.resolve_data(id, kind)?;
-                claimed.push(meta.clone());
-                Some(meta)
-            }
-            None => None,
-        };
-        let output_name = match (&req.output_name, needs_output) {
-            (Some(n), true) => {
-                crate::models::check_name(n).map_err(|e| JobError::Invalid {
-                    field: "output_name".into(),
-                    message: e.to_string(),
-                })?;
-                let taken = self.configured.contains_key(n)
-                    || self.models.as_ref().is_some_and(|s| s.get(n).is_ok());
-                if taken {
-                    return Err(JobError::OutputExists(n.clone()));
-                }
-                Some(n.clone())
-            }
-            (None, true) => {
-                return Err(JobError::Missing {
-                    kind: k,
-                    field: "output_name",
-                })
-            }
-            _ => None,
-        };
-        let to_ref = |m: &DatasetMeta| DataRef {
-            id: m.id.clone(),
-            sha256: m.sha256.clone(),
-            size: m.size,
-            format: m.format.clone(),
-        };
-        let spec = JobSpec {
-            kind,
-            model,
-            compare,
-            data: data.as_ref().map(to_ref),
-            eval_data: eval_data.as_ref().map(to_ref),
-            options,
-            output_name,
-        };
-        Ok((spec, claimed))
-    }
-
-    /// Checks and records a job, moves its datasets into its working folder and starts driving
-    /// it. Returns its row (`queued`).
-    pub async fn submit(&self, req: JobRequest, uid: u32) -> Result<JobRow, JobError> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(JobError::ShuttingDown);
-        }
-        let me = self.arc();
-        let (spec, claimed) = tokio::task::spawn_blocking(move || me.check(&req))
-            .await
-            .map_err(|e| JobError::Io(format!("checking the job: {e}")))??;
-        if !self.toolchain.is_file() {
-            return Err(JobError::Toolchain(self.toolchain.display().to_string()));
-        }
-        let params = serde_json::to_string(&spec).map_err(|e| JobError::Io(e.to_string()))?;
-        let kind = spec.kind.as_str();
-        let row = self
-            .store
-            .call(move |s| s.job_create(kind, uid, &params))
-            .await?;
-        let id = row.id;
-        // The job owns its data from now on: a failure here ends it at once.
-        let work = self.work_dir(id);
-        let moved = (|| {
-            private_dir(&work.join("data"))?;
-            for (meta, role) in claimed.iter().zip(["train", "eval"]) {
-                let dest = work.join("data").join(format!("{role}.{}", meta.format));
-                self.datasets.claim(meta, &dest)?;
-            }
-            Ok::<(), JobError>(())
-        })();
-        if let Err(e) = moved {
-            let reason = e.to_string();
-            let _ = self
-                .store
-                .call(move |s| s.job_finish(id, JobState::Failed, None, Some(&reason), None))
-                .await;
-            self.clean(id, true);
-            return Err(e);
-        }
-        tracing::info!(job = id, kind, uid, "job submitted");
-        self.start_task(id, uid, spec, false);
-        Ok(row)
-    }
-
-    fn arc(&self) -> Arc<JobRunner> {
+    /// The runner itself, for a task or a blocking closure that outlives the borrow.
+    pub(super) fn arc(&self) -> Arc<JobRunner> {
         self.me.upgrade().expect("the runner is alive while used")
     }
 
-    fn start_task(&self, id: i64, uid: u32, spec: JobSpec, resume: bool) {
+    pub(super) fn start_task(&self, id: i64, uid: u32, spec: JobSpec, resume: bool) {
         let live = Arc::new(Live {
             wake: Notify::new(),
             cancelled_by: AtomicU32::new(u32::MAX),
@@ -439,8 +123,6 @@ impl JobRunner {
             lock(&me.live).remove(&id);
         });
     }
-
-    // ----- reading -----
 
     /// A row as the API shows it: the live progress (fresher than the row) over the stored one.
     pub fn view(&self, mut row: JobRow) -> Value {
@@ -463,7 +145,7 @@ impl JobRunner {
     }
 
     /// A job's row; `NotFound` for an unknown id.
-    async fn row(&self, id: i64) -> Result<JobRow, JobError> {
+    pub(super) async fn row(&self, id: i64) -> Result<JobRow, JobError> {
         self.store
             .call(move |s| s.job_get(id))
             .await
@@ -485,47 +167,9 @@ impl JobRunner {
         Ok(rows.into_iter().map(|r| self.view(r)).collect())
     }
 
-    // ----- cancel -----
-
-    /// Cancels a queued or running job for admin `uid` and waits until it has ended (its
-    /// process gone, its files removed).
-    pub async fn cancel(&self, id: i64, uid: u32) -> Result<Value, JobError> {
-        let row = self.row(id).await?;
-        if row.state.is_final() {
-            return Err(JobError::Ended {
-                id,
-                state: row.state.as_str(),
-            });
-        }
-        let live = lock(&self.live).get(&id).cloned();
-        match live {
-            Some(live) => {
-                let _ = live.cancelled_by.compare_exchange(
-                    u32::MAX,
-                    uid,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
-                live.wake.notify_one();
-                let deadline = Instant::now() + TERM_GRACE + Duration::from_secs(10);
-                while lock(&self.live).contains_key(&id) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            None => {
-                // Not driven by this daemon (cannot happen after start-up recovery, but a row
-                // must never stay unfinished): end it here.
-                self.finish(id, JobState::Cancelled, None, None, Some(uid))
-                    .await;
-                self.clean(id, false);
-            }
-        }
-        self.get(id).await
-    }
-
-    // ----- running -----
-
-    async fn finish(
+    /// Records the end of job `id` (its state, result or reason, and the admin who cancelled
+    /// it); a failure to record is logged, the job being over either way.
+    pub(super) async fn finish(
         &self,
         id: i64,
         state: JobState,
@@ -546,7 +190,7 @@ impl JobRunner {
 
     /// Removes a job's working files; its `data/` stays when `keep-data` is on (and
     /// `force` is false).
-    fn clean(&self, id: i64, force: bool) {
+    pub(super) fn clean(&self, id: i64, force: bool) {
         let work = self.work_dir(id);
         if self.cfg.keep_data && !force {
             if let Ok(entries) = std::fs::read_dir(&work) {
@@ -558,97 +202,6 @@ impl JobRunner {
         } else {
             let _ = std::fs::remove_dir_all(&work);
         }
-    }
-
-    /// The toolchain's arguments for a job.
-    fn args(&self, id: i64, spec: &JobSpec, resume: bool) -> Vec<OsString> {
-        let work = self.work_dir(id);
-        let data = |role: &str, d: &DataRef| work.join("data").join(format!("{role}.{}", d.format));
-        let mut a: Vec<OsString> = vec![];
-        let o = &spec.options;
-        match spec.kind {
-            JobKind::Prepare => {
-                a.push("prepare".into());
-                if let Some(d) = &spec.data {
-                    a.push(data("train", d).into());
-                }
-                a.push("--out".into());
-                a.push(work.join("out").into());
-                if let Some(s) = o.seed {
-                    a.extend(["--seed".into(), s.to_string().into()]);
-                }
-                if let Some(s) = o.eval_share {
-                    a.extend(["--eval-share".into(), s.to_string().into()]);
-                }
-                if let Some(s) = o.near_dup_threshold {
-                    a.extend(["--near-dup-threshold".into(), s.to_string().into()]);
-                }
-            }
-            JobKind::Finetune => {
-                a.push("finetune".into());
-                if let Some(m) = &spec.model {
-                    a.extend(["--model".into(), m.path.clone().into()]);
-                }
-                if let Some(d) = &spec.data {
-                    a.extend(["--data".into(), data("train", d).into()]);
-                }
-                if let Some(d) = &spec.eval_data {
-                    a.extend(["--eval".into(), data("eval", d).into()]);
-                }
-                a.extend(["--out".into(), work.join("out.gguf").into()]);
-                a.extend(["--checkpoint-dir".into(), work.join("checkpoints").into()]);
-                if let Some(e) = o.epochs {
-                    a.extend(["--epochs".into(), e.to_string().into()]);
-                }
-                if let Some(lr) = o.lr {
-                    a.extend(["--lr".into(), lr.to_string().into()]);
-                }
-                if let Some(opt) = &o.optimizer {
-                    a.extend(["--optimizer".into(), opt.into()]);
-                }
-                if let Some(c) = o.ctx {
-                    a.extend(["--ctx".into(), c.to_string().into()]);
-                }
-                if let Some(w) = o.max_windows {
-                    a.extend(["--max-windows".into(), w.to_string().into()]);
-                }
-                if resume {
-                    a.push("--resume".into());
-                }
-            }
-            JobKind::Quantize => {
-                a.push("quantize".into());
-                if let Some(m) = &spec.model {
-                    a.push(m.path.clone().into());
-                }
-                a.push(work.join("out.gguf").into());
-                a.extend([
-                    "--type".into(),
-                    o.quant_type.as_deref().unwrap_or("Q8_0").into(),
-                ]);
-            }
-            JobKind::Eval => {
-                a.push("eval".into());
-                for m in [&spec.model, &spec.compare].into_iter().flatten() {
-                    a.extend(["--model".into(), m.path.clone().into()]);
-                }
-                if let Some(d) = &spec.data {
-                    a.extend(["--data".into(), data("train", d).into()]);
-                }
-                a.extend(["--out".into(), work.join("report.json").into()]);
-                if let Some(c) = o.ctx {
-                    a.extend(["--ctx".into(), c.to_string().into()]);
-                }
-            }
-        }
-        if spec.kind != JobKind::Prepare {
-            if let Some(t) = o.threads {
-                a.extend(["--threads".into(), t.to_string().into()]);
-            }
-            // `prepare` has no progress protocol (yet): it shows fraction 0 until it ends.
-            a.extend(["--progress".into(), "json".into()]);
-        }
-        a
     }
 
     /// Drives one job from queued to its end.
@@ -769,216 +322,6 @@ impl JobRunner {
         (row.checkpoint.is_some() && dir.is_dir()).then_some(dir)
     }
 
-    /// Spawns the job's process and follows it until it ends. `Err` is a reason the process
-    /// could not be started or recorded.
-    async fn run_process(
-        &self,
-        id: i64,
-        spec: &JobSpec,
-        resume: bool,
-        live: &Live,
-    ) -> Result<Ended, String> {
-        let work = self.work_dir(id);
-        let mut cmd = match &self.nice {
-            Some(nice) => {
-                let mut c = Command::new(nice);
-                c.arg("-n")
-                    .arg(self.cfg.nice.to_string())
-                    .arg(&self.toolchain);
-                c
-            }
-            None => Command::new(&self.toolchain),
-        };
-        cmd.args(self.args(id, spec, resume))
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for v in PRIVATE_ENV {
-            cmd.env_remove(v);
-        }
-        // The job's OpenMP threads sleep rather than spin while they wait for each other: a
-        // spinning low-priority process still takes cores from serving, and two spinning
-        // llama.cpp processes on few cores slow each other down by orders of magnitude.
-        cmd.env("OMP_WAIT_POLICY", "PASSIVE");
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.toolchain.display()))?;
-        let pid = child.id();
-        let (tx, mut events) = mpsc::channel::<Value>(256);
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        *lock(&live.child) = Some(child);
-        if let Err(e) = self
-            .store
-            .call(move |s| s.job_started(id, pid, resume))
-            .await
-        {
-            // Could not record it: do not leave a process nobody knows about.
-            if let Some(mut c) = lock(&live.child).take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            return Err(format!("cannot record the job's start: {e}"));
-        }
-        tracing::info!(
-            job = id,
-            pid,
-            resume,
-            kind = spec.kind.as_str(),
-            "job started"
-        );
-        if let Some(out) = stdout {
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if v.is_object() && tx.blocking_send(v).is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-        let tail = Arc::new(Mutex::new(VecDeque::<String>::new()));
-        let stderr_thread = stderr.map(|err| {
-            let tail = tail.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(err).lines() {
-                    let Ok(line) = line else { break };
-                    let mut t = lock(&tail);
-                    if t.len() == STDERR_LINES {
-                        t.pop_front();
-                    }
-                    t.push_back(line.chars().take(300).collect());
-                }
-            })
-        });
-
-        let mut result = None;
-        let mut saved_at = Instant::now();
-        let mut dirty = false;
-        let mut term_sent: Option<Instant> = None;
-        let mut killed = false;
-        let mut events_open = true;
-        let status = loop {
-            tokio::select! {
-                ev = events.recv(), if events_open => match ev {
-                    Some(v) => {
-                        dirty |= self.on_event(id, v, live, &mut result).await;
-                    }
-                    None => events_open = false,
-                },
-                _ = live.wake.notified(), if term_sent.is_none() => {
-                    if let Some(c) = lock(&live.child).as_mut() {
-                        if let Ok(None) = c.try_wait() {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(c.id() as i32),
-                                nix::sys::signal::Signal::SIGTERM,
-                            );
-                        }
-                    }
-                    term_sent = Some(Instant::now());
-                }
-                _ = tokio::time::sleep(POLL) => {
-                    let status = lock(&live.child).as_mut().and_then(|c| c.try_wait().ok().flatten());
-                    if let Some(s) = status {
-                        break s;
-                    }
-                    if term_sent.is_some_and(|t| t.elapsed() > TERM_GRACE) && !killed {
-                        if let Some(c) = lock(&live.child).as_mut() {
-                            let _ = c.kill();
-                        }
-                        killed = true;
-                    }
-                    if dirty && saved_at.elapsed() >= PROGRESS_EVERY {
-                        self.save_progress(id, live).await;
-                        saved_at = Instant::now();
-                        dirty = false;
-                    }
-                }
-            }
-        };
-        lock(&live.child).take();
-        // The pipes close with the process: read what is left.
-        while events_open {
-            match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
-                Ok(Some(v)) => {
-                    dirty |= self.on_event(id, v, live, &mut result).await;
-                }
-                _ => events_open = false,
-            }
-        }
-        if dirty {
-            self.save_progress(id, live).await;
-        }
-        if let Some(t) = stderr_thread {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio::task::spawn_blocking(move || t.join()),
-            )
-            .await;
-        }
-        tracing::info!(job = id, pid, %status, "job process ended");
-        if self.stopping.load(Ordering::SeqCst) {
-            return Ok(Ended::Stopping);
-        }
-        if let Some(by) = live.cancel_requested() {
-            return Ok(Ended::Cancelled(by));
-        }
-        let stderr = lock(&tail).iter().cloned().collect::<Vec<_>>().join("\n");
-        Ok(Ended::Exited {
-            status,
-            result,
-            stderr,
-        })
-    }
-
-    /// Handles one protocol line; returns whether the progress changed.
-    async fn on_event(&self, id: i64, v: Value, live: &Live, result: &mut Option<Value>) -> bool {
-        match v["type"].as_str() {
-            Some("progress") => {
-                let mut p = v;
-                if let Some(m) = p.as_object_mut() {
-                    m.remove("type");
-                }
-                *lock(&live.progress) = Some(summarize(&p));
-                true
-            }
-            Some("checkpoint") => {
-                // Only a path inside this job's folder is believed.
-                let path = v["path"].as_str().map(str::to_string);
-                if let Some(path) = path.filter(|p| Path::new(p).starts_with(self.work_dir(id))) {
-                    let _ = self
-                        .store
-                        .call(move |s| s.job_progress(id, None, Some(&path)))
-                        .await;
-                }
-                false
-            }
-            Some("result") => {
-                let mut r = v;
-                if let Some(m) = r.as_object_mut() {
-                    m.remove("type");
-                }
-                *result = Some(summarize(&r));
-                false
-            }
-            // `log` lines may quote data: they are not stored.
-            _ => false,
-        }
-    }
-
-    async fn save_progress(&self, id: i64, live: &Live) {
-        let p = lock(&live.progress).as_ref().map(Value::to_string);
-        if let Some(p) = p {
-            let _ = self
-                .store
-                .call(move |s| s.job_progress(id, Some(&p), None))
-                .await;
-        }
-    }
-
     /// After a successful process: registers what it produced; returns the job's result.
     fn collect(
         &self,
@@ -1058,8 +401,6 @@ impl JobRunner {
         }
     }
 
-    // ----- start-up and shutdown -----
-
     /// Resolves the jobs an earlier run left unfinished: a leftover process is killed; a
     /// `running` finetune with a checkpoint is resumed (`--resume`, up to three attempts in
     /// all); any other `running` job is marked `failed` with the reason; `queued` jobs are
@@ -1100,21 +441,7 @@ impl JobRunner {
             }
             let work = self.work_dir(id);
             if let Some(pid) = row.pid {
-                if is_job_process(pid, &work) {
-                    tracing::warn!(
-                        job = id,
-                        pid,
-                        "killing a job process left by the previous run"
-                    );
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while !pid_gone(pid) && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
+                kill_leftover(id, pid, &work).await;
             }
             let resumable = spec.kind == JobKind::Finetune && self.checkpoint_of(&row).is_some();
             if resumable && row.attempts < MAX_ATTEMPTS {
@@ -1158,48 +485,4 @@ fn read_json(path: &Path) -> Result<Value, String> {
     let bytes = std::fs::read(path)
         .map_err(|e| format!("the toolchain wrote no {}: {e}", path.display()))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{} is not JSON: {e}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn job_processes_are_recognised_by_their_folder_only() {
-        let mut child = Command::new("sh")
-            .args([
-                "-c",
-                "sleep 30; true",
-                "/state/jobs/work/12/data/train.jsonl",
-            ])
-            .spawn()
-            .unwrap();
-        let pid = i64::from(child.id());
-        // Until the exec, the command line is the test's own.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !is_job_process(pid, Path::new("/state/jobs/work/12")) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(is_job_process(pid, Path::new("/state/jobs/work/12")));
-        assert!(!is_job_process(pid, Path::new("/state/jobs/work/1")));
-        assert!(!pid_gone(pid));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(pid_gone(pid));
-        assert!(!is_job_process(pid, Path::new("/state/jobs/work/12")));
-    }
-
-    #[test]
-    fn the_toolchain_is_found_beside_the_daemon_or_configured() {
-        let cfg = JobsConfig {
-            toolchain_binary: Some("/opt/x/inhouse-quantize".into()),
-            ..JobsConfig::default()
-        };
-        assert_eq!(
-            toolchain_path(&cfg),
-            PathBuf::from("/opt/x/inhouse-quantize")
-        );
-        let found = toolchain_path(&JobsConfig::default());
-        assert!(found.ends_with("inhouse-quantize"), "{}", found.display());
-    }
 }

@@ -1,5 +1,8 @@
-//! The scheduling rules of continuous batching, free of llama.cpp so they can be unit-tested:
-//! which waiting request is admitted next, and which slot (KV-cache sequence) it gets.
+//! The scheduler: picks each step's work for continuous batching. Its rules are free of
+//! llama.cpp so they can be unit-tested; the engine thread ([`super::llama`]) executes them:
+//! which waiting request is admitted next ([`FairQueue`]), which slot (KV-cache sequence) it
+//! gets ([`choose_slot`]), and which sequences read how much of their prompt in a step
+//! ([`plan_prefill`]).
 //!
 //! - Admission is round-robin across callers (uids): a caller with fifty queued requests gets
 //!   one slot per turn like everyone else, so one busy user cannot starve the department.
@@ -177,6 +180,71 @@ pub fn choose_slot<T: PartialEq>(
         .map(|(slot, keep)| Placement { slot, keep })
 }
 
+/// A sequence still reading its prompt, as the prefill planner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefilling {
+    /// Its slot.
+    pub slot: usize,
+    /// When it was admitted (its slot's `last_used`: larger is later).
+    pub admitted: u64,
+    /// Prompt tokens already in its KV cache (reused or prefilled in earlier steps).
+    pub done: usize,
+    /// Tokens of its whole prompt.
+    pub prompt: usize,
+}
+
+/// One decode of prompt tokens planned for a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefillChunk {
+    /// The slot whose prompt is read.
+    pub slot: usize,
+    /// The first prompt position read.
+    pub from: usize,
+    /// How many tokens.
+    pub len: usize,
+}
+
+/// Plans a step's prompt chunks, each its own decode after the step's generation decode.
+///
+/// The budget is `n_batch` tokens when nothing generates, and `prefill_chunk` while some
+/// sequence does (`generating`), so that running streams keep getting a token per step while
+/// a long prompt is read. Sequences are served oldest admission first, each as much of its
+/// prompt as the budget leaves. No chunk is a single token unless it is a whole one-token
+/// prompt: a chunk leaves at least two tokens for later, and when the budget leaves room for
+/// one token only, the step's prefill ends there (a later sequence does not get it), so every
+/// prompt token runs on the same kernels it would get alone (see
+/// [`super::llama::serving_params`]). `prefill_chunk` must be at least 3 for a prompt to
+/// always make progress.
+pub fn plan_prefill(
+    waiting: &[Prefilling],
+    generating: bool,
+    n_batch: usize,
+    prefill_chunk: usize,
+) -> Vec<PrefillChunk> {
+    let mut left = if generating { prefill_chunk } else { n_batch };
+    let mut order: Vec<&Prefilling> = waiting.iter().collect();
+    // Stable: two sequences admitted at the same tick keep their slot order.
+    order.sort_by_key(|w| w.admitted);
+    let mut plan = vec![];
+    for w in order {
+        let remaining = w.prompt - w.done;
+        let mut n = remaining.min(left);
+        if remaining - n == 1 && n > 1 {
+            n -= 1; // never leave a one-token chunk for later
+        }
+        if n == 0 || (n == 1 && remaining > 1) {
+            break;
+        }
+        plan.push(PrefillChunk {
+            slot: w.slot,
+            from: w.done,
+            len: n,
+        });
+        left -= n;
+    }
+    plan
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +398,106 @@ mod tests {
             choose_slot(&gap, &[5, 5], 3, false),
             Some(Placement { slot: 1, keep: 0 })
         );
+    }
+
+    fn waiting(slot: usize, admitted: u64, done: usize, prompt: usize) -> Prefilling {
+        Prefilling {
+            slot,
+            admitted,
+            done,
+            prompt,
+        }
+    }
+
+    fn chunk(slot: usize, from: usize, len: usize) -> PrefillChunk {
+        PrefillChunk { slot, from, len }
+    }
+
+    #[test]
+    fn alone_a_prompt_reads_in_full_batches() {
+        let w = [waiting(0, 1, 0, 1200)];
+        assert_eq!(plan_prefill(&w, false, 512, 128), [chunk(0, 0, 512)]);
+        let w = [waiting(0, 1, 1024, 1200)];
+        assert_eq!(plan_prefill(&w, false, 512, 128), [chunk(0, 1024, 176)]);
+        // A reused prefix is not read again.
+        let w = [waiting(0, 1, 38, 40)];
+        assert_eq!(plan_prefill(&w, false, 512, 128), [chunk(0, 38, 2)]);
+        assert!(plan_prefill(&[], false, 512, 128).is_empty());
+    }
+
+    #[test]
+    fn while_others_generate_a_step_reads_at_most_the_chunk() {
+        let w = [waiting(2, 5, 0, 1000)];
+        assert_eq!(plan_prefill(&w, true, 512, 128), [chunk(2, 0, 128)]);
+        let w = [waiting(2, 5, 896, 1000)];
+        assert_eq!(plan_prefill(&w, true, 512, 128), [chunk(2, 896, 104)]);
+    }
+
+    #[test]
+    fn several_waiting_share_the_budget_oldest_admission_first() {
+        let w = [
+            waiting(0, 9, 0, 300),
+            waiting(1, 3, 0, 100),
+            waiting(3, 3, 10, 50),
+        ];
+        // Slot 1 and slot 3 were admitted at the same tick: slot order breaks the tie.
+        assert_eq!(
+            plan_prefill(&w, false, 512, 128),
+            [chunk(1, 0, 100), chunk(3, 10, 40), chunk(0, 0, 300)]
+        );
+        // A smaller budget is spent in the same order; the youngest gets what is left.
+        assert_eq!(
+            plan_prefill(&w, true, 512, 200),
+            [chunk(1, 0, 100), chunk(3, 10, 40), chunk(0, 0, 60)]
+        );
+    }
+
+    #[test]
+    fn no_chunk_leaves_a_single_token_for_later() {
+        // 129 left with a budget of 128: reading 128 would leave one, so 127 now and 2 next.
+        let w = [waiting(0, 1, 0, 129)];
+        assert_eq!(plan_prefill(&w, true, 512, 128), [chunk(0, 0, 127)]);
+        let w = [waiting(0, 1, 127, 129)];
+        assert_eq!(plan_prefill(&w, true, 512, 128), [chunk(0, 127, 2)]);
+        // The same rule when a prompt gets the rest of a shared budget.
+        let w = [waiting(0, 1, 0, 100), waiting(1, 2, 0, 30)];
+        assert_eq!(
+            plan_prefill(&w, true, 512, 129),
+            [chunk(0, 0, 100), chunk(1, 0, 28)]
+        );
+    }
+
+    #[test]
+    fn a_budget_of_one_token_ends_the_step_instead_of_a_one_token_chunk() {
+        // After slot 0's 127 tokens one is left: slot 1 waits for the next step, and so does
+        // slot 2 behind it, whose whole prompt is one token (no skipping ahead).
+        let w = [
+            waiting(0, 1, 0, 127),
+            waiting(1, 2, 0, 50),
+            waiting(2, 3, 0, 1),
+        ];
+        assert_eq!(plan_prefill(&w, true, 512, 128), [chunk(0, 0, 127)]);
+        // A one-token prompt is read on its own when the budget reaches it.
+        let w = [waiting(2, 3, 0, 1)];
+        assert_eq!(plan_prefill(&w, true, 512, 128), [chunk(2, 0, 1)]);
+        // An exhausted budget plans nothing more.
+        let w = [waiting(0, 1, 0, 128), waiting(1, 2, 0, 50)];
+        assert_eq!(plan_prefill(&w, true, 512, 128), [chunk(0, 0, 128)]);
+    }
+
+    #[test]
+    fn the_smallest_chunk_always_makes_progress() {
+        // With prefill_chunk = 3 (the least the config accepts) a prompt advances every step.
+        let mut done = 0;
+        let prompt = 10;
+        let mut steps = 0;
+        while done < prompt {
+            let plan = plan_prefill(&[waiting(0, 1, done, prompt)], true, 512, 3);
+            assert_eq!(plan.len(), 1, "stalled at {done}");
+            assert!(plan[0].len >= 2, "{plan:?}");
+            done += plan[0].len;
+            steps += 1;
+        }
+        assert_eq!((done, steps), (10, 4));
     }
 }
