@@ -681,14 +681,6 @@ mod tests {
         let l = c.limits();
         assert_eq!((l.max_tokens_cap, l.max_messages), (2048, 9));
         assert_eq!(
-            crate::api::server::ServerLimits::from_config(&c.limits).header_timeout,
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            crate::api::server::ServerLimits::from_config(&c.limits).max_connections,
-            LimitsConfig::default().max_connections
-        );
-        assert_eq!(
             Config::default().jobs.data_size_limit(),
             DEFAULT_MAX_DATA_BYTES
         );

@@ -140,3 +140,22 @@ pub async fn serve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_limits_take_their_settings_from_the_config() {
+        let c = crate::config::Config::from_toml("[limits]\nheader-timeout-secs = 3\n").unwrap();
+        let l = ServerLimits::from_config(&c.limits);
+        assert_eq!(l.header_timeout, Duration::from_secs(3));
+        let defaults = crate::config::LimitsConfig::default();
+        assert_eq!(l.max_connections, defaults.max_connections);
+        assert_eq!(l.max_connections_per_uid, defaults.max_connections_per_uid);
+        assert_eq!(
+            l.shutdown_deadline,
+            Duration::from_secs(defaults.shutdown_deadline_secs)
+        );
+    }
+}
