@@ -428,7 +428,7 @@ fn check_requested_name(name: &str) -> Result<()> {
 }
 
 async fn models(client: &Client, cmd: ModelsCmd) -> Result<()> {
-    use inhouse_quantize::sign;
+    use inhouse_formats::sign;
     match cmd {
         ModelsCmd::List => {
             let v = client.json(Method::GET, "/admin/models", None).await?;
