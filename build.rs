@@ -1,20 +1,12 @@
-//! Build script: makes the built binaries find llama.cpp's shared libraries at run time.
-//!
-//! With `dynamic-backends`, llama.cpp and ggml are shared libraries (`libllama.so.0`,
-//! `libggml.so.0`, `libggml-base.so.0`) and ggml's CPU variants (`libggml-cpu-<level>.so`) are
-//! loaded with `dlopen` at start-up. The binaries carry a relative run path, `$ORIGIN` and
-//! `$ORIGIN/../lib/inhouse`, so the same binary works from the build directory and installed as
-//! `/usr/bin/inhoused` with the libraries in `/usr/lib/inhouse/` and the variants in
-//! `/usr/lib/inhouse/ggml/`. No absolute build path is recorded in the binary.
-//!
-//! Copying the libraries next to the binaries (`target/<profile>/`, variants in
-//! `target/<profile>/ggml/`: the layout to package, see docs/BENCHMARKS.md, "CPU dispatch and
-//! packaging") is done once, by `quantize/build.rs`: the toolchain crate links llama.cpp
-//! directly and every build of this package builds it first.
+//! Build script: makes the built binaries find llama.cpp's shared libraries at run time (a
+//! relative run path, and the libraries copied next to the binaries). The work is shared with
+//! the toolchain's `quantize/build.rs`, in `build/llama_libs.rs`, which says why.
+
+#[path = "build/llama_libs.rs"]
+mod llama_libs;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN:$ORIGIN/../lib/inhouse");
-    }
+    println!("cargo:rerun-if-changed=build/llama_libs.rs");
+    llama_libs::run("inhouse");
 }

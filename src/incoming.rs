@@ -3,7 +3,7 @@
 //! SHA-256 as they arrive, up to a size limit; the owner then keeps the file (after `close`) or
 //! drops it (`abort`).
 
-use inhouse_quantize::sign::Sha256Writer;
+use inhouse_formats::sign::Sha256Writer;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

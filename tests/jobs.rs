@@ -512,9 +512,9 @@ fn a_finetune_survives_a_crash_and_a_daemon_kill_then_serves_its_model() {
         .block_on(c.json(Method::GET, "/admin/models/smol-tuned", None))
         .unwrap();
     let extra = &m["manifest"]["provenance"]["extra"];
-    let base_digest = inhouse_quantize::sign::sha256_file(&site.smol).unwrap().0;
+    let base_digest = inhouse_formats::sign::sha256_file(&site.smol).unwrap().0;
     assert_eq!(extra["base_model"]["digest"], json!(base_digest), "{m:#}");
-    let data_digest = inhouse_quantize::sign::sha256_file(&data).unwrap().0;
+    let data_digest = inhouse_formats::sign::sha256_file(&data).unwrap().0;
     assert_eq!(extra["dataset"]["sha256"], json!(data_digest), "{m:#}");
     assert_eq!(extra["job"], json!(id));
     assert_eq!(extra["options"]["epochs"], 3);

@@ -115,7 +115,7 @@ fn import_show_and_serve_through_the_client_and_refuse_bad_names_and_corrupt_cop
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&bad, &bytes).unwrap();
-    let real = inhouse_quantize::sign::sha256_file(&smollm2()).unwrap().0;
+    let real = inhouse_formats::sign::sha256_file(&smollm2()).unwrap().0;
     let err = failed(&cli(
         &d,
         &[
@@ -332,7 +332,7 @@ fn signature_policy_accepts_signed_refuses_unsigned_untrusted_and_tampered() {
     assert_eq!(names, ["signed"]);
 
     // Tampered after import: the blob changes on disk; the load refuses it, the daemon stays up.
-    let digest = inhouse_quantize::sign::sha256_file(&model).unwrap().0;
+    let digest = inhouse_formats::sign::sha256_file(&model).unwrap().0;
     let blob = d.dir.join("models/blobs").join(format!("sha256-{digest}"));
     let mut bytes = std::fs::read(&blob).unwrap();
     let n = bytes.len();
@@ -437,8 +437,8 @@ fn two_models_alternate_under_a_budget_for_one_and_a_model_too_large_is_refused(
 
 /// Writes a random LoRA adapter for SmolLM2's attention into `dir`.
 fn make_adapter(dir: &Path, name: &str, seed: u64) -> PathBuf {
-    use inhouse_quantize::gguf_write::{random_lora_for, write_lora_adapter};
-    let base = inhouse_quantize::gguf::open(smollm2()).unwrap();
+    use inhouse_formats::gguf_write::{random_lora_for, write_lora_adapter};
+    let base = inhouse_formats::gguf::open(smollm2()).unwrap();
     let pairs = random_lora_for(&base, &["attn_q.weight", "attn_v.weight"], 8, 0.3, seed);
     assert!(pairs.len() >= 60, "{} pairs", pairs.len());
     let out = dir.join(format!("{name}.gguf"));

@@ -24,8 +24,8 @@ use serde::Serialize;
 
 use crate::finetune::{read_records, tokenize_records};
 use crate::llama::{Context, ContextOptions, LoadMode, Model};
-use crate::progress::{eta, Phase, Progress, Reporter, ToolError};
 use crate::quantize;
+use inhouse_formats::progress::{eta, Phase, Progress, Reporter, ToolError};
 
 /// The built-in word list.
 pub const DEFAULT_BIAS_PAIRS: &str = include_str!("../data/bias_pairs.txt");

@@ -32,7 +32,7 @@
 //! 6. **Checkpoints.** After each epoch the model is saved with `llama_model_save_to_file`,
 //!    which drops most metadata (chat template, tokenizer details, the original context length:
 //!    it even records the training context as the model's). The file is therefore rewritten with
-//!    [`crate::gguf_write`]: every key-value pair of the F32 base, in order, and each tensor's
+//!    [`inhouse_formats::gguf_write`]: every key-value pair of the F32 base, in order, and each tensor's
 //!    bytes from the saved file (from the base for any tensor the saver left out). `state.json`
 //!    records the epochs done, the losses and the options; the previous checkpoint is then
 //!    removed. `--resume` loads the last checkpoint and continues with the next epoch. The
@@ -51,11 +51,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gguf::{self, GgmlType, GgufFile};
-use crate::gguf_write::GgufWriter;
 use crate::llama::{self, Context, ContextOptions, Dataset, LoadMode, Model, Optimizer, CTX_ALIGN};
-use crate::progress::{eta, Phase, Progress, Reporter, ToolError};
 use crate::quantize;
+use inhouse_formats::gguf::{self, GgmlType, GgufFile};
+use inhouse_formats::gguf_write::GgufWriter;
+use inhouse_formats::progress::{eta, Phase, Progress, Reporter, ToolError};
 
 /// The largest context accepted (memory for training grows fast with it).
 pub const MAX_CTX: u32 = 16_384;

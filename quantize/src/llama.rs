@@ -12,7 +12,7 @@
 //!
 //! llama.cpp's and ggml's log lines go to stderr, filtered by `INHOUSE_LLAMA_LOG`
 //! (`none`, `error`, `warn` — the default —, `info` or `debug`): stdout belongs to the progress
-//! protocol (see [`crate::progress`]).
+//! protocol (see [`inhouse_formats::progress`]).
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -25,14 +25,11 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
+use inhouse_formats::backends;
 use llama_cpp_sys_2 as sys;
 
 /// Context sizes are padded by llama.cpp to a multiple of this; the toolchain insists on it.
 pub const CTX_ALIGN: u32 = 256;
-
-/// Where the CPU variant libraries live in an installed system, relative to the binary's own
-/// directory: `/usr/bin/inhouse-quantize` → `/usr/lib/inhouse/ggml/`.
-pub const INSTALLED_BACKENDS_DIR: &str = "../lib/inhouse/ggml";
 
 /// Errors from llama.cpp calls. llama.cpp says little about why; where it logs a reason, that
 /// line went to stderr just before.
@@ -102,55 +99,6 @@ unsafe extern "C" fn log_to_stderr(
     let _ = std::io::stderr().lock().write_all(text.to_bytes());
 }
 
-/// The directories searched for `libggml-cpu-*.so`, in order: `$INHOUSE_GGML_DIR`, the
-/// installed location relative to the binary, `ggml/` beside the binary (the build layout), and
-/// the directory the build wrote them to. The same order as the daemon's `engine::ffi`.
-pub fn backend_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("INHOUSE_GGML_DIR") {
-        dirs.push(PathBuf::from(d));
-    }
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        dirs.push(exe_dir.join(INSTALLED_BACKENDS_DIR));
-        dirs.push(exe_dir.join("ggml"));
-    }
-    if let Some(d) = llama_cpp_sys_2::BACKENDS_DIR {
-        dirs.push(PathBuf::from(d));
-    }
-    dirs
-}
-
-/// The first of [`backend_dirs`] that holds ggml CPU variants; the error lists where it looked.
-/// Shared with the daemon (`engine::ffi`), so both find the same libraries.
-pub fn find_backend_dir() -> Result<PathBuf, String> {
-    let dirs = backend_dirs();
-    dirs.iter()
-        .find(|d| has_cpu_variants(d) && d.to_str().is_some())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "no ggml CPU backend libraries (libggml-cpu-*.so) in any of: {}",
-                dirs.iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-}
-
-fn has_cpu_variants(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            n.starts_with("libggml-cpu-") && n.ends_with(".so")
-        })
-    })
-}
-
 /// Sets up logging, loads the best ggml CPU variant and initializes llama.cpp, once per process.
 /// Must run before any model is loaded or quantized. Returns the backend directory used.
 pub fn init() -> Result<&'static Path, LlamaError> {
@@ -167,7 +115,7 @@ pub fn init() -> Result<&'static Path, LlamaError> {
         // SAFETY: the callback is a plain function valid for the whole process and ignores its
         // user data; llama_log_set also installs it for ggml.
         unsafe { sys::llama_log_set(Some(log_to_stderr), ptr::null_mut()) };
-        let dir = &find_backend_dir()?;
+        let dir = &backends::find_backend_dir(sys::BACKENDS_DIR)?;
         llama_cpp_2::llama_backend::load_backends_from_path(dir);
         // SAFETY: no arguments; called once (guarded by the OnceLock) before any other use.
         unsafe { sys::llama_backend_init() };
@@ -189,7 +137,7 @@ pub fn init() -> Result<&'static Path, LlamaError> {
 
 /// Quantizes (or converts) `input` into `output` with llama.cpp's `ftype` id
 /// (`LLAMA_FTYPE_*`), requantizing already-quantized tensors if needed. llama.cpp reads the
-/// input itself: validate it with [`crate::gguf::open`] first.
+/// input itself: validate it with [`inhouse_formats::gguf::open`] first.
 pub fn quantize_file(
     input: &Path,
     output: &Path,
@@ -232,7 +180,7 @@ pub enum LoadMode {
 }
 
 impl Model {
-    /// Loads a GGUF model. Validate the file with [`crate::gguf::open`] first.
+    /// Loads a GGUF model. Validate the file with [`inhouse_formats::gguf::open`] first.
     pub fn load(path: &Path, mode: LoadMode) -> Result<Self, LlamaError> {
         init()?;
         let cpath = c_path(path)?;

@@ -5,7 +5,7 @@
 //! uses 2 for usage errors, `prepare` for an invalid config, and `quantize`, `finetune` and
 //! `eval` for bad input or parameters), 1 anything else (such as failing to write the report,
 //! `prepare --on-error fail` meeting a bad input line, or llama.cpp failing). The long commands
-//! speak the progress protocol of `inhouse_quantize::progress` on stdout.
+//! speak the progress protocol of `inhouse_formats::progress` on stdout.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
@@ -14,11 +14,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use inhouse_quantize::gguf::{self, GgufError};
-use inhouse_quantize::inspect;
+use inhouse_formats::gguf::{self, GgufError};
+use inhouse_formats::inspect;
+use inhouse_formats::progress::{Format, Reporter, ToolError};
 use inhouse_quantize::llama::Optimizer;
 use inhouse_quantize::prepare::{self, Config, OnError, PrepareError};
-use inhouse_quantize::progress::{Format, Reporter, ToolError};
 use inhouse_quantize::{eval, finetune, quantize};
 
 /// Exit status for a file that is missing, unreadable or not a valid GGUF model.

@@ -1,6 +1,6 @@
 //! `quantize`: a GGUF model to another tensor type with `llama_model_quantize`.
 //!
-//! The input is validated with [`crate::gguf::open`] first, so a malformed file never reaches
+//! The input is validated with [`inhouse_formats::gguf::open`] first, so a malformed file never reaches
 //! llama.cpp (exit status 2). The output is written to `OUT.partial`, checked with the same
 //! reader and renamed to `OUT`, so a failed or killed run never leaves a truncated model under
 //! the final name.
@@ -16,9 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::gguf::{self, GgmlType};
 use crate::llama;
-use crate::progress::{Phase, Progress, Reporter, ToolError};
+use inhouse_formats::gguf::{self, GgmlType};
+use inhouse_formats::progress::{Phase, Progress, Reporter, ToolError};
 
 /// The output types offered: llama.cpp's name and `LLAMA_FTYPE_*` id.
 pub const TYPES: &[(&str, u32)] = &[
@@ -132,7 +132,7 @@ pub fn run(opts: &Options, reporter: Reporter) -> Result<serde_json::Value, Tool
             file.file_type_name().unwrap_or("mixed types"),
         );
         eprintln!("inhouse-quantize: {msg}");
-        if reporter.format() == crate::progress::Format::Json {
+        if reporter.format() == inhouse_formats::progress::Format::Json {
             reporter.log(&msg);
         }
     }

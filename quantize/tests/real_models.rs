@@ -10,7 +10,7 @@ use common::{model, GEMMA3, SMOLLM2};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use inhouse_quantize::gguf::{self, GgufFile};
+use inhouse_formats::gguf::{self, GgufFile};
 
 fn open(path: &Path) -> GgufFile {
     gguf::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -1,6 +1,7 @@
-//! Model signatures and the GGUF writer through the public API, on real files: key files on disk,
-//! a signed file verified from its `.sig`, GGUF files written and read back by the one reader,
-//! and a LoRA adapter for the real SmolLM2 test model.
+//! Model signatures and the GGUF writer (both in inhouse-formats) through their public API, on
+//! real files: key files on disk, a signed file verified from its `.sig`, GGUF files written and
+//! read back by the one reader, and a LoRA adapter for the real SmolLM2 test model. They run
+//! here, with the toolchain's other tests on the real test models, which share `common`.
 //!
 //! The model lives in `$INHOUSE_MODELS_DIR` (default `~/.cache/inhouse/models`, filled by
 //! `scripts/fetch-models`). A missing model fails the test rather than skipping it.
@@ -13,11 +14,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use inhouse_quantize::gguf::{self, Array, GgmlType, GgufFile, TensorInfo, Value};
-use inhouse_quantize::gguf_write::{
+use inhouse_formats::gguf::{self, Array, GgmlType, GgufFile, TensorInfo, Value};
+use inhouse_formats::gguf_write::{
     check_lora_against, random_lora_for, write_lora_adapter, GgufWriteError, GgufWriter, LoraPair,
 };
-use inhouse_quantize::sign::{
+use inhouse_formats::sign::{
     self, sha256_file, sign_model, signature_path, write_keypair, PublicKey, SecretKey,
     Sha256Writer, SignError, SignatureFile, TrustedKeys,
 };

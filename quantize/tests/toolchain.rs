@@ -14,7 +14,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
-use inhouse_quantize::gguf;
+use inhouse_formats::gguf;
+use inhouse_formats::progress::Event;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_inhouse-quantize");
@@ -45,6 +46,9 @@ fn s(p: &Path) -> &str {
 fn protocol_line(line: &str) -> Value {
     let v: Value = serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("not a JSON line on stdout: {line:?}: {e}"));
+    // The daemon reads each line as the typed event: it must parse as one.
+    serde_json::from_str::<Event>(line)
+        .unwrap_or_else(|e| panic!("not a protocol event: {line:?}: {e}"));
     let kind = v["type"]
         .as_str()
         .unwrap_or_else(|| panic!("no type: {line}"));

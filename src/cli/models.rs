@@ -10,7 +10,7 @@ use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 // The one line that names where signatures live (moving to the formats crate).
-use inhouse_quantize::sign;
+use inhouse_formats::sign;
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ModelsCmd {

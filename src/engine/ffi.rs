@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// Where the CPU variant libraries live in an installed system, relative to the binary's own
-/// directory (`/usr/bin/inhoused` → `/usr/lib/inhouse/ggml/`); the search itself is the
-/// toolchain's (`inhouse_quantize::llama::find_backend_dir`), so daemon and toolchain agree.
-pub use inhouse_quantize::llama::INSTALLED_BACKENDS_DIR;
+/// directory (`/usr/bin/inhoused` → `/usr/lib/inhouse/ggml/`); the search itself is shared
+/// with the toolchain (`inhouse_formats::backends::find_backend_dir`), so both agree.
+pub use inhouse_formats::backends::INSTALLED_BACKENDS_DIR;
 
 /// The CPU backend that is in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub fn cpu_backend() -> Result<CpuBackend, String> {
     static LOADED: OnceLock<Result<CpuBackend, String>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
-            let dir = &inhouse_quantize::llama::find_backend_dir()?;
+            let dir = &inhouse_formats::backends::find_backend_dir(llama_cpp_sys_2::BACKENDS_DIR)?;
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
             llama_cpp_2::llama_backend::load_backends_from_path(dir);
             let features = cpu_features().ok_or_else(|| {

@@ -898,7 +898,7 @@ fn load(
     };
     // llama.cpp asserts (aborting the process) on some malformed files, so every file is
     // validated in Rust first: magic, version, counts, lengths, types, offsets, alignment.
-    inhouse_quantize::gguf::open(path).map_err(|e| err(format!("not a valid GGUF file: {e}")))?;
+    inhouse_formats::gguf::open(path).map_err(|e| err(format!("not a valid GGUF file: {e}")))?;
     let params = LlamaModelParams::default().with_n_gpu_layers(cfg.gpu_layers);
     let mut model = LlamaModel::load_from_file(backend, path, &params)
         .map_err(|e| err(format!("llama.cpp could not load it ({e})")))?;
@@ -928,7 +928,7 @@ fn load(
     let adapter = match &spec.adapter {
         None => None,
         Some(a) => {
-            inhouse_quantize::gguf::open(a)
+            inhouse_formats::gguf::open(a)
                 .map_err(|e| err(format!("the adapter is not a valid GGUF file: {e}")))?;
             let lora = model
                 .lora_adapter_init(a)

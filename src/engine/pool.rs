@@ -246,7 +246,7 @@ impl ModelPool {
                 return Ok((info, *est));
             }
         }
-        let f = inhouse_quantize::gguf::open(path)
+        let f = inhouse_formats::gguf::open(path)
             .map_err(|e| load_err(format!("not a valid GGUF file: {e}")))?;
         let arch = f.architecture().unwrap_or("unknown").to_string();
         let n_ctx_train = f.context_length().unwrap_or(0) as u32;

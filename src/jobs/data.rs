@@ -186,7 +186,7 @@ impl Datasets {
         source: String,
     ) -> Result<DatasetMeta, JobError> {
         let (sha256, size) =
-            inhouse_quantize::sign::sha256_file(path).map_err(|e| JobError::Io(e.to_string()))?;
+            inhouse_formats::sign::sha256_file(path).map_err(|e| JobError::Io(e.to_string()))?;
         self.store(path, format, sha256, size, uid, source)
     }
 

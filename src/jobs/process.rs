@@ -370,21 +370,24 @@ impl JobRunner {
         })
     }
 
-    /// Handles one protocol line; returns whether the progress changed.
+    /// Handles one protocol line; returns whether the progress changed. A line that is not an
+    /// [`Event`](inhouse_formats::progress::Event) of the protocol is ignored.
     async fn on_event(&self, id: i64, v: Value, live: &Live, result: &mut Option<Value>) -> bool {
-        match v["type"].as_str() {
-            Some("progress") => {
-                let mut p = v;
-                if let Some(m) = p.as_object_mut() {
-                    m.remove("type");
+        use inhouse_formats::progress::Event;
+        let Ok(event) = serde_json::from_value::<Event>(v) else {
+            return false;
+        };
+        match event {
+            Event::Progress(p) => match serde_json::to_value(&p) {
+                Ok(p) => {
+                    *lock(&live.progress) = Some(summarize(&p));
+                    true
                 }
-                *lock(&live.progress) = Some(summarize(&p));
-                true
-            }
-            Some("checkpoint") => {
+                Err(_) => false,
+            },
+            Event::Checkpoint { path, .. } => {
                 // Only a path inside this job's folder is believed.
-                let path = v["path"].as_str().map(str::to_string);
-                if let Some(path) = path.filter(|p| Path::new(p).starts_with(self.work_dir(id))) {
+                if Path::new(&path).starts_with(self.work_dir(id)) {
                     let _ = self
                         .store
                         .call(move |s| s.job_progress(id, None, Some(&path)))
@@ -392,16 +395,12 @@ impl JobRunner {
                 }
                 false
             }
-            Some("result") => {
-                let mut r = v;
-                if let Some(m) = r.as_object_mut() {
-                    m.remove("type");
-                }
-                *result = Some(summarize(&r));
+            Event::Result(r) => {
+                *result = Some(summarize(&Value::Object(r)));
                 false
             }
             // `log` lines may quote data: they are not stored.
-            _ => false,
+            Event::Log { .. } => false,
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 impl JobRunner {
     fn resolve_model(&self, name: &str) -> Result<ModelRef, JobError> {
         if let Some(path) = self.configured.get(name) {
-            let (digest, _) = inhouse_quantize::sign::sha256_file(path)
+            let (digest, _) = inhouse_formats::sign::sha256_file(path)
                 .map_err(|e| JobError::Io(format!("model {name:?}: {e}")))?;
             return Ok(ModelRef {
                 name: name.to_string(),

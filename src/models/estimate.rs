@@ -12,7 +12,7 @@
 //!   (SmolLM2 Q4_1, 2 slots of 512: estimate 171 MiB, whole process 147 MiB; Gemma 3 270M:
 //!   estimate 382 MiB, measured about 360 MiB).
 
-use inhouse_quantize::gguf::GgufFile;
+use inhouse_formats::gguf::GgufFile;
 use serde::Serialize;
 
 /// Tokens per batch the engine reserves compute for (its `n_batch`).

@@ -16,8 +16,8 @@
 
 pub mod estimate;
 
-use inhouse_quantize::gguf;
-use inhouse_quantize::sign::{self, SignatureFile, TrustedKeys};
+use inhouse_formats::gguf;
+use inhouse_formats::sign::{self, SignatureFile, TrustedKeys};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -6,7 +6,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use inhouse_quantize::{gguf, inspect};
+use inhouse_formats::{gguf, inspect};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -21,6 +21,12 @@
 //!
 //! The key id is the first 16 hex characters of SHA-256 over the 32 public key bytes. It only
 //! picks which trusted key to try; the Ed25519 check itself always uses the full key.
+//!
+//! The SHA-256 file digests a signature covers are here too ([`sha256_file`], [`Sha256Writer`]),
+//! and they are the only ones in inhouse: the model store, uploads, datasets, the job runner and
+//! the client's `models sign` all hash with them, so a digest means the same thing everywhere.
+//! Who uses what: the daemon verifies ([`SignatureFile`], [`TrustedKeys`]); the client makes keys
+//! and signs ([`write_keypair`], [`SecretKey`], [`sign_model`]).
 
 use std::collections::BTreeMap;
 use std::fmt;

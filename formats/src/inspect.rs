@@ -1,6 +1,7 @@
 //! The `inspect` report for a validated GGUF file: a text summary for people and a JSON object for
-//! scripts. Kept in the library so that the binary only parses arguments and maps errors, and so
-//! that tests and the fuzz target can exercise it.
+//! scripts. The toolchain's `inspect` command prints it; it lives beside the reader, not in the
+//! toolchain, so that the GGUF fuzz target exercises it on odd but valid files without building
+//! the toolchain, and so that the binary only parses arguments and maps errors.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

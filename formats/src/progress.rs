@@ -1,5 +1,7 @@
-//! The progress protocol of the long commands (`quantize`, `finetune`, `eval`): a contract with
-//! the daemon's job runner, which starts `inhouse-quantize` as a child and reads its stdout.
+//! The progress protocol of the toolchain's long commands (`quantize`, `finetune`, `eval`): a
+//! contract between `inhouse-quantize`, which writes it, and the daemon's job runner, which
+//! starts it as a child and reads its stdout. Both ends use the one [`Event`] type, so a field
+//! renamed on one side is a compile error or a parse error, not a silently missing value.
 //!
 //! With `--progress json`, stdout carries one JSON object per line and nothing else:
 //!
@@ -14,7 +16,8 @@
 //! `phase` is one of `train`, `eval`, `quantize`, `convert`; fields that do not apply are left
 //! out, `fraction` (0..=1, the whole command's progress) is always there. With `--progress text`
 //! (the default) the same events are written to stderr for a person and the result to stdout as
-//! pretty JSON. Either way llama.cpp's own log goes to stderr only (see [`crate::llama`]).
+//! pretty JSON. Either way llama.cpp's own log goes to stderr only (the toolchain's `llama`
+//! module sees to that).
 //!
 //! Exit status: 0 success, 1 failure, 2 bad input or usage; the reason is on stderr
 //! ([`ToolError`]).
@@ -22,7 +25,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// How events are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,7 +39,7 @@ pub enum Format {
 }
 
 /// The phase a progress line belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Training steps.
@@ -49,7 +53,7 @@ pub enum Phase {
 }
 
 /// One progress line. Fields that do not apply stay `None` and are left out.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// The phase.
     pub phase: Phase,
@@ -95,6 +99,32 @@ impl Progress {
     }
 }
 
+/// One line of the protocol, tagged by `"type"` (written first, so that a person skimming the
+/// stream sees it). The toolchain writes it ([`Reporter`]), the daemon's job runner reads it back
+/// with `serde_json::from_str::<Event>`; a line that does not parse is not an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event {
+    /// How far the command is.
+    Progress(Progress),
+    /// A checkpoint was written (finetune), from which a later run can resume.
+    Checkpoint {
+        /// The epoch after which it was written (1-based).
+        epoch: u32,
+        /// Its absolute path.
+        path: String,
+    },
+    /// A message for a person (a warning, a decision taken). It may quote the data, so the
+    /// daemon does not store it.
+    Log {
+        /// The message.
+        message: String,
+    },
+    /// The command's summary, last and on success only. Its fields depend on the command; it
+    /// never holds a `"type"` key of its own.
+    Result(Map<String, Value>),
+}
+
 /// Writes protocol events in the chosen [`Format`]. Cheap to copy into callbacks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reporter {
@@ -117,14 +147,11 @@ impl Reporter {
         self.format
     }
 
-    /// Writes one JSON object line to stdout, `"type"` first (serde_json sorts keys, and a reader
-    /// skimming the stream looks for the type). A closed stdout (the reader went away) is
+    /// Writes one event as a JSON line to stdout. A closed stdout (the reader went away) is
     /// ignored: the work goes on and the exit status still tells the outcome.
-    fn json_line(kind: &str, value: &serde_json::Value) {
-        let body = value.to_string();
-        let line = match body.strip_prefix('{') {
-            Some(rest) if rest != "}" => format!("{{\"type\":\"{kind}\",{rest}"),
-            _ => format!("{{\"type\":\"{kind}\"}}"),
+    fn json_line(event: &Event) {
+        let Ok(line) = serde_json::to_string(event) else {
+            return;
         };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());
@@ -146,9 +173,7 @@ impl Reporter {
             0.0
         };
         match self.format {
-            Format::Json => {
-                Self::json_line("progress", &serde_json::to_value(&p).unwrap_or_default());
-            }
+            Format::Json => Self::json_line(&Event::Progress(p)),
             Format::Text => {
                 let mut line = format!(
                     "{:>8} {:5.1}%",
@@ -179,10 +204,10 @@ impl Reporter {
     pub fn checkpoint(&self, epoch: u32, path: &Path) {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         match self.format {
-            Format::Json => Self::json_line(
-                "checkpoint",
-                &serde_json::json!({"epoch": epoch, "path": path.to_string_lossy()}),
-            ),
+            Format::Json => Self::json_line(&Event::Checkpoint {
+                epoch,
+                path: path.to_string_lossy().into_owned(),
+            }),
             Format::Text => Self::text_line(&format!(
                 "checkpoint after epoch {epoch}: {}",
                 path.display()
@@ -193,21 +218,31 @@ impl Reporter {
     /// Reports a message for a person (a warning, a decision taken).
     pub fn log(&self, message: &str) {
         match self.format {
-            Format::Json => {
-                Self::json_line("log", &serde_json::json!({"message": message}));
-            }
+            Format::Json => Self::json_line(&Event::Log {
+                message: message.to_string(),
+            }),
             Format::Text => Self::text_line(message),
         }
     }
 
     /// Reports the result: `summary` must be a JSON object without a `"type"` key;
     /// `"type": "result"` is added.
-    pub fn result(&self, summary: serde_json::Value) {
+    pub fn result(&self, summary: Value) {
         match self.format {
-            Format::Json => Self::json_line("result", &summary),
+            Format::Json => {
+                // Anything but an object has no fields to carry: an empty result says "done".
+                let fields = match summary {
+                    Value::Object(mut m) => {
+                        m.remove("type");
+                        m
+                    }
+                    _ => Map::new(),
+                };
+                Self::json_line(&Event::Result(fields));
+            }
             Format::Text => {
                 let mut v = summary;
-                if let serde_json::Value::Object(m) = &mut v {
+                if let Value::Object(m) = &mut v {
                     m.insert("type".into(), "result".into());
                 }
                 let text = serde_json::to_string_pretty(&v).unwrap_or_default();
@@ -247,6 +282,7 @@ pub fn eta(elapsed_s: f64, done: f64, total: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn progress_omits_missing_fields() {
@@ -256,5 +292,102 @@ mod tests {
         assert_eq!(v["phase"], "train");
         assert!(v.get("epoch").is_none());
         assert_eq!(eta(10.0, 1.0, 3.0), Some(20.0));
+    }
+
+    /// What the toolchain writes is what the daemon reads back, variant by variant, with
+    /// `"type"` first on the line.
+    #[test]
+    fn events_round_trip_from_emit_to_parse() {
+        let mut train = Progress::new(Phase::Train, 0.15);
+        train.epoch = Some(1);
+        train.epochs = Some(2);
+        train.step = Some(3);
+        train.steps = Some(10);
+        train.loss = Some(2.95);
+        train.tokens_per_s = Some(51.2);
+        train.eta_s = Some(40.0);
+        let mut result = Map::new();
+        result.insert("command".into(), json!("quantize"));
+        result.insert("output_bytes".into(), json!(123));
+        result.insert("report".into(), json!({"ppl": [1.5, 2.5]}));
+        let events = [
+            Event::Progress(train),
+            Event::Progress(Progress::new(Phase::Convert, 0.0)),
+            Event::Checkpoint {
+                epoch: 1,
+                path: "/work/job/ckpt-1.gguf".into(),
+            },
+            Event::Log {
+                message: "a \"quoted\" line\nand another".into(),
+            },
+            Event::Result(result),
+            Event::Result(Map::new()),
+        ];
+        for e in &events {
+            let line = serde_json::to_string(e).unwrap();
+            assert!(!line.contains('\n'), "one line per event: {line}");
+            assert!(line.starts_with("{\"type\":\""), "{line}");
+            let back: Event = serde_json::from_str(&line).unwrap();
+            assert_eq!(&back, e, "{line}");
+        }
+    }
+
+    /// The lines as the protocol documents them (and as older toolchains wrote them, keys in any
+    /// order) parse into the typed events.
+    #[test]
+    fn documented_lines_parse() {
+        let e: Event = serde_json::from_str(
+            r#"{"type":"progress","phase":"train","epoch":1,"epochs":2,"step":3,"steps":10,"loss":2.95,"tokens_per_s":51.2,"eta_s":40.0,"fraction":0.15}"#,
+        )
+        .unwrap();
+        let Event::Progress(p) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            (p.phase, p.epoch, p.steps),
+            (Phase::Train, Some(1), Some(10))
+        );
+        let e: Event =
+            serde_json::from_str(r#"{"fraction":1.0,"phase":"quantize","type":"progress"}"#)
+                .unwrap();
+        assert_eq!(e, Event::Progress(Progress::new(Phase::Quantize, 1.0)));
+        let e: Event =
+            serde_json::from_str(r#"{"type":"checkpoint","epoch":2,"path":"/abs/p"}"#).unwrap();
+        assert_eq!(
+            e,
+            Event::Checkpoint {
+                epoch: 2,
+                path: "/abs/p".into()
+            }
+        );
+        let e: Event = serde_json::from_str(r#"{"type":"result","command":"eval"}"#).unwrap();
+        let Event::Result(m) = e else { panic!("{e:?}") };
+        assert_eq!(m.get("command"), Some(&json!("eval")));
+        assert!(m.get("type").is_none(), "the tag is not a result field");
+    }
+
+    /// A renamed field or an unknown type is an error that names it, not a silent default.
+    #[test]
+    fn lines_off_the_protocol_are_refused() {
+        for (line, names) in [
+            (r#"{"type":"progress","phase":"train"}"#, "fraction"),
+            (
+                r#"{"type":"progress","phase":"warmup","fraction":0.1}"#,
+                "warmup",
+            ),
+            (r#"{"type":"checkpoint","epoch":1,"file":"/x"}"#, "path"),
+            (r#"{"type":"status","fraction":0.1}"#, "status"),
+            (r#"{"phase":"train","fraction":0.1}"#, "type"),
+        ] {
+            let e = serde_json::from_str::<Event>(line).unwrap_err().to_string();
+            assert!(e.contains(names), "{line}: {e}");
+        }
+        assert!(serde_json::from_str::<Event>("[1]").is_err());
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(ToolError::BadInput("x".into()).exit_code(), 2);
+        assert_eq!(ToolError::Failed("x".into()).exit_code(), 1);
     }
 }
