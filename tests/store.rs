@@ -168,7 +168,7 @@ fn history_lists_reads_and_deletes_only_the_callers_records() {
 
 #[test]
 fn history_list_prints_dates_and_its_json_is_the_api_page() {
-    let d = Daemon::smol();
+    let d = TestServer::start();
     let id = rt().block_on(async { record_id(&chat(&d.client(), "hello", 2).await.1) });
     let (_, api) = rt().block_on(get(&d.client(), "/v1/history?limit=50"));
     let out = cli(&d.socket, &["history", "list", "--json"]);
