@@ -46,17 +46,6 @@ impl ServerLimits {
     }
 }
 
-impl Default for ServerLimits {
-    fn default() -> Self {
-        ServerLimits {
-            max_connections: 1024,
-            max_connections_per_uid: 256,
-            header_timeout: Duration::from_secs(10),
-            shutdown_deadline: Duration::from_secs(30),
-        }
-    }
-}
-
 impl Caller {
     /// The peer of an accepted connection, as the kernel reports it.
     pub fn of(stream: &UnixStream) -> Caller {

@@ -61,21 +61,6 @@ pub struct EngineConfig {
     pub deterministic_batching: bool,
 }
 
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            threads: 2,
-            ctx_size: 4096,
-            gpu_layers: 0,
-            queue_size: 64,
-            slots: 4,
-            cache_reuse_across_users: false,
-            prefill_chunk: 128,
-            deterministic_batching: true,
-        }
-    }
-}
-
 /// Tokens per decode call (`n_batch` = `n_ubatch`).
 pub const N_BATCH: u32 = 512;
 
