@@ -39,7 +39,9 @@ fn slow_and_numerous_clients_do_not_starve_a_normal_one() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async move {
+    // The whole round is bounded: a connection that hangs fails the test instead of CI.
+    let round = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(180), async move {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
         // 500 slow clients: a request header one byte every 100 ms, for up to 20 s.
@@ -75,10 +77,21 @@ fn slow_and_numerous_clients_do_not_starve_a_normal_one() {
         let c = inhouse::client::Client::new(&socket);
         let body = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
         let t = Instant::now();
+        // Each attempt is bounded too: one that gets no answer (seen once in CI, not reproduced
+        // since; see the closing note of issue 13) counts as refused and is retried, so the test
+        // fails with a message instead of hanging.
         let served = loop {
-            match c.json(hyper::Method::POST, "/v1/chat/completions", Some(&body)).await {
+            let attempt = c.json(hyper::Method::POST, "/v1/chat/completions", Some(&body));
+            let outcome = match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("no answer within 10 s".to_string()),
+            };
+            match outcome {
                 Ok(v) => break v,
-                Err(_) if t.elapsed() < Duration::from_secs(30) => {
+                Err(e) if t.elapsed() < Duration::from_secs(30) => {
+                    if e.starts_with("no answer") {
+                        eprintln!("an attempt got {e}; retrying");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 Err(e) => panic!("a normal client was not served in 30 s: {e}"),
@@ -91,10 +104,18 @@ fn slow_and_numerous_clients_do_not_starve_a_normal_one() {
         );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(held);
-        for t in tasks {
-            let _ = t.await;
-        }
+        // The slow clients stop at the flag or after 20 s; a hung one fails the test.
+        let ended = tokio::time::timeout(Duration::from_secs(60), async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "slow clients still running 60 s after the stop");
+    })
+        .await
     });
+    assert!(round.is_ok(), "the flood round did not finish in 180 s");
     // Afterwards: nothing crashed, descriptors return, memory bounded.
     let mut d = d;
     assert!(
