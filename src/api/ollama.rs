@@ -307,9 +307,7 @@ async fn respond(
     kind: Kind,
 ) -> Result<Response, ApiError> {
     let model = valid.request.model.clone();
-    let counted_as = model.clone();
-    let state = s.clone();
-    generation::counted(&state, &counted_as, async move {
+    generation::counted(&s, &model, async {
         let started = Instant::now();
         let generation = generation::start(&s, caller, valid.request).await?;
         if !valid.stream {
@@ -325,8 +323,9 @@ async fn respond(
             v["inhouse_record_id"] = json!(c.record_id);
             return Ok(Json(v).into_response());
         }
+        let streamed_model = model.clone();
         let body = stream::unfold(Some(generation), move |state| {
-            let model = model.clone();
+            let model = streamed_model.clone();
             async move {
                 let mut g = state?;
                 let line = match g.next().await? {
