@@ -2,19 +2,108 @@
 //! passed [`crate::validate`]: sampling values are finite and in range, token limits hold,
 //! texts hold no NUL.
 
-/// One chat message, already reduced to plain text.
-#[derive(Debug, Clone, PartialEq)]
+use serde_json::Value;
+
+/// One chat message, its content already reduced to plain text.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// The text.
+    /// The text (empty for an assistant turn that only calls tools).
     pub content: String,
+    /// The tool calls of an assistant turn, their arguments parsed (templates encode them).
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` message: the id of the call it answers.
+    pub tool_call_id: Option<String>,
+    /// For a `tool` message: the function's name, when the client gave it.
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message with only a role and text.
+    pub fn text(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A call of a function tool, in a history message or in an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// The call's id (`call_…`), which the `tool` message answering it repeats.
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments, a JSON object.
+    pub arguments: Value,
+}
+
+/// A function tool offered to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    /// Its name: `^[A-Za-z0-9_.-]{1,64}$`.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: Option<String>,
+    /// JSON schema of its arguments (an object schema).
+    pub parameters: Value,
+}
+
+/// Which tool calls the model may or must make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides (the default when tools are offered).
+    Auto,
+    /// No call: the tools are not shown to the model.
+    None,
+    /// At least one call, of any offered tool.
+    Required,
+    /// Exactly this tool.
+    Named(String),
+}
+
+/// The tools of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tools {
+    /// The tools offered (never empty).
+    pub tools: Vec<Tool>,
+    /// Whether and which calls are made.
+    pub choice: ToolChoice,
+    /// Whether one answer may hold several calls.
+    pub parallel: bool,
+}
+
+/// The shape the answer must have.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ResponseFormat {
+    /// Free text.
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON that validates against a schema.
+    JsonSchema {
+        /// The schema's name, as the client gave it.
+        name: String,
+        /// The schema.
+        schema: Value,
+    },
+}
+
+/// What the engine reports per token when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogprobsRequest {
+    /// Alternatives per position, 0..=20.
+    pub top: u8,
 }
 
 /// What to generate from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
-    /// Messages rendered through the model's own chat template by llama.cpp.
+    /// Messages rendered through the model's own chat template.
     Chat(Vec<ChatMessage>),
     /// Plain text, tokenized as it is.
     Text(String),
@@ -55,4 +144,45 @@ pub struct GenerateRequest {
     pub max_tokens: u32,
     /// The answer ends before the first of these strings.
     pub stop: Vec<String>,
+    /// Tools offered (chat only); `None` when none are.
+    pub tools: Option<Tools>,
+    /// The answer's required shape.
+    pub format: ResponseFormat,
+    /// Log-probabilities of the sampled tokens (and `top` alternatives), when asked.
+    pub logprobs: Option<LogprobsRequest>,
+    /// Choices to generate from the one prompt (1 ..= the configured bound); choice `i` samples
+    /// with `seed + i`.
+    pub n: u32,
+    /// Added to the logits of these token ids before sampling: ids checked against the
+    /// vocabulary by the engine, values in -100..=100.
+    pub logit_bias: Vec<(i32, f32)>,
+    /// The template's thinking switch (`enable_thinking`), where it has one: `None` leaves the
+    /// template's default.
+    pub thinking: Option<bool>,
+}
+
+impl GenerateRequest {
+    /// A plain request: no tools, free text, no logprobs, one choice.
+    pub fn new(
+        owner_uid: u32,
+        model: impl Into<String>,
+        prompt: Prompt,
+        sampling: Sampling,
+        max_tokens: u32,
+    ) -> Self {
+        GenerateRequest {
+            owner_uid,
+            model: model.into(),
+            prompt,
+            sampling,
+            max_tokens,
+            stop: vec![],
+            tools: None,
+            format: ResponseFormat::Text,
+            logprobs: None,
+            n: 1,
+            logit_bias: vec![],
+            thinking: None,
+        }
+    }
 }

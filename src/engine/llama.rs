@@ -940,7 +940,7 @@ fn render(l: &Loaded, prompt: &Prompt) -> Result<String, EngineError> {
                 .ok_or_else(|| EngineError::NoChatTemplate(l.info.name.clone()))?;
             let msgs = messages
                 .iter()
-                .map(|ChatMessage { role, content }| {
+                .map(|ChatMessage { role, content, .. }| {
                     LlamaChatMessage::new(role.clone(), content.clone())
                 })
                 .collect::<Result<Vec<_>, _>>()

@@ -407,21 +407,14 @@ pub fn validate_chat(
                 format!("messages[{i}].content is missing"),
             ));
         }
-        messages.push(ChatMessage {
-            role: role.to_string(),
-            content: message_text(i, m)?,
-        });
+        messages.push(ChatMessage::text(role, message_text(i, m)?));
     }
     let (sampling, max_tokens, stop, stream, include_usage) =
         validate_sampling(&w.sampling, limits)?;
     Ok(ValidGenerate {
         request: GenerateRequest {
-            owner_uid,
-            model: w.model,
-            prompt: Prompt::Chat(messages),
-            sampling,
-            max_tokens,
             stop,
+            ..GenerateRequest::new(owner_uid, w.model, Prompt::Chat(messages), sampling, max_tokens)
         },
         stream,
         include_usage,
@@ -456,12 +449,8 @@ pub fn validate_completion(
         validate_sampling(&w.sampling, limits)?;
     Ok(ValidGenerate {
         request: GenerateRequest {
-            owner_uid,
-            model: w.model,
-            prompt: Prompt::Text(prompt),
-            sampling,
-            max_tokens,
             stop,
+            ..GenerateRequest::new(owner_uid, w.model, Prompt::Text(prompt), sampling, max_tokens)
         },
         stream,
         include_usage,
