@@ -273,6 +273,15 @@ pub struct LimitsConfig {
     pub max_json_depth: usize,
     /// Most messages in one chat request.
     pub max_messages: usize,
+    /// Most tools offered in one request.
+    pub max_tools: usize,
+    /// Largest JSON schema (a tool's parameters, a response format), serialized bytes.
+    pub max_schema_bytes: usize,
+    /// Most choices (`n`) in one request; a model also refuses more than its `slots` (the
+    /// choices decode together, one slot each).
+    pub max_choices: u32,
+    /// Most alternatives per token (`top_logprobs`), at most 20.
+    pub max_top_logprobs: u32,
     /// Open connections at most; further ones are closed at once.
     pub max_connections: usize,
     /// Open connections one uid may hold (further ones from it are closed at once).
@@ -295,6 +304,10 @@ impl Default for LimitsConfig {
             max_body_bytes: 2 << 20,
             max_json_depth: 32,
             max_messages: 256,
+            max_tools: 128,
+            max_schema_bytes: 64 << 10,
+            max_choices: 8,
+            max_top_logprobs: 20,
             max_connections: 1024,
             max_connections_per_uid: 256,
             header_timeout_secs: 10,
@@ -461,6 +474,7 @@ impl Config {
             cache_reuse_across_users: self.cache_reuse_across_users,
             prefill_chunk: self.prefill_chunk,
             deterministic_batching: self.deterministic_batching,
+            template_limits: inhouse_formats::template::TemplateLimits::default(),
         }
     }
 
@@ -519,6 +533,9 @@ impl Config {
             ("limits.max-body-bytes", l.max_body_bytes as u64),
             ("limits.max-json-depth", l.max_json_depth as u64),
             ("limits.max-messages", l.max_messages as u64),
+            ("limits.max-tools", l.max_tools as u64),
+            ("limits.max-schema-bytes", l.max_schema_bytes as u64),
+            ("limits.max-choices", u64::from(l.max_choices)),
             ("limits.max-connections", l.max_connections as u64),
             (
                 "limits.max-connections-per-uid",
@@ -535,6 +552,12 @@ impl Config {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
             }
+        }
+        if l.max_top_logprobs > 20 {
+            return bad(format!(
+                "limits.max-top-logprobs = {} (must be 0..=20)",
+                l.max_top_logprobs
+            ));
         }
         if self.retention_days == Some(0) {
             return bad("retention-days must be at least 1 (leave it out to keep records)".into());

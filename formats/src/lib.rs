@@ -28,4 +28,6 @@ pub mod inspect;
 pub mod progress;
 pub mod request;
 pub mod sign;
+pub mod template;
+pub mod tools;
 pub mod validate;

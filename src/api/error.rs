@@ -201,10 +201,23 @@ impl From<EngineError> for ApiError {
                 "invalid_request_error",
                 "no_chat_template",
             ),
-            EngineError::Template { .. } => (
+            EngineError::Template { code, .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", *code)
+            }
+            EngineError::ToolsUnsupported(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
-                "template_error",
+                "tools_unsupported",
+            ),
+            EngineError::Constraint(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unsupported_schema",
+            ),
+            EngineError::LogitBias { .. } | EngineError::TooManyChoices { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
             ),
             EngineError::ContextLengthExceeded { .. } => (
                 StatusCode::BAD_REQUEST,
@@ -250,12 +263,18 @@ impl From<EngineError> for ApiError {
                 "inference_failed",
             ),
         };
+        let param = match &e {
+            EngineError::LogitBias { .. } => Some("logit_bias".to_string()),
+            EngineError::TooManyChoices { .. } => Some("n".to_string()),
+            EngineError::ToolsUnsupported(_) => Some("tools".to_string()),
+            _ => None,
+        };
         ApiError {
             status,
             kind,
             code,
             message,
-            param: None,
+            param,
         }
     }
 }
@@ -289,6 +308,9 @@ impl From<crate::models::ModelStoreError> for ApiError {
                 "invalid_request_error",
                 "invalid_gguf",
             ),
+            E::Template { code, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", *code)
+            }
             E::Adapter(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request_error",

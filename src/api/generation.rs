@@ -9,7 +9,13 @@
 
 use super::error::ApiError;
 use super::{AppState, Caller};
-use crate::engine::{EngineError, Event, EventStream, FinishReason, GenerateRequest, Prompt};
+use crate::engine::{
+    ChatMessage, EngineError, Event, EventStream, FinishReason, GenerateRequest, Prompt,
+    SampledLogprob,
+};
+use inhouse_formats::request::{ResponseFormat, Tool, ToolChoice};
+use inhouse_formats::tools::{Delta, OutputParser, ParserConfig};
+use std::collections::VecDeque;
 use crate::storage::{NewRecord, RequestStatus};
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -32,23 +38,61 @@ pub(crate) async fn counted(
 }
 
 /// The record of a request, built before it runs: metadata in clear, the prompt to be sealed.
+/// Tool definitions, tool calls and results, and a response schema are the caller's data: they
+/// are sealed with the prompt, and the clear metadata says only how many there were.
 fn new_record(caller: &Caller, req: &GenerateRequest) -> NewRecord {
-    let prompt = match &req.prompt {
-        Prompt::Chat(messages) => Value::Array(
-            messages
-                .iter()
-                .map(|m| json!({"role": m.role, "content": m.content}))
-                .collect(),
-        ),
+    let messages = match &req.prompt {
+        Prompt::Chat(messages) => Value::Array(messages.iter().map(message_json).collect()),
         Prompt::Text(t) => Value::String(t.clone()),
+    };
+    let schema = match &req.format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some(json!({"type": "json_object"})),
+        ResponseFormat::JsonSchema { name, schema } => {
+            Some(json!({"type": "json_schema", "name": name, "schema": schema}))
+        }
+    };
+    let prompt = match (&req.tools, &schema) {
+        (None, None) => messages,
+        _ => json!({
+            "messages": messages,
+            "tools": req.tools.as_ref().map(|t| t.tools.iter().map(|t| json!({
+                "name": t.name, "description": t.description, "parameters": t.parameters,
+            })).collect::<Vec<_>>()),
+            "tool_choice": req.tools.as_ref().map(|t| format!("{:?}", t.choice)),
+            "response_format": schema,
+        }),
     };
     let sp = &req.sampling;
     let params = json!({"temperature": sp.temperature, "top_p": sp.top_p, "top_k": sp.top_k,
         "min_p": sp.min_p, "presence_penalty": sp.presence_penalty,
         "frequency_penalty": sp.frequency_penalty, "seed": sp.seed,
         // Stop strings are the caller's words: only their number is kept in the clear.
-        "max_tokens": req.max_tokens, "stop_strings": req.stop.len()});
+        "max_tokens": req.max_tokens, "stop_strings": req.stop.len(),
+        "n": req.n, "logprobs": req.logprobs.map(|l| l.top),
+        "logit_bias_entries": req.logit_bias.len(),
+        "tools": req.tools.as_ref().map_or(0, |t| t.tools.len()),
+        "schema": !matches!(req.format, ResponseFormat::Text)});
     pending_record(caller, &req.model, params, prompt)
+}
+
+/// A history message as the record keeps it.
+fn message_json(m: &ChatMessage) -> Value {
+    let mut v = json!({"role": m.role, "content": m.content});
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| json!({"id": c.id, "name": c.name, "arguments": c.arguments}))
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    if let Some(name) = &m.name {
+        v["name"] = json!(name);
+    }
+    v
 }
 
 fn pending_record(caller: &Caller, model: &str, params: Value, prompt: Value) -> NewRecord {
@@ -83,19 +127,48 @@ pub(crate) struct Generation {
     recorder: Recorder,
     /// Tokens in the prompt.
     pub prompt_tokens: u32,
+    /// Each choice's parser and what it produced so far.
+    choices: Vec<ChoiceState>,
+    /// Steps decided but not yet returned.
+    queued: VecDeque<Step>,
+    /// Tokens generated, all choices together.
+    completion_tokens: u32,
+}
+
+/// One choice while it runs.
+struct ChoiceState {
+    parser: OutputParser,
+    /// The text as the model wrote it (markers and all), for the record.
+    raw: String,
+    /// Tool calls started.
+    calls: usize,
+    done: bool,
 }
 
 /// What a generation says next, in the terms every protocol answers with.
 pub(crate) enum Step {
-    /// Text to append to the answer (never empty).
-    Text(String),
-    /// The generation ended and its record is stored.
-    Finished {
-        /// Why it ended.
+    /// More of one choice's answer: content, reasoning and tool-call pieces (parsed from the
+    /// model's text with its template's formats), and the log-probabilities of its tokens.
+    Delta {
+        /// Which choice.
+        choice: u32,
+        /// What it adds (never empty, unless `logprobs` is not).
+        deltas: Vec<Delta>,
+        /// Log-probabilities of the tokens behind it, when asked for.
+        logprobs: Vec<SampledLogprob>,
+    },
+    /// One choice ended (`tool_calls` when its answer holds calls).
+    ChoiceEnd {
+        /// Which choice.
+        choice: u32,
+        /// Why.
         reason: FinishReason,
+    },
+    /// Every choice ended and the record is stored.
+    Finished {
         /// Tokens in the prompt.
         prompt_tokens: u32,
-        /// Tokens generated.
+        /// Tokens generated, all choices together.
         completion_tokens: u32,
         /// The stored record.
         record_id: i64,
@@ -106,14 +179,64 @@ pub(crate) enum Step {
     Failed(ApiError),
 }
 
+/// A tool call in an answer, its arguments as JSON text.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallOut {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// One choice of a non-streamed answer.
+#[derive(Debug, Default)]
+pub(crate) struct ChoiceOut {
+    pub content: String,
+    pub reasoning: String,
+    pub calls: Vec<CallOut>,
+    pub logprobs: Vec<SampledLogprob>,
+    pub reason: Option<FinishReason>,
+}
+
+impl ChoiceOut {
+    /// Folds one step's pieces into the answer.
+    pub(crate) fn add(&mut self, deltas: Vec<Delta>, logprobs: Vec<SampledLogprob>) {
+        for d in deltas {
+            match d {
+                Delta::Content(t) => self.content.push_str(&t),
+                Delta::Reasoning(t) => self.reasoning.push_str(&t),
+                Delta::CallStart { index, id, name } => {
+                    if self.calls.len() <= index {
+                        self.calls.resize_with(index + 1, CallOut::default);
+                    }
+                    self.calls[index].id = id;
+                    self.calls[index].name = name;
+                }
+                Delta::CallArguments { index, fragment } => {
+                    if let Some(c) = self.calls.get_mut(index) {
+                        c.arguments.push_str(&fragment);
+                    }
+                }
+            }
+        }
+        self.logprobs.extend(logprobs);
+    }
+}
+
 /// A non-streamed generation's result, after its record is durable.
 pub(crate) struct Collected {
-    pub text: String,
-    pub reason: FinishReason,
+    pub choices: Vec<ChoiceOut>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub record_id: i64,
     pub store_micros: u128,
+}
+
+/// A short random hex string, for tool-call ids.
+fn random_hex() -> String {
+    let mut b = [0u8; 6];
+    // A failed read leaves zeros: ids are still unique within an answer by their index.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Queues a checked request and waits until the engine accepts its prompt, so that prompt
@@ -125,9 +248,19 @@ pub(crate) async fn start(
 ) -> Result<Generation, ApiError> {
     tracing::info!(uid = caller.uid, model = %request.model, "generation request");
     let mut record = new_record(&caller, &request);
+    let n = request.n.max(1);
+    let shown: Vec<Tool> = request
+        .tools
+        .as_ref()
+        .filter(|t| t.choice != ToolChoice::None)
+        .map(|t| t.tools.clone())
+        .unwrap_or_default();
     let mut events = s.engine.generate(request).await?;
-    let prompt_tokens = match events.recv().await {
-        Some(Event::Started { prompt_tokens }) => prompt_tokens,
+    let (prompt_tokens, output) = match events.recv().await {
+        Some(Event::Started {
+            prompt_tokens,
+            output,
+        }) => (prompt_tokens, output),
         Some(Event::Failed(e)) => {
             // The caller gets the failure; a store error here is logged (and counted by the
             // store) rather than replacing it.
@@ -137,6 +270,22 @@ pub(crate) async fn start(
         _ => return Err(EngineError::ShuttingDown.into()),
     };
     record.prompt_tokens = prompt_tokens;
+    let base = random_hex();
+    let choices = (0..n)
+        .map(|i| ChoiceState {
+            parser: OutputParser::new(ParserConfig {
+                format: output.tool_format,
+                recognise_bare: !shown.is_empty(),
+                tools: shown.clone(),
+                id_prefix: format!("call_{base}{i}_"),
+                reasoning: output.reasoning.clone(),
+                starts_in_reasoning: output.starts_in_reasoning,
+            }),
+            raw: String::new(),
+            calls: 0,
+            done: false,
+        })
+        .collect();
     Ok(Generation {
         events,
         recorder: Recorder {
@@ -144,6 +293,9 @@ pub(crate) async fn start(
             record: Some(record),
         },
         prompt_tokens,
+        choices,
+        queued: VecDeque::new(),
+        completion_tokens: 0,
     })
 }
 
@@ -152,34 +304,65 @@ impl Generation {
     /// After `Finished` or `Failed` the request is recorded and nothing more follows.
     pub(crate) async fn next(&mut self) -> Option<Step> {
         loop {
+            if let Some(step) = self.queued.pop_front() {
+                return Some(step);
+            }
             match self.events.recv().await? {
-                Event::Text(t) if t.is_empty() => continue,
-                Event::Text(t) => {
-                    self.recorder.push(&t);
-                    return Some(Step::Text(t));
-                }
                 Event::Started { .. } => continue,
-                Event::Finished {
-                    reason,
-                    prompt_tokens,
-                    completion_tokens,
+                Event::Text {
+                    choice,
+                    text,
+                    logprobs,
                 } => {
-                    let stored = std::time::Instant::now();
-                    let step = match self
-                        .recorder
-                        .finish(RequestStatus::Completed, completion_tokens)
-                        .await
-                    {
-                        Ok(record_id) => Step::Finished {
-                            reason,
-                            prompt_tokens,
-                            completion_tokens,
-                            record_id,
-                            store_micros: stored.elapsed().as_micros(),
-                        },
-                        Err(e) => Step::Failed(e),
+                    let Some(c) = self.choices.get_mut(choice as usize) else {
+                        continue;
                     };
-                    return Some(step);
+                    c.raw.push_str(&text);
+                    if choice == 0 {
+                        // An answer cut short (the client left) is recorded as far as it got.
+                        self.recorder.push(&text);
+                    }
+                    let deltas = c.parser.feed(&text);
+                    c.calls += count_calls(&deltas);
+                    if deltas.is_empty() && logprobs.is_empty() {
+                        continue;
+                    }
+                    return Some(Step::Delta {
+                        choice,
+                        deltas,
+                        logprobs,
+                    });
+                }
+                Event::Finished {
+                    choice,
+                    reason,
+                    completion_tokens,
+                    ..
+                } => {
+                    let Some(c) = self.choices.get_mut(choice as usize) else {
+                        continue;
+                    };
+                    let deltas = c.parser.finish();
+                    c.calls += count_calls(&deltas);
+                    c.done = true;
+                    self.completion_tokens += completion_tokens;
+                    if !deltas.is_empty() {
+                        self.queued.push_back(Step::Delta {
+                            choice,
+                            deltas,
+                            logprobs: vec![],
+                        });
+                    }
+                    let reason = if c.calls > 0 && reason == FinishReason::Stop {
+                        FinishReason::ToolCalls
+                    } else {
+                        reason
+                    };
+                    self.queued.push_back(Step::ChoiceEnd { choice, reason });
+                    if self.choices.iter().all(|c| c.done) {
+                        let step = self.finish().await;
+                        self.queued.push_back(step);
+                    }
                 }
                 Event::Failed(e) => {
                     let _ = self.recorder.finish(RequestStatus::Error, 0).await;
@@ -189,22 +372,59 @@ impl Generation {
         }
     }
 
+    /// Stores the record of a generation whose choices all ended.
+    async fn finish(&mut self) -> Step {
+        let calls: usize = self.choices.iter().map(|c| c.calls).sum();
+        let response = match self.choices.as_slice() {
+            [one] => one.raw.clone(),
+            many => Value::from(many.iter().map(|c| c.raw.clone()).collect::<Vec<_>>()).to_string(),
+        };
+        self.recorder.set_response(response, calls);
+        let stored = std::time::Instant::now();
+        match self
+            .recorder
+            .finish(RequestStatus::Completed, self.completion_tokens)
+            .await
+        {
+            Ok(record_id) => Step::Finished {
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: self.completion_tokens,
+                record_id,
+                store_micros: stored.elapsed().as_micros(),
+            },
+            Err(e) => Step::Failed(e),
+        }
+    }
+
     /// Runs to the end and stores the record.
     pub(crate) async fn collect(mut self) -> Result<Collected, ApiError> {
-        let mut text = String::new();
+        let mut choices: Vec<ChoiceOut> = (0..self.choices.len())
+            .map(|_| ChoiceOut::default())
+            .collect();
         loop {
             match self.next().await {
-                Some(Step::Text(t)) => text.push_str(&t),
+                Some(Step::Delta {
+                    choice,
+                    deltas,
+                    logprobs,
+                }) => {
+                    if let Some(c) = choices.get_mut(choice as usize) {
+                        c.add(deltas, logprobs);
+                    }
+                }
+                Some(Step::ChoiceEnd { choice, reason }) => {
+                    if let Some(c) = choices.get_mut(choice as usize) {
+                        c.reason = Some(reason);
+                    }
+                }
                 Some(Step::Finished {
-                    reason,
                     prompt_tokens,
                     completion_tokens,
                     record_id,
                     store_micros,
                 }) => {
                     return Ok(Collected {
-                        text,
-                        reason,
+                        choices,
                         prompt_tokens,
                         completion_tokens,
                         record_id,
@@ -218,6 +438,13 @@ impl Generation {
     }
 }
 
+fn count_calls(deltas: &[Delta]) -> usize {
+    deltas
+        .iter()
+        .filter(|d| matches!(d, Delta::CallStart { .. }))
+        .count()
+}
+
 /// Records a request once: completed or failed when it ends, aborted when the client goes away
 /// first (the response body, and this with it, is dropped).
 struct Recorder {
@@ -229,6 +456,17 @@ impl Recorder {
     fn push(&mut self, text: &str) {
         if let Some(r) = &mut self.record {
             r.response_text.push_str(text);
+        }
+    }
+
+    /// The answer (sealed) and, in the clear metadata, how many tool calls it made.
+    fn set_response(&mut self, text: String, tool_calls: usize) {
+        if let Some(r) = &mut self.record {
+            r.response_text = text;
+            if let Ok(mut params) = serde_json::from_str::<Value>(&r.params_json) {
+                params["tool_calls"] = json!(tool_calls);
+                r.params_json = params.to_string();
+            }
         }
     }
 

@@ -8,9 +8,10 @@
 
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::generation::{self, Step};
+use super::generation::{self, ChoiceOut, Step};
 use super::{AppState, Caller};
-use crate::engine::ModelInfo;
+use crate::engine::{FinishReason, ModelInfo};
+use inhouse_formats::tools::Delta;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
@@ -165,7 +166,98 @@ fn sampling_from(body: &Map<String, Value>) -> Value {
         "stream".into(),
         body.get("stream").cloned().unwrap_or(Value::Bool(true)),
     );
+    // `format`: "json", or a JSON schema.
+    match body.get("format") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(f)) if f == "json" => {
+            out.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        Some(Value::String(f)) if f.is_empty() => {}
+        Some(schema @ Value::Object(_)) => {
+            out.insert(
+                "response_format".into(),
+                json!({"type": "json_schema",
+                       "json_schema": {"name": "format", "schema": schema}}),
+            );
+        }
+        // Anything else reaches validation as an invalid response_format, which names it.
+        Some(other) => {
+            out.insert("response_format".into(), json!({"type": other}));
+        }
+    }
+    // `think`: true/false, or Ollama's effort levels.
+    match body.get("think") {
+        Some(Value::Bool(b)) => {
+            out.insert("enable_thinking".into(), json!(b));
+        }
+        Some(Value::String(level)) => {
+            out.insert("reasoning_effort".into(), json!(level));
+        }
+        _ => {}
+    }
+    for field in ["logprobs", "top_logprobs"] {
+        if let Some(v) = body.get(field) {
+            out.insert(field.into(), v.clone());
+        }
+    }
     Value::Object(out)
+}
+
+/// Ollama's chat messages in OpenAI's shape: an assistant's `tool_calls` get ids (Ollama has
+/// none) and a `tool` message answers the oldest call not answered yet (or names its
+/// `tool_name`).
+fn messages_from(messages: Option<&Value>) -> Value {
+    let Some(Value::Array(list)) = messages else {
+        return messages.cloned().unwrap_or(Value::Null);
+    };
+    let mut unanswered: std::collections::VecDeque<(String, String)> = Default::default();
+    let mut n = 0usize;
+    let out = list
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+            if role == "assistant" {
+                if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+                    for c in calls.iter_mut() {
+                        let id = format!("call_{n}");
+                        n += 1;
+                        let name = c
+                            .pointer("/function/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
+                        if c.get("id").is_none() {
+                            c["id"] = json!(id);
+                        }
+                        if c.get("type").is_none() {
+                            c["type"] = json!("function");
+                        }
+                        let id = c["id"].as_str().unwrap_or_default().to_string();
+                        unanswered.push_back((id, name));
+                    }
+                }
+            } else if role == "tool" && m.get("tool_call_id").is_none() {
+                let wanted = m.get("tool_name").and_then(Value::as_str).map(str::to_string);
+                let at = match &wanted {
+                    Some(name) => unanswered.iter().position(|(_, n)| n == name),
+                    None => (!unanswered.is_empty()).then_some(0),
+                };
+                let (id, name) = at
+                    .and_then(|i| unanswered.remove(i))
+                    .unwrap_or_else(|| ("call_unknown".into(), wanted.unwrap_or_default()));
+                m["tool_call_id"] = json!(id);
+                if !name.is_empty() {
+                    m["name"] = json!(name);
+                }
+                if let Some(o) = m.as_object_mut() {
+                    o.remove("tool_name");
+                }
+            }
+            m
+        })
+        .collect();
+    Value::Array(out)
 }
 
 /// The OpenAI wire type an Ollama body was translated into.
@@ -181,7 +273,10 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let mut wire = sampling_from(&body);
     wire["model"] = body.get("model").cloned().unwrap_or(Value::Null);
-    wire["messages"] = body.get("messages").cloned().unwrap_or(Value::Null);
+    wire["messages"] = messages_from(body.get("messages"));
+    if let Some(tools) = body.get("tools") {
+        wire["tools"] = tools.clone();
+    }
     let wire: ChatWire = into_wire(wire)?;
     let valid = validate::validate_chat(wire, caller.uid, &s.limits)?;
     apply_keep_alive(&s, &caller, &body, &valid.request.model)?;
@@ -275,11 +370,47 @@ enum Kind {
 }
 
 impl Kind {
-    fn piece(self, model: &str, text: &str, done: bool) -> Value {
+    fn piece(self, model: &str, c: &ChoiceOut, done: bool) -> Value {
         let mut v = json!({"model": model, "created_at": rfc3339(SystemTime::now()), "done": done});
         match self {
-            Kind::Chat => v["message"] = json!({"role": "assistant", "content": text}),
-            Kind::Generate => v["response"] = json!(text),
+            Kind::Chat => {
+                let mut m = json!({"role": "assistant", "content": c.content});
+                if !c.reasoning.is_empty() {
+                    m["thinking"] = json!(c.reasoning);
+                }
+                if !c.calls.is_empty() {
+                    m["tool_calls"] = c
+                        .calls
+                        .iter()
+                        .map(|call| {
+                            let args: Value =
+                                serde_json::from_str(&call.arguments).unwrap_or(json!({}));
+                            json!({"function": {"name": call.name, "arguments": args}})
+                        })
+                        .collect();
+                }
+                v["message"] = m;
+            }
+            Kind::Generate => {
+                v["response"] = json!(c.content);
+                if !c.reasoning.is_empty() {
+                    v["thinking"] = json!(c.reasoning);
+                }
+            }
+        }
+        if !c.logprobs.is_empty() {
+            v["logprobs"] = c
+                .logprobs
+                .iter()
+                .map(|l| {
+                    let entry = |t: &crate::engine::TokenLogprob| {
+                        json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes})
+                    };
+                    let mut e = entry(&l.sampled);
+                    e["top_logprobs"] = l.top.iter().map(entry).collect();
+                    e
+                })
+                .collect();
         }
         v
     }
@@ -287,11 +418,16 @@ impl Kind {
 
 fn finish_fields(
     v: &mut Value,
-    reason: crate::engine::FinishReason,
+    reason: Option<crate::engine::FinishReason>,
     prompt: u32,
     eval: u32,
     started: Instant,
 ) {
+    // Ollama says `stop` for an answer of tool calls too.
+    let reason = match reason {
+        Some(FinishReason::Length) => "length",
+        _ => "stop",
+    };
     v["done_reason"] = json!(reason);
     v["total_duration"] = json!(started.elapsed().as_nanos() as u64);
     v["prompt_eval_count"] = json!(prompt);
@@ -299,7 +435,8 @@ fn finish_fields(
 }
 
 /// Runs a checked generation and answers in Ollama's shape: one object, or NDJSON pieces
-/// ending with a `done` piece (a failure ends the stream with an `{"error": …}` line).
+/// ending with a `done` piece (a failure ends the stream with an `{"error": …}` line). Tool
+/// calls are sent whole, in one piece when the answer ends, as Ollama does.
 async fn respond(
     s: AppState,
     caller: Caller,
@@ -311,11 +448,12 @@ async fn respond(
         let started = Instant::now();
         let generation = generation::start(&s, caller, valid.request).await?;
         if !valid.stream {
-            let c = generation.collect().await?;
-            let mut v = kind.piece(&model, &c.text, true);
+            let mut c = generation.collect().await?;
+            let choice = c.choices.swap_remove(0);
+            let mut v = kind.piece(&model, &choice, true);
             finish_fields(
                 &mut v,
-                c.reason,
+                choice.reason,
                 c.prompt_tokens,
                 c.completion_tokens,
                 started,
@@ -324,29 +462,60 @@ async fn respond(
             return Ok(Json(v).into_response());
         }
         let streamed_model = model.clone();
-        let body = stream::unfold(Some(generation), move |state| {
+        // The calls of the answer so far (sent whole at its end) and why it ended.
+        let state = (ChoiceOut::default(), None);
+        let body = stream::unfold(Some((generation, state)), move |state| {
             let model = streamed_model.clone();
             async move {
-                let mut g = state?;
-                let line = match g.next().await? {
-                    Step::Text(t) => {
-                        return Some((ndjson(&kind.piece(&model, &t, false)), Some(g)))
-                    }
-                    Step::Finished {
-                        reason,
-                        prompt_tokens,
-                        completion_tokens,
-                        record_id,
-                        ..
-                    } => {
-                        let mut v = kind.piece(&model, "", true);
-                        finish_fields(&mut v, reason, prompt_tokens, completion_tokens, started);
-                        v["inhouse_record_id"] = json!(record_id);
-                        ndjson(&v)
-                    }
-                    Step::Failed(e) => ndjson(&json!({"error": e.message})),
-                };
-                Some((line, None))
+                let (mut g, (mut calls, mut reason)) = state?;
+                loop {
+                    let line = match g.next().await? {
+                        Step::Delta {
+                            deltas, logprobs, ..
+                        } => {
+                            let mut piece = ChoiceOut::default();
+                            let (text, tool): (Vec<Delta>, Vec<Delta>) =
+                                deltas.into_iter().partition(|d| {
+                                    matches!(d, Delta::Content(_) | Delta::Reasoning(_))
+                                });
+                            calls.add(tool, vec![]);
+                            if text.is_empty() && logprobs.is_empty() {
+                                continue;
+                            }
+                            piece.add(text, logprobs);
+                            ndjson(&kind.piece(&model, &piece, false))
+                        }
+                        Step::ChoiceEnd { reason: r, .. } => {
+                            reason = Some(r);
+                            if calls.calls.is_empty() {
+                                continue;
+                            }
+                            let piece = std::mem::take(&mut calls);
+                            ndjson(&kind.piece(&model, &piece, false))
+                        }
+                        Step::Finished {
+                            prompt_tokens,
+                            completion_tokens,
+                            record_id,
+                            ..
+                        } => {
+                            let mut v = kind.piece(&model, &ChoiceOut::default(), true);
+                            finish_fields(
+                                &mut v,
+                                reason,
+                                prompt_tokens,
+                                completion_tokens,
+                                started,
+                            );
+                            v["inhouse_record_id"] = json!(record_id);
+                            return Some((ndjson(&v), None));
+                        }
+                        Step::Failed(e) => {
+                            return Some((ndjson(&json!({"error": e.message})), None))
+                        }
+                    };
+                    return Some((line, Some((g, (calls, reason)))));
+                }
             }
         })
         .map(Ok::<_, Infallible>);

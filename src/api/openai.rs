@@ -3,9 +3,10 @@
 
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::generation::{self, Generation, Step};
+use super::generation::{self, ChoiceOut, Generation, Step};
 use super::{AppState, Caller};
-use crate::engine::FinishReason;
+use crate::engine::{FinishReason, SampledLogprob, TokenLogprob};
+use inhouse_formats::tools::Delta;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
@@ -105,22 +106,151 @@ impl Flavor {
             (Flavor::Text, _) => "text_completion",
         }
     }
-    fn choice(self, text: Option<&str>, finish: Option<FinishReason>, chunk: bool) -> Value {
-        match (self, chunk) {
-            (Flavor::Chat, false) => json!({"index": 0,
-                "message": {"role": "assistant", "content": text.unwrap_or("")},
-                "logprobs": null, "finish_reason": finish}),
-            (Flavor::Chat, true) => {
-                let delta = match text {
-                    Some(t) => json!({"content": t}),
-                    None => json!({}),
-                };
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-            }
-            (Flavor::Text, _) => json!({"index": 0, "text": text.unwrap_or(""),
-                "logprobs": null, "finish_reason": finish}),
+
+    /// A whole choice of a non-streamed answer.
+    fn choice(self, index: usize, c: &ChoiceOut, asked_logprobs: bool) -> Value {
+        let logprobs = match (asked_logprobs, self) {
+            (false, _) => Value::Null,
+            (true, Flavor::Chat) => chat_logprobs(&c.logprobs),
+            (true, Flavor::Text) => text_logprobs(&c.logprobs, 0),
+        };
+        match self {
+            Flavor::Chat => json!({"index": index, "message": message(c),
+                "logprobs": logprobs, "finish_reason": c.reason}),
+            Flavor::Text => json!({"index": index, "text": c.content,
+                "logprobs": logprobs, "finish_reason": c.reason}),
         }
     }
+
+    /// The streamed chunks' choices for one step of one choice: one per delta (logprobs go with
+    /// the first), or one holding only logprobs.
+    fn delta_choices(
+        self,
+        index: u32,
+        deltas: &[Delta],
+        logprobs: &[SampledLogprob],
+        offset: &mut usize,
+    ) -> Vec<Value> {
+        let mut lp = if logprobs.is_empty() {
+            Value::Null
+        } else {
+            match self {
+                Flavor::Chat => chat_logprobs(logprobs),
+                Flavor::Text => text_logprobs(logprobs, *offset),
+            }
+        };
+        let mut out = Vec::new();
+        let mut push = |delta_or_text: Value, lp: Value| {
+            out.push(match self {
+                Flavor::Chat => json!({"index": index, "delta": delta_or_text,
+                    "logprobs": lp, "finish_reason": null}),
+                Flavor::Text => json!({"index": index, "text": delta_or_text,
+                    "logprobs": lp, "finish_reason": null}),
+            });
+        };
+        if deltas.is_empty() {
+            let empty = match self {
+                Flavor::Chat => json!({}),
+                Flavor::Text => json!(""),
+            };
+            push(empty, lp);
+            return out;
+        }
+        for d in deltas {
+            let v = match (self, d) {
+                (Flavor::Text, Delta::Content(t)) => {
+                    *offset += t.len();
+                    json!(t)
+                }
+                // Plain completions have no tools or template: everything is text.
+                (Flavor::Text, _) => continue,
+                (Flavor::Chat, Delta::Content(t)) => json!({"content": t}),
+                (Flavor::Chat, Delta::Reasoning(t)) => json!({"reasoning_content": t}),
+                (Flavor::Chat, Delta::CallStart { index, id, name }) => json!({"tool_calls": [{
+                    "index": index, "id": id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                (Flavor::Chat, Delta::CallArguments { index, fragment }) => {
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+                }
+            };
+            push(v, std::mem::take(&mut lp));
+        }
+        out
+    }
+
+    /// A choice's closing chunk.
+    fn end_choice(self, index: u32, reason: FinishReason) -> Value {
+        match self {
+            Flavor::Chat => {
+                json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason})
+            }
+            Flavor::Text => {
+                json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
+            }
+        }
+    }
+}
+
+/// The assistant message of a chat answer.
+fn message(c: &ChoiceOut) -> Value {
+    let mut m = json!({"role": "assistant", "content": c.content});
+    if !c.calls.is_empty() {
+        if c.content.trim().is_empty() {
+            m["content"] = Value::Null;
+        }
+        m["tool_calls"] = c
+            .calls
+            .iter()
+            .map(|call| {
+                json!({"id": call.id, "type": "function",
+                       "function": {"name": call.name, "arguments": call.arguments}})
+            })
+            .collect();
+    }
+    if !c.reasoning.is_empty() {
+        m["reasoning_content"] = json!(c.reasoning);
+    }
+    m
+}
+
+fn logprob_entry(t: &TokenLogprob) -> Value {
+    json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes})
+}
+
+/// Chat completions' `logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+fn chat_logprobs(lps: &[SampledLogprob]) -> Value {
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let mut v = logprob_entry(&l.sampled);
+            v["top_logprobs"] = l.top.iter().map(logprob_entry).collect();
+            v
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// Legacy completions' `logprobs`: parallel lists, `text_offset` counted in bytes from
+/// `offset`.
+fn text_logprobs(lps: &[SampledLogprob], mut offset: usize) -> Value {
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top = Vec::new();
+    let mut offsets = Vec::new();
+    for l in lps {
+        tokens.push(json!(l.sampled.token));
+        token_logprobs.push(json!(l.sampled.logprob));
+        let alternatives: serde_json::Map<String, Value> = l
+            .top
+            .iter()
+            .map(|t| (t.token.clone(), json!(t.logprob)))
+            .collect();
+        top.push(Value::Object(alternatives));
+        offsets.push(json!(offset));
+        offset += l.sampled.bytes.len();
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top,
+           "text_offset": offsets})
 }
 
 fn usage(prompt: u32, completion: u32) -> Value {
@@ -156,6 +286,8 @@ async fn generate(
     flavor: Flavor,
 ) -> Result<Response, ApiError> {
     let model = valid.request.model.clone();
+    let asked_logprobs = valid.request.logprobs.is_some();
+    let n = valid.request.n.max(1);
     generation::counted(&s, &model, async {
         let generation = generation::start(&s, caller, valid.request).await?;
         let id = new_id(flavor.id_prefix());
@@ -169,16 +301,23 @@ async fn generate(
                 flavor,
                 include_usage: valid.include_usage,
                 prompt_tokens,
+                n,
             };
             return Ok(stream_response(generation, meta));
         }
         let c = generation.collect().await?;
+        let choices: Vec<Value> = c
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, choice)| flavor.choice(i, choice, asked_logprobs))
+            .collect();
         let mut resp = Json(json!({
             "id": id,
             "object": flavor.object(false),
             "created": created,
             "model": model,
-            "choices": [flavor.choice(Some(&c.text), Some(c.reason), false)],
+            "choices": choices,
             "usage": usage(c.prompt_tokens, c.completion_tokens),
             "inhouse_record_id": c.record_id,
         }))
@@ -207,6 +346,7 @@ struct StreamMeta {
     flavor: Flavor,
     include_usage: bool,
     prompt_tokens: u32,
+    n: u32,
 }
 
 impl StreamMeta {
@@ -236,15 +376,20 @@ fn sse(v: Value) -> Bytes {
 
 enum StreamState {
     Opening,
-    Running,
+    Running {
+        /// Closing chunks of the choices that ended, sent with the record id once all have.
+        ends: Vec<Value>,
+        /// Bytes of text streamed so far per choice (legacy logprobs' `text_offset`).
+        offsets: Vec<usize>,
+    },
     Done,
 }
 
-/// Server-sent events: a role chunk (chat), content chunks, a finish chunk, optionally a usage
-/// chunk, then `data: [DONE]`. A failure (of the generation or of storing its record) is sent as
-/// an error event and the stream ends without `[DONE]`, so the client sees the request did not
-/// complete. Dropping the body (client gone) drops the generation, which cancels it in the
-/// engine and records it as aborted.
+/// Server-sent events: a role chunk (chat), content chunks, a finish chunk per choice,
+/// optionally a usage chunk, then `data: [DONE]`. A failure (of the generation or of storing
+/// its record) is sent as an error event and the stream ends without `[DONE]`, so the client
+/// sees the request did not complete. Dropping the body (client gone) drops the generation,
+/// which cancels it in the engine and records it as aborted.
 fn stream_response(generation: Generation, meta: StreamMeta) -> Response {
     let body = stream::unfold(
         (generation, meta, StreamState::Opening),
@@ -254,31 +399,60 @@ fn stream_response(generation: Generation, meta: StreamMeta) -> Response {
                 StreamState::Opening => {
                     let first = match meta.flavor {
                         Flavor::Chat => meta.chunk(
-                            json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                    "logprobs": null, "finish_reason": null}]),
+                            (0..meta.n)
+                                .map(|i| {
+                                    json!({"index": i,
+                                        "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": null, "finish_reason": null})
+                                })
+                                .collect(),
                             None,
                         ),
                         Flavor::Text => Bytes::new(),
                     };
-                    Some((vec![first], (g, meta, StreamState::Running)))
+                    let running = StreamState::Running {
+                        ends: Vec::new(),
+                        offsets: vec![0; meta.n as usize],
+                    };
+                    Some((vec![first], (g, meta, running)))
                 }
-                StreamState::Running => match g.next().await? {
-                    Step::Text(t) => {
-                        let c = meta.chunk(json!([meta.flavor.choice(Some(&t), None, true)]), None);
-                        Some((vec![c], (g, meta, StreamState::Running)))
+                StreamState::Running {
+                    mut ends,
+                    mut offsets,
+                } => match g.next().await? {
+                    Step::Delta {
+                        choice,
+                        deltas,
+                        logprobs,
+                    } => {
+                        let mut offset = offsets.get(choice as usize).copied().unwrap_or(0);
+                        let out = meta
+                            .flavor
+                            .delta_choices(choice, &deltas, &logprobs, &mut offset)
+                            .into_iter()
+                            .map(|c| meta.chunk(json!([c]), None))
+                            .collect();
+                        if let Some(o) = offsets.get_mut(choice as usize) {
+                            *o = offset;
+                        }
+                        Some((out, (g, meta, StreamState::Running { ends, offsets })))
+                    }
+                    Step::ChoiceEnd { choice, reason } => {
+                        ends.push(meta.chunk_value(
+                            json!([meta.flavor.end_choice(choice, reason)]),
+                            None,
+                        ));
+                        Some((vec![], (g, meta, StreamState::Running { ends, offsets })))
                     }
                     Step::Finished {
-                        reason,
                         completion_tokens,
                         record_id,
                         ..
                     } => {
-                        let mut last = meta.chunk_value(
-                            json!([meta.flavor.choice(None, Some(reason), true)]),
-                            None,
-                        );
-                        last["inhouse_record_id"] = json!(record_id);
-                        let mut out = vec![sse(last)];
+                        if let Some(last) = ends.last_mut() {
+                            last["inhouse_record_id"] = json!(record_id);
+                        }
+                        let mut out: Vec<Bytes> = ends.into_iter().map(sse).collect();
                         if meta.include_usage {
                             out.push(meta.chunk(
                                 json!([]),

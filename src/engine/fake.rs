@@ -5,7 +5,7 @@
 
 use super::{
     BoxFuture, Embeddings, Engine, EngineError, Event, EventStream, FinishReason, GenerateRequest,
-    ModelInfo, Prompt,
+    ModelInfo, OutputInfo, Prompt, SampledLogprob, TokenLogprob,
 };
 use crate::metrics::Metrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +41,9 @@ pub struct Script {
     pub delay: Duration,
     /// How it ends.
     pub end: End,
+    /// How the answer is to be read (tool-call format, reasoning tags), as a model's template
+    /// would say.
+    pub output: OutputInfo,
 }
 
 impl Default for Script {
@@ -51,6 +54,7 @@ impl Default for Script {
             pieces: ["Hello", ",", " world", "."].map(String::from).to_vec(),
             delay: Duration::ZERO,
             end: End::Finish(FinishReason::Stop),
+            output: OutputInfo::default(),
         }
     }
 }
@@ -120,6 +124,24 @@ impl FakeEngine {
     }
 }
 
+/// The fake log-probability of a piece: −0.25, with `top` alternatives below it, the piece first.
+fn fake_logprob(piece: &str, top: u8) -> SampledLogprob {
+    let entry = |token: String, logprob: f32| TokenLogprob {
+        bytes: token.as_bytes().to_vec(),
+        token,
+        logprob,
+    };
+    SampledLogprob {
+        sampled: entry(piece.to_string(), -0.25),
+        top: (0..top)
+            .map(|i| match i {
+                0 => entry(piece.to_string(), -0.25),
+                i => entry(format!("alt{i}"), -0.25 - f32::from(i)),
+            })
+            .collect(),
+    }
+}
+
 impl Engine for FakeEngine {
     fn models(&self) -> Vec<ModelInfo> {
         self.models.clone()
@@ -134,6 +156,7 @@ impl Engine for FakeEngine {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             let req_prompt = req.prompt.clone();
+            let (n, logprobs) = (req.n.max(1), req.logprobs);
             self.requests
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -161,34 +184,52 @@ impl Engine for FakeEngine {
             tokio::spawn(async move {
                 let _ = tx.send(Event::Started {
                     prompt_tokens: script.prompt_tokens,
+                    output: script.output.clone(),
                 });
                 let mut sent = 0u32;
                 for piece in script.pieces {
                     if !script.delay.is_zero() {
                         tokio::time::sleep(script.delay).await;
                     }
-                    if tx.send(Event::Text(piece)).is_err() {
-                        cancelled.fetch_add(1, Ordering::SeqCst);
-                        return;
+                    // Every choice gets the same pieces; a piece's log-probability is fixed.
+                    for choice in 0..n {
+                        let logprobs = match logprobs {
+                            None => vec![],
+                            Some(l) => vec![fake_logprob(&piece, l.top)],
+                        };
+                        let event = Event::Text {
+                            choice,
+                            text: piece.clone(),
+                            logprobs,
+                        };
+                        if tx.send(event).is_err() {
+                            cancelled.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
                     }
                     sent += 1;
                 }
-                let end = match script.end {
-                    End::Finish(reason) => Event::Finished {
-                        reason,
-                        prompt_tokens: script.prompt_tokens,
-                        completion_tokens: sent,
-                    },
-                    End::Fail(e) => Event::Failed(e),
+                match script.end {
+                    End::Finish(reason) => {
+                        for choice in 0..n {
+                            let _ = tx.send(Event::Finished {
+                                choice,
+                                reason,
+                                prompt_tokens: script.prompt_tokens,
+                                completion_tokens: sent,
+                            });
+                        }
+                    }
+                    End::Fail(e) => {
+                        let _ = tx.send(Event::Failed(e));
+                    }
                     End::Hang => {
                         tx.closed().await;
                         cancelled.fetch_add(1, Ordering::SeqCst);
-                        return;
                     }
-                };
-                let _ = tx.send(end);
+                }
             });
-            Ok(EventStream::new(rx))
+            Ok(EventStream::new(rx).with_choices(n))
         })
     }
 

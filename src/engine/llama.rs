@@ -16,10 +16,13 @@
 
 use super::scheduler::{choose_slot, plan_prefill, FairQueue, Prefilling, SlotView};
 use super::text::{Fed, StopStream};
+use super::constraint::{Constraint, Grammars, Spec};
 use super::{
-    ChatMessage, Embeddings, EngineError, Event, FinishReason, GenerateRequest, ModelInfo, Prompt,
-    Sampling,
+    ChatMessage, Embeddings, EngineError, Event, FinishReason, GenerateRequest, ModelInfo,
+    OutputInfo, Prompt, ReasoningTags, SampledLogprob, Sampling, TokenLogprob, ToolFormat,
 };
+use inhouse_formats::request::ToolChoice;
+use inhouse_formats::template::{ChatTemplate, RenderInput, TemplateLimits};
 use crate::metrics::{Metrics, ModelMetrics};
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
@@ -28,7 +31,10 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
+use std::cell::RefCell;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -59,6 +65,8 @@ pub struct EngineConfig {
     /// `false` trades that for llama.cpp's faster defaults: one unified KV cache and flash
     /// attention where the backend has it.
     pub deterministic_batching: bool,
+    /// Bounds on rendering a model's chat template (it comes inside the GGUF: untrusted).
+    pub template_limits: TemplateLimits,
 }
 
 /// Tokens per decode call (`n_batch` = `n_ubatch`).
@@ -296,6 +304,17 @@ struct Pending {
 /// A request running in a slot.
 struct Active {
     events: mpsc::UnboundedSender<Event>,
+    /// Which choice of its request this is (0 ..< n).
+    choice: u32,
+    /// For choices after the first: the slot of choice 0, whose computed prompt this one copies
+    /// instead of computing it again.
+    follows: Option<usize>,
+    /// The grammar the answer must follow, when one applies.
+    constraint: Option<Constraint>,
+    /// Alternatives to report per token, when log-probabilities were asked for.
+    logprobs: Option<u8>,
+    /// Log-probabilities of tokens whose text is not sent yet.
+    pending: Vec<SampledLogprob>,
     /// The whole prompt; `slot.tokens` holds how much of it is decoded.
     prompt: Vec<LlamaToken>,
     max_tokens: u32,
@@ -335,7 +354,7 @@ impl Slot {
     fn prefilling(&self) -> bool {
         self.active
             .as_ref()
-            .is_some_and(|a| self.tokens.len() < a.prompt.len())
+            .is_some_and(|a| a.follows.is_none() && self.tokens.len() < a.prompt.len())
     }
 }
 
@@ -442,6 +461,14 @@ fn take(
     match job {
         Job::Generate(req, events, arrived) => {
             match runners.iter_mut().find(|r| r.l.info.name == req.model) {
+                Some(r) if req.n as usize > r.slots.len() => {
+                    shared.waiting.fetch_sub(1, Relaxed);
+                    let _ = events.send(Event::Failed(EngineError::TooManyChoices {
+                        model: req.model,
+                        n: req.n,
+                        slots: r.slots.len() as u32,
+                    }));
+                }
                 Some(r) => {
                     let uid = req.owner_uid;
                     r.queue.push(
@@ -555,7 +582,16 @@ impl<'m> Runner<'m> {
     /// Moves waiting requests into free slots; returns how many left the queue.
     fn admit(&mut self) -> usize {
         let mut taken = 0;
-        while self.slots.iter().any(|s| s.active.is_none()) {
+        loop {
+            // A request of n choices waits until n slots are free (`take` refused any that asks
+            // for more slots than the model has); the callers behind it wait their turn.
+            let free = self.slots.iter().filter(|s| s.active.is_none()).count();
+            let Some(need) = self.queue.peek().map(|p| p.req.n.max(1) as usize) else {
+                break;
+            };
+            if free == 0 || need > free {
+                break;
+            }
             let Some((_, p)) = self.queue.pop() else {
                 break;
             };
@@ -578,7 +614,7 @@ impl<'m> Runner<'m> {
             self.metrics.cancelled.fetch_add(1, Relaxed);
             return Ok(());
         }
-        let text = render(self.l, &req.prompt)?;
+        let (text, output) = render(self.l, &req)?;
         let prompt = tokenize(self.l, &text);
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -602,6 +638,40 @@ impl<'m> Runner<'m> {
             .collect();
         let place = choose_slot(&views, &prompt, req.owner_uid, self.share_cache)
             .ok_or_else(|| inference("no free slot"))?;
+        let n_vocab = self.l.model.n_vocab();
+        if let Some(&(token, _)) = req
+            .logit_bias
+            .iter()
+            .find(|(t, _)| *t < 0 || *t >= n_vocab)
+        {
+            return Err(EngineError::LogitBias { token, n_vocab });
+        }
+        let n = req.n.max(1);
+        let mut constraints = Vec::with_capacity(n as usize);
+        if let Some(spec) = Spec::of(&req, output.tool_format)? {
+            let mut grammars = self.l.grammars.borrow_mut();
+            if grammars.is_none() {
+                *grammars = Some(Grammars::new(&self.l.model)?);
+            }
+            let g = grammars.as_mut().expect("set above");
+            for _ in 0..n {
+                constraints.push(Some(g.start(&spec)?));
+            }
+        } else {
+            constraints.resize_with(n as usize, || None);
+        }
+        // The other choices take the free slots used longest ago; they copy this one's prompt
+        // once it is computed.
+        let mut others: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| i != place.slot && self.slots[i].active.is_none())
+            .collect();
+        others.sort_by_key(|&i| self.slots[i].last_used);
+        others.truncate(n as usize - 1);
+        if others.len() + 1 < n as usize {
+            return Err(inference("not enough free slots for every choice"));
+        }
+        let prompt_copy = if n > 1 { prompt.clone() } else { Vec::new() };
+        let mut prompt_kept = prompt;
         let slot = &mut self.slots[place.slot];
         // Remove everything after the reused prefix (all of it when nothing is reused).
         let mut keep = place.keep;
@@ -639,21 +709,55 @@ impl<'m> Runner<'m> {
             reused = keep,
             "request admitted"
         );
-        if events.send(Event::Started { prompt_tokens }).is_err() {
+        if events
+            .send(Event::Started {
+                prompt_tokens,
+                output,
+            })
+            .is_err()
+        {
             return Ok(());
         }
-        slot.active = Some(Active {
-            events: events.clone(),
-            prompt,
-            max_tokens: req.max_tokens,
-            sampler: sampler(&req.sampling, self.l.model.n_vocab()),
-            stream: StopStream::new(&req.stop),
-            completion_tokens: 0,
-            next: None,
-            logits_at: None,
-            arrived,
-            last_token_at: None,
-        });
+        let primary = place.slot;
+        let clock = self.clock;
+        for (choice, constraint) in constraints.into_iter().enumerate() {
+            let at = if choice == 0 {
+                primary
+            } else {
+                others[choice - 1]
+            };
+            let s = &mut self.slots[at];
+            if choice > 0 {
+                let _ = self.ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+                s.tokens.clear();
+                s.prefilled = 0;
+                s.owner = Some(req.owner_uid);
+                s.last_used = clock;
+            }
+            let mut sampling = req.sampling;
+            sampling.seed = sampling.seed.wrapping_add(choice as u32);
+            s.active = Some(Active {
+                events: events.clone(),
+                choice: choice as u32,
+                follows: (choice > 0).then_some(primary),
+                constraint,
+                logprobs: req.logprobs.map(|l| l.top),
+                pending: Vec::new(),
+                prompt: if choice == 0 {
+                    std::mem::take(&mut prompt_kept)
+                } else {
+                    prompt_copy.clone()
+                },
+                max_tokens: req.max_tokens,
+                sampler: sampler(&sampling, n_vocab, &req.logit_bias),
+                stream: StopStream::new(&req.stop),
+                completion_tokens: 0,
+                next: None,
+                logits_at: None,
+                arrived,
+                last_token_at: None,
+            });
+        }
         Ok(())
     }
 
@@ -743,8 +847,49 @@ impl<'m> Runner<'m> {
                 self.fail_all(&e);
                 return;
             }
+            let followers = self.fan_out(i);
             self.sample(i);
+            for j in followers {
+                self.sample(j);
+            }
         }
+    }
+
+    /// Once the prompt of a request's first choice is computed (its logits are ready), the
+    /// other choices copy its KV cache instead of computing the prompt again, and sample from
+    /// the same logits; returns their slots.
+    fn fan_out(&mut self, primary: usize) -> Vec<usize> {
+        let Some(at) = self.slots[primary].active.as_ref().and_then(|a| a.logits_at) else {
+            return Vec::new();
+        };
+        let followers: Vec<usize> = (0..self.slots.len())
+            .filter(|&j| {
+                self.slots[j].tokens.is_empty()
+                    && self.slots[j]
+                        .active
+                        .as_ref()
+                        .is_some_and(|a| a.follows == Some(primary))
+            })
+            .collect();
+        let src = self.slots[primary].seq;
+        let tokens = self.slots[primary].tokens.clone();
+        for &j in &followers {
+            // The whole sequence (p0 = p1 = none): with one KV stream per slot llama.cpp copies
+            // whole streams only.
+            if let Err(e) = self.ctx.copy_kv_cache_seq(src, self.slots[j].seq, None, None) {
+                if let Some(a) = self.slots[j].active.take() {
+                    let _ = a.events.send(Event::Failed(inference(e)));
+                }
+                continue;
+            }
+            let s = &mut self.slots[j];
+            s.tokens.clone_from(&tokens);
+            s.prefilled = tokens.len();
+            if let Some(a) = s.active.as_mut() {
+                a.logits_at = Some(at);
+            }
+        }
+        followers
     }
 
     /// After a failed decode nothing in the cache can be trusted: fail every running request
@@ -769,8 +914,13 @@ impl<'m> Runner<'m> {
         let Some(a) = s.active.as_mut() else { return };
         let Some(at) = a.logits_at.take() else { return };
         let finish = |a: &mut Active, reason| {
-            let _ = a.events.send(Event::Text(a.stream.finish()));
+            let _ = a.events.send(Event::Text {
+                choice: a.choice,
+                text: a.stream.finish(),
+                logprobs: std::mem::take(&mut a.pending),
+            });
             let _ = a.events.send(Event::Finished {
+                choice: a.choice,
                 reason,
                 prompt_tokens: a.prompt_tokens(),
                 completion_tokens: a.completion_tokens,
@@ -781,8 +931,14 @@ impl<'m> Runner<'m> {
             s.active = None;
             return;
         }
-        // `sample` also accepts the token into the sampler chain (penalties see it once).
-        let token = a.sampler.sample(&self.ctx, at);
+        let token = match pick(&self.ctx, at, a, vocab) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = a.events.send(Event::Failed(e));
+                s.active = None;
+                return;
+            }
+        };
         if vocab.is_eog(token) {
             finish(a, FinishReason::Stop);
             s.active = None;
@@ -798,12 +954,26 @@ impl<'m> Runner<'m> {
         }
         a.last_token_at = Some(now);
         let piece = vocab.token_to_piece(token, false, None);
+        if let Some(c) = a.constraint.as_mut() {
+            if let Err(e) = c.accept(token.0 as u32, &piece) {
+                let _ = a.events.send(Event::Failed(e));
+                s.active = None;
+                return;
+            }
+        }
         match a.stream.feed(&piece) {
             Fed::Emit(t) => {
-                if !t.is_empty() && a.events.send(Event::Text(t)).is_err() {
-                    s.active = None;
-                    m.cancelled.fetch_add(1, Relaxed);
-                    return;
+                if !t.is_empty() {
+                    let event = Event::Text {
+                        choice: a.choice,
+                        text: t,
+                        logprobs: std::mem::take(&mut a.pending),
+                    };
+                    if a.events.send(event).is_err() {
+                        s.active = None;
+                        m.cancelled.fetch_add(1, Relaxed);
+                        return;
+                    }
                 }
                 if a.completion_tokens >= a.max_tokens {
                     // Nothing more may be generated: end now instead of decoding the token.
@@ -814,8 +984,13 @@ impl<'m> Runner<'m> {
                 a.next = Some(token);
             }
             Fed::Stopped(t) => {
-                let _ = a.events.send(Event::Text(t));
+                let _ = a.events.send(Event::Text {
+                    choice: a.choice,
+                    text: t,
+                    logprobs: std::mem::take(&mut a.pending),
+                });
                 let _ = a.events.send(Event::Finished {
+                    choice: a.choice,
                     reason: FinishReason::Stop,
                     prompt_tokens: a.prompt_tokens(),
                     completion_tokens: a.completion_tokens,
@@ -826,12 +1001,98 @@ impl<'m> Runner<'m> {
     }
 }
 
+/// Samples one token from the logits at batch index `at`: through the grammar's mask when a
+/// constraint is active, with the log-probabilities recorded when asked.
+fn pick(
+    ctx: &LlamaContext<'_>,
+    at: i32,
+    a: &mut Active,
+    vocab: &llama_cpp_2::model::LlamaVocab,
+) -> Result<LlamaToken, EngineError> {
+    let mask = match a.constraint.as_mut() {
+        Some(c) => c.mask()?,
+        None => None,
+    };
+    let token = match mask {
+        // `sample` also accepts the token into the sampler chain (penalties see it once).
+        None => a.sampler.sample(ctx, at),
+        Some(mask) => {
+            let mut candidates = LlamaTokenDataArray::from_iter(ctx.candidates_ith(at), false);
+            for d in &mut candidates.data {
+                if !mask.is_allowed(d.id().0 as u32) {
+                    d.set_logit(f32::NEG_INFINITY);
+                }
+            }
+            candidates.apply_sampler(&mut a.sampler);
+            let token = candidates
+                .selected_token()
+                .ok_or_else(|| inference("the sampler selected no token"))?;
+            a.sampler.accept(token);
+            token
+        }
+    };
+    if let Some(top) = a.logprobs {
+        a.pending
+            .push(logprobs_of(ctx.get_logits_ith(at), token, top, vocab));
+    }
+    Ok(token)
+}
+
+/// The model's own log-probabilities at one position — from the raw logits, before logit_bias,
+/// penalties, temperature, the top-k/top-p/min-p filters and any grammar — of the sampled token
+/// and of the `top` most likely ones.
+fn logprobs_of(
+    logits: &[f32],
+    token: LlamaToken,
+    top: u8,
+    vocab: &llama_cpp_2::model::LlamaVocab,
+) -> SampledLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let entry = |id: usize| {
+        let bytes = vocab.token_to_piece(LlamaToken(id as i32), true, None);
+        TokenLogprob {
+            token: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            logprob: (logits[id] - lse).min(0.0),
+        }
+    };
+    // The `top` largest logits, kept sorted in a small vector (top ≤ 20).
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(usize::from(top) + 1);
+    if top > 0 {
+        for (id, &l) in logits.iter().enumerate() {
+            if best.len() < usize::from(top) || l > best[best.len() - 1].0 {
+                let at = best.partition_point(|&(b, _)| b >= l);
+                best.insert(at, (l, id));
+                best.truncate(usize::from(top));
+            }
+        }
+    }
+    SampledLogprob {
+        sampled: entry(token.0.max(0) as usize),
+        top: best.into_iter().map(|(_, id)| entry(id)).collect(),
+    }
+}
+
 /// A loaded model and what the engine needs to know about it.
 struct Loaded {
     info: ModelInfo,
     model: LlamaModel,
-    /// The chat template: the GGUF's own, or llama.cpp's built-in one for the architecture.
-    template: Option<LlamaChatTemplate>,
+    /// The GGUF's own chat template (Jinja, rendered by minijinja), or why it cannot be used.
+    jinja: Option<Result<ChatTemplate, (&'static str, String)>>,
+    /// llama.cpp's built-in template, for a GGUF without one whose architecture fixes the
+    /// format.
+    builtin: Option<LlamaChatTemplate>,
+    /// The format the template asks tool calls in.
+    tool_format: Option<ToolFormat>,
+    /// The template's thinking tags.
+    reasoning: Option<ReasoningTags>,
+    /// The BOS token's text: a template that writes it must not get a second one from the
+    /// tokenizer.
+    bos_text: String,
+    /// The grammar compiler, built at the first constrained request.
+    grammars: RefCell<Option<Grammars>>,
     /// The LoRA adapter of a `base+adapter` name (llama.cpp frees it with the model). In a
     /// `RefCell` because setting it on a context takes `&mut`, while contexts borrow `Loaded`.
     adapter: Option<std::cell::RefCell<llama_cpp_2::model::LlamaLoraAdapter>>,
@@ -890,13 +1151,33 @@ fn load(
     let architecture = model
         .meta_val_str("general.architecture")
         .unwrap_or_else(|_| "unknown".into());
-    let (template, template_source) = match model.chat_template(None) {
-        Ok(t) => (Some(t), Some("gguf".to_string())),
-        Err(_) => match builtin_template(&architecture).map(|n| (LlamaChatTemplate::new(n), n)) {
-            Some((Ok(t), n)) => (Some(t), Some(format!("llama.cpp built-in {n:?}"))),
-            _ => (None, None),
+    let vocab = model.vocab();
+    let token_text = |t: LlamaToken| {
+        String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+    };
+    let (bos_text, eos_text) = (token_text(vocab.bos()), token_text(vocab.eos()));
+    let source = model
+        .chat_template(None)
+        .ok()
+        .and_then(|t| t.to_string().ok());
+    let (jinja, builtin, template_source) = match &source {
+        Some(src) => {
+            let compiled = ChatTemplate::new(src, &bos_text, &eos_text, cfg.template_limits)
+                .map_err(|e| {
+                    tracing::warn!(model = %name, code = e.code(), "the chat template is unusable");
+                    (e.code(), e.to_string())
+                });
+            (Some(compiled), None, Some("gguf".to_string()))
+        }
+        None => match builtin_template(&architecture).map(|n| (LlamaChatTemplate::new(n), n)) {
+            Some((Ok(t), n)) => (None, Some(t), Some(format!("llama.cpp built-in {n:?}"))),
+            _ => (None, None, None),
         },
     };
+    let tool_format = source.as_deref().and_then(inhouse_formats::tools::detect);
+    let reasoning = source
+        .as_deref()
+        .and_then(inhouse_formats::tools::detect_reasoning);
     let info = ModelInfo {
         name: name.to_string(),
         architecture,
@@ -924,20 +1205,66 @@ fn load(
     Ok(Loaded {
         info,
         model,
-        template,
+        jinja,
+        builtin,
+        tool_format,
+        reasoning,
+        bos_text,
+        grammars: RefCell::new(None),
         adapter,
     })
 }
 
-/// Renders the prompt text: chat messages through the model's own template (by llama.cpp).
-fn render(l: &Loaded, prompt: &Prompt) -> Result<String, EngineError> {
-    match prompt {
-        Prompt::Text(t) => Ok(t.clone()),
-        Prompt::Chat(messages) => {
-            let tmpl = l
-                .template
+/// Renders the prompt text, and says how the answer is to be read: chat messages through the
+/// GGUF's own Jinja template (with the tools, where the request shows them), or llama.cpp's
+/// built-in template for a model without one.
+fn render(l: &Loaded, req: &GenerateRequest) -> Result<(String, OutputInfo), EngineError> {
+    let messages = match &req.prompt {
+        Prompt::Text(t) => return Ok((t.clone(), OutputInfo::default())),
+        Prompt::Chat(messages) => messages,
+    };
+    let shown = req
+        .tools
+        .as_ref()
+        .filter(|t| t.choice != ToolChoice::None);
+    let uses_tools = messages
+        .iter()
+        .any(|m| m.role == "tool" || !m.tool_calls.is_empty());
+    let template_error = |code: &'static str, message: String| EngineError::Template {
+        model: l.info.name.clone(),
+        code,
+        message,
+    };
+    match (&l.jinja, &l.builtin) {
+        (Some(Err((code, message))), _) => Err(template_error(code, message.clone())),
+        (Some(Ok(t)), _) => {
+            let tools = shown.map(|t| t.tools.as_slice()).unwrap_or_default();
+            if (!tools.is_empty() || uses_tools) && !t.reads("tools") && !t.reads("tool_calls") {
+                return Err(EngineError::ToolsUnsupported(l.info.name.clone()));
+            }
+            let text = t
+                .render(&RenderInput {
+                    messages,
+                    tools,
+                    add_generation_prompt: true,
+                    enable_thinking: req.thinking,
+                })
+                .map_err(|e| template_error(e.code(), e.to_string()))?;
+            let starts_in_reasoning = l
+                .reasoning
                 .as_ref()
-                .ok_or_else(|| EngineError::NoChatTemplate(l.info.name.clone()))?;
+                .is_some_and(|r| inhouse_formats::tools::starts_in_reasoning(&text, r));
+            let output = OutputInfo {
+                tool_format: shown.and(l.tool_format),
+                reasoning: l.reasoning.clone(),
+                starts_in_reasoning,
+            };
+            Ok((text, output))
+        }
+        (None, Some(tmpl)) => {
+            if shown.is_some() || uses_tools {
+                return Err(EngineError::ToolsUnsupported(l.info.name.clone()));
+            }
             let msgs = messages
                 .iter()
                 .map(|ChatMessage { role, content, .. }| {
@@ -945,21 +1272,34 @@ fn render(l: &Loaded, prompt: &Prompt) -> Result<String, EngineError> {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| EngineError::Inference(format!("message: {e}")))?;
-            l.model
+            let text = l
+                .model
                 .apply_chat_template(tmpl, &msgs, true)
-                .map_err(|e| EngineError::Template {
-                    model: l.info.name.clone(),
-                    code: match e {
+                .map_err(|e| {
+                    let code = match e {
                         llama_cpp_2::ApplyChatTemplateError::FfiError(c) => c,
                         _ => -1,
-                    },
-                })
+                    };
+                    template_error(
+                        "template_error",
+                        format!("llama.cpp's built-in template failed (code {code})"),
+                    )
+                })?;
+            Ok((text, OutputInfo::default()))
         }
+        (None, None) => Err(EngineError::NoChatTemplate(l.info.name.clone())),
     }
 }
 
-fn sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
+fn sampler(s: &Sampling, n_vocab: i32, logit_bias: &[(i32, f32)]) -> LlamaSampler {
     let mut chain = Vec::new();
+    if !logit_bias.is_empty() {
+        let biases: Vec<LlamaLogitBias> = logit_bias
+            .iter()
+            .map(|&(t, b)| LlamaLogitBias::new(LlamaToken(t), b))
+            .collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
     if s.presence_penalty != 0.0 || s.frequency_penalty != 0.0 {
         // Penalise tokens seen in the last 64 of the answer, like OpenAI's definition.
         chain.push(LlamaSampler::penalties(
@@ -989,8 +1329,10 @@ fn sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
 }
 
 fn tokenize(l: &Loaded, text: &str) -> Vec<LlamaToken> {
-    // add_special: BOS where the model wants one; parse_special: the template's control tokens.
-    l.model.vocab().tokenize(text.as_bytes(), true, true)
+    // add_special: BOS where the model wants one, unless the template wrote it already (Gemma's
+    // does); parse_special: the template's control tokens.
+    let written = !l.bos_text.is_empty() && text.starts_with(&l.bos_text);
+    l.model.vocab().tokenize(text.as_bytes(), !written, true)
 }
 
 fn embed(

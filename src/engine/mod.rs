@@ -9,6 +9,7 @@
 //! implementation; [`fake::FakeEngine`] scripts answers so that the API's tests run in-process
 //! without a model. The real engine is always tested end to end on real models.
 
+pub mod constraint;
 pub mod fake;
 mod ffi;
 pub mod llama;
@@ -19,6 +20,7 @@ pub mod text;
 pub use ffi::{cpu_backend, CpuBackend, INSTALLED_BACKENDS_DIR};
 /// The engine runs checked requests, defined beside their validation in `inhouse-formats`.
 pub use inhouse_formats::request::{ChatMessage, GenerateRequest, Prompt, Sampling};
+pub use inhouse_formats::tools::{ReasoningTags, ToolFormat};
 
 use serde::Serialize;
 use std::future::Future;
@@ -62,6 +64,40 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context's end was reached.
     Length,
+    /// The answer is tool calls (set by the API when it parsed calls out of a stopped answer).
+    ToolCalls,
+}
+
+/// How the answer's text is to be read, as the model's template tells: the API parses tool calls
+/// and reasoning out of the text with it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OutputInfo {
+    /// The format the template asks tool calls in, when tools were offered and shown.
+    pub tool_format: Option<ToolFormat>,
+    /// The thinking block's tags, when the template has them.
+    pub reasoning: Option<ReasoningTags>,
+    /// The rendered prompt ends inside an open thinking block.
+    pub starts_in_reasoning: bool,
+}
+
+/// The log-probability of one token (natural log), with its text and bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text (its bytes decoded, invalid UTF-8 replaced).
+    pub token: String,
+    /// The token's bytes.
+    pub bytes: Vec<u8>,
+    /// log p(token), ≤ 0.
+    pub logprob: f32,
+}
+
+/// A sampled token's log-probability and the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledLogprob {
+    /// The sampled token.
+    pub sampled: TokenLogprob,
+    /// The `top` most likely tokens, most likely first.
+    pub top: Vec<TokenLogprob>,
 }
 
 /// What the engine sends back while it generates.
@@ -71,20 +107,44 @@ pub enum Event {
     Started {
         /// Tokens in the prompt.
         prompt_tokens: u32,
+        /// How the answers are to be read.
+        output: OutputInfo,
     },
-    /// Text to append to the answer (whole UTF-8 characters, never part of a stop string).
-    Text(String),
-    /// The generation ended normally.
+    /// Text to append to a choice's answer (whole UTF-8 characters, never part of a stop
+    /// string).
+    Text {
+        /// Which choice (0 ..< n).
+        choice: u32,
+        /// The text.
+        text: String,
+        /// The log-probabilities of the tokens sampled since this choice's last event, when
+        /// they were asked for.
+        logprobs: Vec<SampledLogprob>,
+    },
+    /// One choice ended normally (the stream ends after the last choice's).
     Finished {
+        /// Which choice.
+        choice: u32,
         /// Why.
         reason: FinishReason,
         /// Tokens in the prompt.
         prompt_tokens: u32,
-        /// Tokens generated.
+        /// Tokens this choice generated.
         completion_tokens: u32,
     },
-    /// The generation failed.
+    /// The generation failed (every choice).
     Failed(EngineError),
+}
+
+impl Event {
+    /// Text of choice 0 without log-probabilities.
+    pub fn text(text: impl Into<String>) -> Self {
+        Event::Text {
+            choice: 0,
+            text: text.into(),
+            logprobs: vec![],
+        }
+    }
 }
 
 /// Embeddings of several inputs.
@@ -105,13 +165,41 @@ pub enum EngineError {
     /// The model has no chat template in its GGUF metadata.
     #[error("model {0:?} has no chat template; use /v1/completions with a plain prompt")]
     NoChatTemplate(String),
-    /// llama.cpp could not render the messages with the model's template.
-    #[error("the chat template of model {model:?} cannot render these messages (code {code})")]
+    /// The model's chat template could not render the messages (it raised an error, ran out
+    /// of fuel, or rendered too much).
+    #[error("the chat template of model {model:?} cannot render these messages: {message}")]
     Template {
         /// Model name.
         model: String,
-        /// llama.cpp's return code.
-        code: i32,
+        /// A stable code (`template_exception`, `template_fuel_exhausted`, …).
+        code: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// Tools were offered to a model whose template cannot show them.
+    #[error("model {0:?} has no chat template that renders tools; call it without tools")]
+    ToolsUnsupported(String),
+    /// The requested output shape cannot be enforced (an unsupported JSON-schema feature, a
+    /// grammar over the limits).
+    #[error("the response format cannot be enforced: {0}")]
+    Constraint(String),
+    /// A `logit_bias` token id is not in the model's vocabulary.
+    #[error("logit_bias[\"{token}\"]: the model's vocabulary has tokens 0..{n_vocab}")]
+    LogitBias {
+        /// The token id.
+        token: i32,
+        /// The vocabulary size.
+        n_vocab: i32,
+    },
+    /// More choices than the model has slots to decode them together.
+    #[error("n = {n} exceeds the {slots} slots of model {model:?}; ask for at most {slots}")]
+    TooManyChoices {
+        /// Model name.
+        model: String,
+        /// Choices asked for.
+        n: u32,
+        /// Slots of the model.
+        slots: u32,
     },
     /// The prompt does not fit in the context.
     #[error(
@@ -186,12 +274,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct EventStream {
     events: mpsc::UnboundedReceiver<Event>,
     hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Choices not finished yet: the hold goes with the last one's `Finished`.
+    open: u32,
 }
 
 impl EventStream {
     /// A stream that holds nothing but its events.
     pub fn new(events: mpsc::UnboundedReceiver<Event>) -> Self {
-        EventStream { events, hold: None }
+        EventStream {
+            events,
+            hold: None,
+            open: 1,
+        }
     }
 
     /// A stream that keeps `hold` alive until its last event.
@@ -202,6 +296,7 @@ impl EventStream {
         EventStream {
             events,
             hold: Some(Box::new(hold)),
+            open: 1,
         }
     }
 
@@ -213,14 +308,24 @@ impl EventStream {
         EventStream::new(rx)
     }
 
+    /// A stream of `n` choices (its hold is kept until the last one finishes).
+    pub fn with_choices(mut self, n: u32) -> Self {
+        self.open = n.max(1);
+        self
+    }
+
     /// The next event; `None` once the engine has dropped the request.
     pub async fn recv(&mut self) -> Option<Event> {
         let event = self.events.recv().await;
-        if matches!(
-            event,
-            None | Some(Event::Finished { .. }) | Some(Event::Failed(_))
-        ) {
-            self.hold = None;
+        match event {
+            Some(Event::Finished { .. }) => {
+                self.open = self.open.saturating_sub(1);
+                if self.open == 0 {
+                    self.hold = None;
+                }
+            }
+            None | Some(Event::Failed(_)) => self.hold = None,
+            _ => {}
         }
         event
     }

@@ -692,8 +692,9 @@ impl Engine for ModelPool {
                     }
                 }
             };
+            let n = req.n;
             let events = hold.0.engine.generate(req)?;
-            Ok(EventStream::holding(events, hold))
+            Ok(EventStream::holding(events, hold).with_choices(n))
         })
     }
 

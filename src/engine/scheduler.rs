@@ -39,9 +39,9 @@ impl<T> FairQueue<T> {
         self.len += 1;
     }
 
-    /// The next request: the oldest of the next caller in turn.
-    pub fn pop(&mut self) -> Option<(u32, T)> {
-        let uid = match self.last {
+    /// The caller whose turn is next.
+    fn next_uid(&self) -> Option<u32> {
+        match self.last {
             Some(last) => self
                 .by_uid
                 .range(last.saturating_add(1)..)
@@ -49,7 +49,17 @@ impl<T> FairQueue<T> {
                 .or_else(|| self.by_uid.iter().next())
                 .map(|(u, _)| *u),
             None => self.by_uid.keys().next().copied(),
-        }?;
+        }
+    }
+
+    /// The request [`FairQueue::pop`] would return, left in the queue.
+    pub fn peek(&self) -> Option<&T> {
+        self.by_uid.get(&self.next_uid()?)?.front()
+    }
+
+    /// The next request: the oldest of the next caller in turn.
+    pub fn pop(&mut self) -> Option<(u32, T)> {
+        let uid = self.next_uid()?;
         let q = self.by_uid.get_mut(&uid)?;
         let item = q.pop_front()?;
         if q.is_empty() {
@@ -257,7 +267,13 @@ mod tests {
         }
         q.push(1001, "b0".to_string());
         q.push(0, "r0".to_string());
-        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(_, x)| x)).collect();
+        let order: Vec<String> = std::iter::from_fn(|| {
+            let peeked = q.peek().cloned();
+            let popped = q.pop().map(|(_, x)| x);
+            assert_eq!(peeked, popped, "peek shows what pop returns");
+            popped
+        })
+        .collect();
         assert_eq!(order, ["r0", "a0", "b0", "a1", "a2"]);
         assert!(q.is_empty());
     }

@@ -46,6 +46,15 @@ pub enum ModelStoreError {
     /// The file is not a model llama.cpp can read.
     #[error("not a valid GGUF file: {0}")]
     InvalidGguf(String),
+    /// The GGUF's chat template does not compile, raises, or runs past its bounds on a probe
+    /// conversation (a hostile or broken template inside the file).
+    #[error("the model's chat template is refused: {message}")]
+    Template {
+        /// The template error's stable code (`template_fuel_exhausted`, …).
+        code: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// An adapter that does not fit its base model, or a model given as an adapter.
     #[error("{0}")]
     Adapter(String),
@@ -326,6 +335,7 @@ impl ModelStore {
             }
             let file = gguf::open(upload.path())
                 .map_err(|e| ModelStoreError::InvalidGguf(e.to_string()))?;
+            check_template(&file)?;
             let (signed_by, signed_at) =
                 self.check_signature(req.signature.as_deref(), &digest, size)?;
             let manifest = describe(&req.name, &digest, size, &file, req, signed_by, signed_at)?;
@@ -586,4 +596,37 @@ mod tests {
         assert_eq!(split_adapter("smol+tune"), ("smol", Some("tune")));
         assert_eq!(split_adapter("smol"), ("smol", None));
     }
+}
+
+/// Renders a probe conversation through the GGUF's chat template, if it has one, within the
+/// bounds the engine uses: a template that cannot render, loops or floods is refused before the
+/// model is stored.
+fn check_template(file: &gguf::GgufFile) -> Result<(), ModelStoreError> {
+    let Some(source) = file.chat_template() else {
+        return Ok(());
+    };
+    let token = |key: &str| -> String {
+        let tokens = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array());
+        match (file.get_u64(key), tokens) {
+            (Some(id), Some(tokens)) => tokens
+                .get(id as usize)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    };
+    let (bos, eos) = (
+        token("tokenizer.ggml.bos_token_id"),
+        token("tokenizer.ggml.eos_token_id"),
+    );
+    inhouse_formats::template::check(
+        source,
+        &bos,
+        &eos,
+        inhouse_formats::template::TemplateLimits::default(),
+    )
+    .map_err(|e| ModelStoreError::Template {
+        code: e.code(),
+        message: e.to_string(),
+    })
 }

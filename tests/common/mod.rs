@@ -39,6 +39,13 @@ pub fn smollm2() -> PathBuf {
     model("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// Qwen2.5-Coder 0.5B Instruct, Q4_K_M (qwen2 architecture, the Qwen2.5 Jinja template with
+/// tools): the tool-calling test model.
+#[allow(dead_code)]
+pub fn qwen() -> PathBuf {
+    model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+}
+
 /// Gemma 3 270M, Q4_K_M (gemma3 architecture, no template in the GGUF).
 pub fn gemma() -> PathBuf {
     model("gemma-3-270m-q4_k_m.gguf")
@@ -206,18 +213,19 @@ impl Daemon {
     /// Starts a daemon serving SmolLM2 as `smol` with `toml` as its config file, in a temporary
     /// state directory with a fresh key.
     pub fn smol_with_config(toml: &str) -> Daemon {
+        Daemon::with_config(&[("smol", &smollm2())], toml)
+    }
+
+    /// Starts a daemon serving `models` with `toml` as its config file, in a temporary state
+    /// directory with a fresh key.
+    pub fn with_config(models: &[(&str, &Path)], toml: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = dir.path().join("inhouse.toml");
         std::fs::write(&cfg, toml).expect("config file");
         let cfg = cfg.to_str().expect("UTF-8 path").to_string();
         let key = dir.path().join("master.key");
         inhouse::crypto::generate_key_file(&key).expect("key file");
-        let mut d = Daemon::start_in(
-            dir.path(),
-            &key,
-            &[("smol", &smollm2())],
-            &["--config", &cfg],
-        );
+        let mut d = Daemon::start_in(dir.path(), &key, models, &["--config", &cfg]);
         d._tmp = Some(dir);
         d
     }
