@@ -428,3 +428,417 @@ pub(super) fn validate_response_format(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{bad_value, chat, completion, message, over_limit, with};
+    use super::*;
+    use crate::request::{ChatMessage, Prompt};
+    use serde_json::json;
+
+    const WEATHER: &str = r#"{"type":"function","function":{"name":"get_weather","description":"Weather now","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]},"strict":true}}"#;
+    const NOARGS: &str = r#"{"type":"function","function":{"name":"ns.list-all_2"}}"#;
+
+    fn tools_of(extra: &str) -> Option<Tools> {
+        chat(&with(extra)).unwrap().request.tools
+    }
+
+    fn refused(extra: &str) -> &'static str {
+        let body = with(extra);
+        bad_value(chat(&body), &body)
+    }
+
+    fn over(extra: &str) -> &'static str {
+        let body = with(extra);
+        over_limit(chat(&body), &body)
+    }
+
+    #[test]
+    fn names_follow_their_patterns() {
+        for ok in ["a", "get_weather", "ns.list-all_2", &"x".repeat(64)] {
+            assert!(valid_tool_name(ok), "{ok}");
+        }
+        for bad in ["", "a b", "a\u{1}b", "é", "a/b", "a\"b", &"x".repeat(65)] {
+            assert!(!valid_tool_name(bad), "{bad:?}");
+        }
+        assert!(valid_schema_name("Answer_v-2"));
+        assert!(!valid_schema_name("answer.v2"));
+        assert!(!valid_schema_name(""));
+        assert!(!valid_schema_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn tools_are_checked_into_tools() {
+        let t = tools_of(&format!(r#""tools":[{WEATHER},{NOARGS}]"#)).unwrap();
+        assert_eq!(t.choice, ToolChoice::Auto);
+        assert!(t.parallel);
+        assert_eq!(
+            t.tools,
+            vec![
+                Tool {
+                    name: "get_weather".into(),
+                    description: Some("Weather now".into()),
+                    parameters: json!({"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}),
+                },
+                Tool {
+                    name: "ns.list-all_2".into(),
+                    description: None,
+                    parameters: json!({"type":"object","properties":{}}),
+                },
+            ]
+        );
+        // A schema without "type" is an object schema too; null parameters mean none.
+        let t = tools_of(
+            r#""tools":[{"type":"function","function":{"name":"a","parameters":{"properties":{}}}},{"type":"function","function":{"name":"b","parameters":null}}]"#,
+        )
+        .unwrap();
+        assert_eq!(t.tools[0].parameters, json!({"properties":{}}));
+        assert_eq!(
+            t.tools[1].parameters,
+            json!({"type":"object","properties":{}})
+        );
+        let t = tools_of(&format!(
+            r#""tools":[{WEATHER}],"parallel_tool_calls":false"#
+        ))
+        .unwrap();
+        assert!(!t.parallel);
+    }
+
+    #[test]
+    fn no_tools_means_none() {
+        assert_eq!(tools_of(r#""tools":[]"#), None);
+        assert_eq!(tools_of(r#""tools":null"#), None);
+        assert_eq!(tools_of(r#""tools":[],"tool_choice":"auto""#), None);
+        assert_eq!(tools_of(r#""tool_choice":"none""#), None);
+        assert_eq!(tools_of(r#""parallel_tool_calls":false"#), None);
+        for extra in [
+            r#""tool_choice":"required""#,
+            r#""tools":[],"tool_choice":"required""#,
+            r#""tool_choice":{"type":"function","function":{"name":"get_weather"}}"#,
+        ] {
+            assert_eq!(refused(extra), "tool_choice", "{extra}");
+        }
+    }
+
+    #[test]
+    fn tool_choice_is_one_of_four() {
+        let choice = |c: &str| {
+            tools_of(&format!(
+                r#""tools":[{WEATHER},{NOARGS}],"tool_choice":{c}"#
+            ))
+            .unwrap()
+            .choice
+        };
+        assert_eq!(choice(r#""auto""#), ToolChoice::Auto);
+        assert_eq!(choice("null"), ToolChoice::Auto);
+        assert_eq!(choice(r#""none""#), ToolChoice::None);
+        assert_eq!(choice(r#""required""#), ToolChoice::Required);
+        assert_eq!(
+            choice(r#"{"type":"function","function":{"name":"ns.list-all_2"}}"#),
+            ToolChoice::Named("ns.list-all_2".into())
+        );
+        for c in [
+            r#""sometimes""#,
+            r#""Auto""#,
+            "true",
+            "[]",
+            r#"{"type":"function"}"#,
+            r#"{"type":"function","function":{}}"#,
+            r#"{"type":"function","function":{"name":3}}"#,
+            r#"{"type":"tool","function":{"name":"get_weather"}}"#,
+            r#"{"function":{"name":"get_weather"}}"#,
+        ] {
+            assert_eq!(
+                refused(&format!(r#""tools":[{WEATHER}],"tool_choice":{c}"#)),
+                "tool_choice",
+                "{c}"
+            );
+        }
+        let extra = format!(
+            r#""tools":[{WEATHER}],"tool_choice":{{"type":"function","function":{{"name":"rm_rf"}}}}"#
+        );
+        assert_eq!(refused(&extra), "tool_choice");
+        assert!(message(chat(&with(&extra))).contains("\"rm_rf\""));
+    }
+
+    #[test]
+    fn each_tool_is_a_named_function() {
+        for tool in [
+            r#"{}"#,
+            r#"{"type":"function"}"#,
+            r#"{"type":"retrieval","function":{"name":"a"}}"#,
+            r#"{"function":{"name":"a"}}"#,
+            r#"{"type":"function","function":{}}"#,
+            r#"{"type":"function","function":{"name":""}}"#,
+            r#"{"type":"function","function":{"name":"a b"}}"#,
+            r#"{"type":"function","function":{"name":"a\u0007b"}}"#,
+            r#"{"type":"function","function":{"name":"a\nb"}}"#,
+            r#"{"type":"function","function":{"name":"wetter_für"}}"#,
+            r#"{"type":"function","function":{"name":"a","description":"x\u0000"}}"#,
+        ] {
+            assert_eq!(refused(&format!(r#""tools":[{tool}]"#)), "tools", "{tool}");
+        }
+        let long = "x".repeat(65);
+        assert_eq!(
+            refused(&format!(
+                r#""tools":[{{"type":"function","function":{{"name":"{long}"}}}}]"#
+            )),
+            "tools"
+        );
+        let ok = "x".repeat(64);
+        assert!(tools_of(&format!(
+            r#""tools":[{{"type":"function","function":{{"name":"{ok}"}}}}]"#
+        ))
+        .is_some());
+        // Names are unique.
+        let extra = format!(r#""tools":[{WEATHER},{NOARGS},{WEATHER}]"#);
+        assert_eq!(refused(&extra), "tools");
+        assert!(message(chat(&with(&extra))).contains("tools[2]"));
+        // A malformed tool's message names its place.
+        let extra =
+            format!(r#""tools":[{WEATHER},{{"type":"function","function":{{"name":"a b"}}}}]"#);
+        assert!(message(chat(&with(&extra))).contains("tools[1].function.name"));
+    }
+
+    #[test]
+    fn parameters_are_object_schemas_of_bounded_size() {
+        for params in [
+            "[]",
+            r#""object""#,
+            "true",
+            "3",
+            r#"{"type":"array","items":{}}"#,
+            r#"{"type":["object","null"]}"#,
+        ] {
+            assert_eq!(
+                refused(&format!(
+                    r#""tools":[{{"type":"function","function":{{"name":"a","parameters":{params}}}}}]"#
+                )),
+                "tools",
+                "{params}"
+            );
+        }
+        // The test limits allow 256 bytes of schema.
+        let pad = "d".repeat(200);
+        let fits = format!(
+            r#""tools":[{{"type":"function","function":{{"name":"a","parameters":{{"type":"object","description":"{pad}"}}}}}}]"#
+        );
+        assert!(tools_of(&fits).is_some());
+        let pad = "d".repeat(300);
+        let big = format!(
+            r#""tools":[{{"type":"function","function":{{"name":"a","parameters":{{"type":"object","description":"{pad}"}}}}}}]"#
+        );
+        assert_eq!(over(&big), "tools");
+        assert!(message(chat(&with(&big))).contains("tools[0].function.parameters"));
+    }
+
+    #[test]
+    fn tools_are_counted() {
+        let tools = |n: usize| {
+            (0..n)
+                .map(|i| format!(r#"{{"type":"function","function":{{"name":"t{i}"}}}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        // The test limits allow 4.
+        assert_eq!(
+            tools_of(&format!(r#""tools":[{}]"#, tools(4)))
+                .unwrap()
+                .tools
+                .len(),
+            4
+        );
+        assert_eq!(over(&format!(r#""tools":[{}]"#, tools(5))), "tools");
+        assert_eq!(over(&format!(r#""tools":[{}]"#, tools(10_000))), "tools");
+    }
+
+    #[test]
+    fn response_formats() {
+        let format = |rf: &str| {
+            chat(&with(&format!(r#""response_format":{rf}"#)))
+                .unwrap()
+                .request
+                .format
+        };
+        assert_eq!(format("null"), ResponseFormat::Text);
+        assert_eq!(format(r#"{"type":"text"}"#), ResponseFormat::Text);
+        assert_eq!(
+            format(r#"{"type":"json_object"}"#),
+            ResponseFormat::JsonObject
+        );
+        assert_eq!(
+            format(
+                r#"{"type":"json_schema","json_schema":{"name":"Answer_1","schema":{"type":"object","properties":{"a":{"type":"integer"}}},"strict":true,"description":"d"}}"#
+            ),
+            ResponseFormat::JsonSchema {
+                name: "Answer_1".into(),
+                schema: json!({"type":"object","properties":{"a":{"type":"integer"}}}),
+            }
+        );
+        // Any schema that is an object: the answer need not be an object.
+        assert_eq!(
+            format(
+                r#"{"type":"json_schema","json_schema":{"name":"l","schema":{"type":"array"}}}"#
+            ),
+            ResponseFormat::JsonSchema {
+                name: "l".into(),
+                schema: json!({"type":"array"}),
+            }
+        );
+        for rf in [
+            r#"{"type":"xml"}"#,
+            r#"{"type":3}"#,
+            r#"{}"#,
+            r#""json_object""#,
+            r#"{"type":"json_schema"}"#,
+            r#"{"type":"json_schema","json_schema":"x"}"#,
+            r#"{"type":"json_schema","json_schema":{"schema":{}}}"#,
+            r#"{"type":"json_schema","json_schema":{"name":"a.b","schema":{}}}"#,
+            r#"{"type":"json_schema","json_schema":{"name":"a","schema":"{}"}}"#,
+            r#"{"type":"json_schema","json_schema":{"name":"a","schema":true}}"#,
+            r#"{"type":"json_schema","json_schema":{"name":"a"}}"#,
+            r#"{"type":"json_schema","json_schema":{"name":"a","schema":{},"strict":"yes"}}"#,
+            r#"{"type":"json_schema","json_schema":{"name":"a","schema":{},"description":1}}"#,
+        ] {
+            assert_eq!(
+                refused(&format!(r#""response_format":{rf}"#)),
+                "response_format",
+                "{rf}"
+            );
+        }
+        assert!(message(chat(&with(r#""response_format":{"type":"xml"}"#))).contains("\"xml\""));
+        let pad = "d".repeat(300);
+        let big = format!(
+            r#""response_format":{{"type":"json_schema","json_schema":{{"name":"a","schema":{{"description":"{pad}"}}}}}}"#
+        );
+        assert_eq!(over(&big), "response_format");
+        // Completions take it too.
+        let body = r#"{"model":"m","prompt":"a","response_format":{"type":"json_object"}}"#;
+        assert_eq!(
+            completion(body).unwrap().request.format,
+            ResponseFormat::JsonObject
+        );
+        let body = r#"{"model":"m","prompt":"a","response_format":{"type":"yaml"}}"#;
+        assert_eq!(bad_value(completion(body), body), "response_format");
+    }
+
+    fn history(assistant: &str, tool: &str) -> String {
+        format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"weather?"}},{assistant},{tool}]}}"#
+        )
+    }
+
+    const ANSWER: &str =
+        r#"{"role":"tool","tool_call_id":"call_1","name":"get_weather","content":"sunny"}"#;
+
+    #[test]
+    fn tool_calls_and_results_in_the_history() {
+        let body = history(
+            r#"{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}},{"function":{"name":"ns.list-all_2","arguments":{}}}]}"#,
+            ANSWER,
+        );
+        let Prompt::Chat(m) = chat(&body).unwrap().request.prompt else {
+            panic!()
+        };
+        assert_eq!(
+            m[1],
+            ChatMessage {
+                role: "assistant".into(),
+                content: String::new(),
+                tool_calls: vec![
+                    ToolCall {
+                        id: "call_1".into(),
+                        name: "get_weather".into(),
+                        arguments: json!({"city":"Oslo"}),
+                    },
+                    ToolCall {
+                        id: "call_1_1".into(),
+                        name: "ns.list-all_2".into(),
+                        arguments: json!({}),
+                    },
+                ],
+                tool_call_id: None,
+                name: None,
+            }
+        );
+        assert_eq!(
+            m[2],
+            ChatMessage {
+                role: "tool".into(),
+                content: "sunny".into(),
+                tool_calls: vec![],
+                tool_call_id: Some("call_1".into()),
+                name: Some("get_weather".into()),
+            }
+        );
+        // Content beside the calls is kept; an empty list is no calls; the tool's name is
+        // optional.
+        let body = history(
+            r#"{"role":"assistant","content":"Let me look.","tool_calls":[]}"#,
+            r#"{"role":"tool","tool_call_id":"c","content":[{"type":"text","text":"sunny"}]}"#,
+        );
+        let Prompt::Chat(m) = chat(&body).unwrap().request.prompt else {
+            panic!()
+        };
+        assert_eq!(m[1], ChatMessage::text("assistant", "Let me look."));
+        assert_eq!(m[2].name, None);
+        assert_eq!(m[2].content, "sunny");
+    }
+
+    #[test]
+    fn malformed_history_names_the_place() {
+        let call = |f: &str| {
+            format!(
+                r#"{{"role":"assistant","tool_calls":[{{"id":"call_1","type":"function","function":{f}}}]}}"#
+            )
+        };
+        for (assistant, named) in [
+            (call(r#"{"name":"get_weather","arguments":"{\"city\":"}"#), "messages[1].tool_calls[0].function.arguments"),
+            (call(r#"{"name":"get_weather","arguments":"[1,2]"}"#), "messages[1].tool_calls[0].function.arguments"),
+            (call(r#"{"name":"get_weather","arguments":"\"x\""}"#), "messages[1].tool_calls[0].function.arguments"),
+            (call(r#"{"name":"get_weather","arguments":""}"#), "messages[1].tool_calls[0].function.arguments"),
+            (call(r#"{"name":"get_weather","arguments":3}"#), "messages[1].tool_calls[0].function.arguments"),
+            (call(r#"{"name":"get_weather","arguments":[]}"#), "messages[1].tool_calls[0].function.arguments"),
+            (call(r#"{"name":"get_weather"}"#), "messages[1].tool_calls[0].function.arguments"),
+            (call(r#"{"arguments":"{}"}"#), "messages[1].tool_calls[0].function.name"),
+            (call(r#"{"name":"a\u0001","arguments":"{}"}"#), "messages[1].tool_calls[0].function.name"),
+            (r#"{"role":"assistant","tool_calls":[{"id":"c"}]}"#.to_string(), "messages[1].tool_calls[0].function"),
+            (r#"{"role":"assistant","tool_calls":[{"id":"","function":{"name":"a","arguments":"{}"}}]}"#.to_string(), "messages[1].tool_calls[0].id"),
+            (r#"{"role":"assistant","tool_calls":[{"type":"code","function":{"name":"a","arguments":"{}"}}]}"#.to_string(), "messages[1].tool_calls[0].type"),
+            // Arguments nested deeper than a body may be (the test limits allow 8).
+            (call(&format!(r#"{{"name":"a","arguments":"{{\"x\":{}1{}}}"}}"#, "[".repeat(9), "]".repeat(9))), "messages[1].tool_calls[0].function.arguments"),
+        ] {
+            let body = history(&assistant, ANSWER);
+            assert_eq!(bad_value(chat(&body), &body), "messages", "{assistant}");
+            let m = message(chat(&body));
+            assert!(m.contains(named), "{assistant}: {m}");
+        }
+        for (tool, named) in [
+            (
+                r#"{"role":"tool","content":"sunny"}"#,
+                "messages[2].tool_call_id",
+            ),
+            (
+                r#"{"role":"tool","tool_call_id":"","content":"sunny"}"#,
+                "messages[2].tool_call_id",
+            ),
+            (
+                r#"{"role":"tool","tool_call_id":"c"}"#,
+                "messages[2].content",
+            ),
+            (
+                r#"{"role":"tool","tool_call_id":"c\u0000","content":"x"}"#,
+                "NUL",
+            ),
+            (
+                r#"{"role":"user","content":"x","tool_calls":[{"id":"c","function":{"name":"a","arguments":"{}"}}]}"#,
+                "messages[2].tool_calls",
+            ),
+        ] {
+            let body = history(r#"{"role":"assistant","content":"ok"}"#, tool);
+            assert_eq!(bad_value(chat(&body), &body), "messages", "{tool}");
+            let m = message(chat(&body));
+            assert!(m.contains(named), "{tool}: {m}");
+        }
+    }
+}
