@@ -38,11 +38,74 @@ pub struct ContentPart {
 /// A chat message as clients send it.
 #[derive(Debug, Deserialize)]
 pub struct MessageWire {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
     /// The content; `null` is allowed for an assistant turn.
     #[serde(default)]
     pub content: Option<ContentWire>,
+    /// The calls an assistant turn made.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallWire>>,
+    /// For a `tool` message (required there): the id of the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// For a `tool` message: the function's name (optional).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// One call in an assistant message's `tool_calls`.
+#[derive(Debug, Deserialize)]
+pub struct ToolCallWire {
+    /// The call's id; when absent (Ollama's shape) one is made up from the call's position.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `function` (the only kind), when given.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The function called.
+    #[serde(default)]
+    pub function: Option<FunctionCallWire>,
+}
+
+/// The function of a [`ToolCallWire`].
+#[derive(Debug, Deserialize)]
+pub struct FunctionCallWire {
+    /// The function's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A string holding a JSON object (OpenAI's shape), or the object itself (Ollama's and some
+    /// clients').
+    #[serde(default)]
+    pub arguments: Option<Value>,
+}
+
+/// One entry of `tools`.
+#[derive(Debug, Deserialize)]
+pub struct ToolWire {
+    /// `function` (the only kind).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The function offered.
+    #[serde(default)]
+    pub function: Option<FunctionWire>,
+}
+
+/// The function of a [`ToolWire`].
+#[derive(Debug, Deserialize)]
+pub struct FunctionWire {
+    /// `^[A-Za-z0-9_.-]{1,64}$`, unique among the request's tools.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What it does, for the model.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON schema of the arguments, an object schema; absent means no arguments.
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    /// OpenAI's strict mode; accepted, and moot: arguments are always constrained by the schema.
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 /// `stream_options`.
@@ -80,10 +143,15 @@ pub struct SamplingWire {
     pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
-    /// Number of choices; only 1 is supported.
+    /// Number of choices: 1 ..= the configured bound.
     pub n: Option<u64>,
-    /// Log-probabilities are not supported.
+    /// Chat: `true`/`false`; completions: the number of alternatives per position (0..=5 in
+    /// OpenAI's legacy API, here up to the configured bound). Read per endpoint.
     pub logprobs: Option<Value>,
+    /// Chat: alternatives per position, with `logprobs: true`.
+    pub top_logprobs: Option<i64>,
+    /// Token-id strings mapped to biases in -100..=100.
+    pub logit_bias: Option<Value>,
 }
 
 /// `POST /v1/chat/completions` body.
@@ -93,12 +161,28 @@ pub struct ChatWire {
     pub model: String,
     /// The conversation.
     pub messages: Vec<MessageWire>,
-    /// Tools are not supported.
+    /// Function tools offered to the model; an empty list offers none.
     #[serde(default)]
-    pub tools: Option<Vec<Value>>,
-    /// Only `{"type":"text"}` is supported.
+    pub tools: Option<Vec<ToolWire>>,
+    /// `"auto"`, `"none"`, `"required"` or `{"type":"function","function":{"name":…}}`.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Whether one answer may hold several calls (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"type":"text"}`, `{"type":"json_object"}` or
+    /// `{"type":"json_schema","json_schema":{"name","schema","strict"?,"description"?}}`.
     #[serde(default)]
     pub response_format: Option<Value>,
+    /// `none`/`minimal` turn the template's thinking off, `low`/`medium`/`high` on.
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+    /// The template's thinking switch, set directly (llama-server's and vLLM's extension).
+    #[serde(default)]
+    pub enable_thinking: Option<bool>,
+    /// vLLM's template arguments; only `enable_thinking` (a bool) is accepted.
+    #[serde(default)]
+    pub chat_template_kwargs: Option<Value>,
     /// Sampling and limits.
     #[serde(flatten)]
     pub sampling: SamplingWire,
@@ -124,6 +208,9 @@ pub struct CompletionWire {
     /// Echo is not supported.
     #[serde(default)]
     pub echo: Option<bool>,
+    /// The answer's shape, as in chat (not in OpenAI's legacy API; vLLM accepts it too).
+    #[serde(default)]
+    pub response_format: Option<Value>,
     /// Sampling and limits.
     #[serde(flatten)]
     pub sampling: SamplingWire,
