@@ -505,6 +505,10 @@ impl Config {
             max_tokens_cap: self.ctx_size,
             max_json_depth: self.limits.max_json_depth,
             max_messages: self.limits.max_messages,
+            max_tools: self.limits.max_tools,
+            max_schema_bytes: self.limits.max_schema_bytes,
+            max_n: self.limits.max_choices,
+            max_top_logprobs: self.limits.max_top_logprobs.min(20) as u8,
         }
     }
 

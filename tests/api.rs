@@ -239,11 +239,12 @@ fn every_engine_error_has_its_status_and_code() {
         (
             EngineError::Template {
                 model: "smol".into(),
-                code: -1,
+                code: "template_exception",
+                message: "the template raised: no tools here".into(),
             },
             400,
             "invalid_request_error",
-            "template_error",
+            "template_exception",
         ),
         (
             EngineError::ContextLengthExceeded {

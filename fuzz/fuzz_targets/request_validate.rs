@@ -10,6 +10,10 @@ const LIMITS: Limits = Limits {
     max_tokens_cap: 4096,
     max_json_depth: 32,
     max_messages: 256,
+    max_tools: Limits::DEFAULT_MAX_TOOLS,
+    max_schema_bytes: Limits::DEFAULT_MAX_SCHEMA_BYTES,
+    max_n: Limits::DEFAULT_MAX_N,
+    max_top_logprobs: Limits::DEFAULT_MAX_TOP_LOGPROBS,
 };
 
 /// A refusal must say what is wrong: a stable code and a message (the API answers it as a 400).

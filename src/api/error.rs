@@ -173,7 +173,10 @@ impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
         let message = e.to_string();
         match e.param_name() {
-            Some(param) => ApiError::bad_param(param, message),
+            Some(param) => ApiError {
+                param: Some(param.into()),
+                ..ApiError::invalid(e.code(), message)
+            },
             None => ApiError::invalid(e.code(), message),
         }
     }

@@ -931,7 +931,7 @@ impl<'m> Runner<'m> {
             s.active = None;
             return;
         }
-        let token = match pick(&self.ctx, at, a, vocab) {
+        let token = match pick(&self.ctx, at, a, &vocab) {
             Ok(t) => t,
             Err(e) => {
                 let _ = a.events.send(Event::Failed(e));
@@ -1007,7 +1007,7 @@ fn pick(
     ctx: &LlamaContext<'_>,
     at: i32,
     a: &mut Active,
-    vocab: &llama_cpp_2::model::LlamaVocab,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
 ) -> Result<LlamaToken, EngineError> {
     let mask = match a.constraint.as_mut() {
         Some(c) => c.mask()?,
@@ -1045,7 +1045,7 @@ fn logprobs_of(
     logits: &[f32],
     token: LlamaToken,
     top: u8,
-    vocab: &llama_cpp_2::model::LlamaVocab,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
 ) -> SampledLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
