@@ -617,7 +617,10 @@ impl OutputParser {
             return None;
         };
         let tool = *self.names.get(call.get("name")?.as_str()?)?;
-        let args = match call.remove("arguments").or_else(|| call.remove("parameters")) {
+        let args = match call
+            .remove("arguments")
+            .or_else(|| call.remove("parameters"))
+        {
             None => Value::Object(Map::new()),
             Some(Value::String(s)) => serde_json::from_str(&s).ok()?,
             Some(v) => v,
@@ -1235,10 +1238,14 @@ pub fn call_grammar_with(
         }
         ToolFormat::Llama3Json => {}
     }
-    let alternatives: Vec<String> = (0..offered.len()).map(|i| format!("call_{i}")).collect();
-    let _ = writeln!(g, "call: {}", alternatives.join(" | "));
-    for (i, tool) in offered.iter().enumerate() {
-        let _ = writeln!(g, "call_{i}: %json {}", call_schema(tool, key));
+    // Whole call objects, one alternative per tool (llguidance merges their lexer classes, so
+    // the choice is made by the name). Llama 3's lazy single call needs only the tails below.
+    if !(format == ToolFormat::Llama3Json && lazy && !tools.parallel) {
+        let alternatives: Vec<String> = (0..offered.len()).map(|i| format!("call_{i}")).collect();
+        let _ = writeln!(g, "call: {}", alternatives.join(" | "));
+        for (i, tool) in offered.iter().enumerate() {
+            let _ = writeln!(g, "call_{i}: %json {}", call_schema(tool, key));
+        }
     }
     if format == ToolFormat::Llama3Json && lazy {
         // The trigger `{"name"` was the call object's start: the rest is written out here.
@@ -1282,7 +1289,11 @@ fn reasoning_prefix(g: &mut String, opts: &GrammarOptions) -> String {
     if opts.starts_in_reasoning {
         "think WS? ".to_string()
     } else {
-        let _ = writeln!(g, "reasoning: {open} think WS?", open = lark_str(&tags.open));
+        let _ = writeln!(
+            g,
+            "reasoning: {open} think WS?",
+            open = lark_str(&tags.open)
+        );
         "reasoning? ".to_string()
     }
 }
