@@ -835,7 +835,8 @@ impl OutputParser {
             let n = self.pending.len() - self.pending.trim_start().len();
             *whitespace += n;
             self.pending.drain(..n);
-            let closed = self.pending.starts_with(close);
+            // Past the whitespace bound the tag is no longer looked for (whatever the split).
+            let closed = *whitespace <= MAX_HELD_WHITESPACE && self.pending.starts_with(close);
             if closed {
                 self.pending.drain(..close.len());
             }

@@ -772,6 +772,21 @@ fn bounds_hold() {
     d.extend(s.finish());
     assert_eq!(fold(d), p);
 
+    // Whitespace past the bound before a closing tag: the call stands, the tag is content,
+    // however the text is split.
+    let text = format!(
+        "<tool_call>{{\"name\":\"get_time\",\"arguments\":{{\"zone\":\"U\"}}}}{ws}</tool_call>"
+    );
+    let p = parse_all(cfg(HERMES), &text);
+    assert_eq!((p.content.as_str(), p.calls.len()), ("</tool_call>", 1));
+    let mut s = OutputParser::new(cfg(HERMES));
+    let mut d = Vec::new();
+    for piece in text.as_bytes().chunks(7) {
+        d.extend(s.feed(std::str::from_utf8(piece).expect("ascii")));
+    }
+    d.extend(s.finish());
+    assert_eq!(fold(d), p);
+
     // Deep nesting and huge calls are content, not a crash.
     let deep = format!("<tool_call>{}", "[".repeat(10_000));
     assert_eq!(parse_all(cfg(HERMES), &deep).content, deep);
