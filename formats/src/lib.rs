@@ -7,6 +7,9 @@
 //!
 //! Module map:
 //! - [`request`]: checked requests, what validation produces and the engine runs.
+//! - [`tools`]: tool calls and reasoning in a model's output: the call format a chat template
+//!   teaches, the streaming parser into content, reasoning and calls, and the llguidance
+//!   grammars that constrain calls while they are sampled.
 //! - [`validate`]: untrusted request bodies (wire types) checked into [`request`] types, with a
 //!   typed error; no llama.cpp here, so its fuzz target builds fast.
 //! - [`gguf`]: the one GGUF reader and validator (header, metadata, tensor infos; never the
