@@ -311,9 +311,11 @@ impl From<crate::models::ModelStoreError> for ApiError {
                 "invalid_request_error",
                 "invalid_gguf",
             ),
-            E::Template { code, .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", *code)
-            }
+            E::Template { code, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                *code,
+            ),
             E::Adapter(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request_error",

@@ -13,12 +13,12 @@ use crate::engine::{
     ChatMessage, EngineError, Event, EventStream, FinishReason, GenerateRequest, Prompt,
     SampledLogprob,
 };
-use inhouse_formats::request::{ResponseFormat, Tool, ToolChoice};
-use inhouse_formats::tools::{Delta, OutputParser, ParserConfig};
-use std::collections::VecDeque;
 use crate::storage::{NewRecord, RequestStatus};
 use axum::response::Response;
+use inhouse_formats::request::{ResponseFormat, Tool, ToolChoice};
+use inhouse_formats::tools::{Delta, OutputParser, ParserConfig};
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 
 /// Counts a generation request's answer status in the metrics (OpenAI and Ollama routes alike).
 pub(crate) async fn counted(

@@ -11,13 +11,13 @@ use super::error::ApiError;
 use super::generation::{self, ChoiceOut, Step};
 use super::{AppState, Caller};
 use crate::engine::{FinishReason, ModelInfo};
-use inhouse_formats::tools::Delta;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
+use inhouse_formats::tools::Delta;
 use inhouse_formats::validate::{self, ChatWire, CompletionWire, ValidGenerate, ValidationError};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -238,7 +238,10 @@ fn messages_from(messages: Option<&Value>) -> Value {
                     }
                 }
             } else if role == "tool" && m.get("tool_call_id").is_none() {
-                let wanted = m.get("tool_name").and_then(Value::as_str).map(str::to_string);
+                let wanted = m
+                    .get("tool_name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 let at = match &wanted {
                     Some(name) => unanswered.iter().position(|(_, n)| n == name),
                     None => (!unanswered.is_empty()).then_some(0),

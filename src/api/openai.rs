@@ -6,7 +6,6 @@ use super::error::ApiError;
 use super::generation::{self, ChoiceOut, Generation, Step};
 use super::{AppState, Caller};
 use crate::engine::{FinishReason, SampledLogprob, TokenLogprob};
-use inhouse_formats::tools::Delta;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
@@ -14,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use futures_util::stream::{self, StreamExt};
+use inhouse_formats::tools::Delta;
 use inhouse_formats::validate::{self, ChatWire, CompletionWire, EmbeddingsWire, ValidGenerate};
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -438,10 +438,9 @@ fn stream_response(generation: Generation, meta: StreamMeta) -> Response {
                         Some((out, (g, meta, StreamState::Running { ends, offsets })))
                     }
                     Step::ChoiceEnd { choice, reason } => {
-                        ends.push(meta.chunk_value(
-                            json!([meta.flavor.end_choice(choice, reason)]),
-                            None,
-                        ));
+                        ends.push(
+                            meta.chunk_value(json!([meta.flavor.end_choice(choice, reason)]), None),
+                        );
                         Some((vec![], (g, meta, StreamState::Running { ends, offsets })))
                     }
                     Step::Finished {

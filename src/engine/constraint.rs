@@ -1,7 +1,7 @@
 //! Constrained decoding: the answer's shape enforced while sampling.
 //!
 //! A JSON schema (`response_format`, Ollama's `format`) or the grammar of a tool call (from
-//! [`inhouse_formats::tools::call_grammar`]) is compiled by llguidance against the model's own
+//! [`inhouse_formats::tools::call_grammar_with`]) is compiled by llguidance against the model's own
 //! tokenizer into a [`Matcher`]; before each token is sampled, the tokens the grammar does not
 //! allow next get a logit of −∞, so the answer parses and validates by construction.
 //!
@@ -21,9 +21,9 @@
 //! Compiled grammars are cached per model by their canonical JSON (a few dozen; the oldest goes
 //! first), so a client sending the same schema again does not pay the compilation again.
 
-use super::EngineError;
+use super::{EngineError, OutputInfo};
 use inhouse_formats::request::{GenerateRequest, ResponseFormat, ToolChoice};
-use inhouse_formats::tools::{call_grammar, ToolFormat};
+use inhouse_formats::tools::{call_grammar_with, GrammarOptions};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llguidance::api::TopLevelGrammar;
@@ -44,14 +44,8 @@ pub struct Spec {
 impl Spec {
     /// The constraint a request asks for, if any. Tools shown to the model with a known call
     /// format get a call grammar; a JSON `response_format` gets its schema.
-    pub fn of(
-        req: &GenerateRequest,
-        tool_format: Option<ToolFormat>,
-    ) -> Result<Option<Spec>, EngineError> {
-        let tools = req
-            .tools
-            .as_ref()
-            .filter(|t| t.choice != ToolChoice::None);
+    pub fn of(req: &GenerateRequest, output: &OutputInfo) -> Result<Option<Spec>, EngineError> {
+        let tools = req.tools.as_ref().filter(|t| t.choice != ToolChoice::None);
         let json = match &req.format {
             ResponseFormat::Text => None,
             ResponseFormat::JsonObject => Some(serde_json::json!({"type": "object"})),
@@ -72,10 +66,15 @@ impl Spec {
                 trigger: None,
             }));
         }
-        let (Some(tools), Some(format)) = (tools, tool_format) else {
+        let (Some(tools), Some(format)) = (tools, output.tool_format) else {
             return Ok(None);
         };
-        Ok(call_grammar(format, tools).map(|g| Spec {
+        // A forced call may follow the model's thinking block, not land inside it.
+        let options = GrammarOptions {
+            reasoning: output.reasoning.clone(),
+            starts_in_reasoning: output.starts_in_reasoning,
+        };
+        Ok(call_grammar_with(format, tools, &options).map(|g| Spec {
             grammar: TopLevelGrammar::from_lark(g.lark),
             trigger: g.trigger,
         }))

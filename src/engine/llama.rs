@@ -14,16 +14,16 @@
 //! chunks, sampling each sequence with its own sampler. Requests join and leave between steps; a
 //! client that goes away frees its slot at the next step.
 
+use super::constraint::{Constraint, Grammars, Spec};
 use super::scheduler::{choose_slot, plan_prefill, FairQueue, Prefilling, SlotView};
 use super::text::{Fed, StopStream};
-use super::constraint::{Constraint, Grammars, Spec};
 use super::{
     ChatMessage, Embeddings, EngineError, Event, FinishReason, GenerateRequest, ModelInfo,
     OutputInfo, Prompt, ReasoningTags, SampledLogprob, Sampling, TokenLogprob, ToolFormat,
 };
+use crate::metrics::{Metrics, ModelMetrics};
 use inhouse_formats::request::ToolChoice;
 use inhouse_formats::template::{ChatTemplate, RenderInput, TemplateLimits};
-use crate::metrics::{Metrics, ModelMetrics};
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -639,16 +639,12 @@ impl<'m> Runner<'m> {
         let place = choose_slot(&views, &prompt, req.owner_uid, self.share_cache)
             .ok_or_else(|| inference("no free slot"))?;
         let n_vocab = self.l.model.n_vocab();
-        if let Some(&(token, _)) = req
-            .logit_bias
-            .iter()
-            .find(|(t, _)| *t < 0 || *t >= n_vocab)
-        {
+        if let Some(&(token, _)) = req.logit_bias.iter().find(|(t, _)| *t < 0 || *t >= n_vocab) {
             return Err(EngineError::LogitBias { token, n_vocab });
         }
         let n = req.n.max(1);
         let mut constraints = Vec::with_capacity(n as usize);
-        if let Some(spec) = Spec::of(&req, output.tool_format)? {
+        if let Some(spec) = Spec::of(&req, &output)? {
             let mut grammars = self.l.grammars.borrow_mut();
             if grammars.is_none() {
                 *grammars = Some(Grammars::new(&self.l.model)?);
@@ -859,7 +855,11 @@ impl<'m> Runner<'m> {
     /// other choices copy its KV cache instead of computing the prompt again, and sample from
     /// the same logits; returns their slots.
     fn fan_out(&mut self, primary: usize) -> Vec<usize> {
-        let Some(at) = self.slots[primary].active.as_ref().and_then(|a| a.logits_at) else {
+        let Some(at) = self.slots[primary]
+            .active
+            .as_ref()
+            .and_then(|a| a.logits_at)
+        else {
             return Vec::new();
         };
         let followers: Vec<usize> = (0..self.slots.len())
@@ -876,7 +876,10 @@ impl<'m> Runner<'m> {
         for &j in &followers {
             // The whole sequence (p0 = p1 = none): with one KV stream per slot llama.cpp copies
             // whole streams only.
-            if let Err(e) = self.ctx.copy_kv_cache_seq(src, self.slots[j].seq, None, None) {
+            if let Err(e) = self
+                .ctx
+                .copy_kv_cache_seq(src, self.slots[j].seq, None, None)
+            {
                 if let Some(a) = self.slots[j].active.take() {
                     let _ = a.events.send(Event::Failed(inference(e)));
                 }
@@ -1152,9 +1155,8 @@ fn load(
         .meta_val_str("general.architecture")
         .unwrap_or_else(|_| "unknown".into());
     let vocab = model.vocab();
-    let token_text = |t: LlamaToken| {
-        String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
-    };
+    let token_text =
+        |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
     let (bos_text, eos_text) = (token_text(vocab.bos()), token_text(vocab.eos()));
     let source = model
         .chat_template(None)
@@ -1223,10 +1225,7 @@ fn render(l: &Loaded, req: &GenerateRequest) -> Result<(String, OutputInfo), Eng
         Prompt::Text(t) => return Ok((t.clone(), OutputInfo::default())),
         Prompt::Chat(messages) => messages,
     };
-    let shown = req
-        .tools
-        .as_ref()
-        .filter(|t| t.choice != ToolChoice::None);
+    let shown = req.tools.as_ref().filter(|t| t.choice != ToolChoice::None);
     let uses_tools = messages
         .iter()
         .any(|m| m.role == "tool" || !m.tool_calls.is_empty());
