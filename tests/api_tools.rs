@@ -102,9 +102,10 @@ fn a_tool_call_answers_in_openai_shape_plain_and_streamed_and_is_sealed() {
             .find_map(|c| c["choices"][0]["finish_reason"].as_str());
         assert_eq!(finish, Some("tool_calls"));
         assert!(
-            chunks
-                .iter()
-                .all(|c| c["choices"][0]["delta"]["content"].as_str().unwrap_or("") == ""),
+            chunks.iter().all(|c| c["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty()),
             "no markup leaks into content: {chunks:?}"
         );
 

@@ -402,18 +402,7 @@ impl Kind {
             }
         }
         if !c.logprobs.is_empty() {
-            v["logprobs"] = c
-                .logprobs
-                .iter()
-                .map(|l| {
-                    let entry = |t: &crate::engine::TokenLogprob| {
-                        json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes})
-                    };
-                    let mut e = entry(&l.sampled);
-                    e["top_logprobs"] = l.top.iter().map(entry).collect();
-                    e
-                })
-                .collect();
+            v["logprobs"] = super::openai::logprob_content(&c.logprobs).into();
         }
         v
     }

@@ -217,17 +217,21 @@ fn logprob_entry(t: &TokenLogprob) -> Value {
     json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes})
 }
 
-/// Chat completions' `logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
-fn chat_logprobs(lps: &[SampledLogprob]) -> Value {
-    let content: Vec<Value> = lps
-        .iter()
+/// One entry per sampled token: `{token, logprob, bytes, top_logprobs}` (OpenAI's chat
+/// `logprobs.content`, and Ollama's `logprobs` as they are).
+pub(crate) fn logprob_content(lps: &[SampledLogprob]) -> Vec<Value> {
+    lps.iter()
         .map(|l| {
             let mut v = logprob_entry(&l.sampled);
             v["top_logprobs"] = l.top.iter().map(logprob_entry).collect();
             v
         })
-        .collect();
-    json!({"content": content, "refusal": null})
+        .collect()
+}
+
+/// Chat completions' `logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+fn chat_logprobs(lps: &[SampledLogprob]) -> Value {
+    json!({"content": logprob_content(lps), "refusal": null})
 }
 
 /// Legacy completions' `logprobs`: parallel lists, `text_offset` counted in bytes from

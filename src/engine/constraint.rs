@@ -133,11 +133,11 @@ impl Grammars {
     pub fn start(&mut self, spec: &Spec) -> Result<Constraint, EngineError> {
         let matcher = self.matcher(&spec.grammar)?;
         Ok(match &spec.trigger {
-            None => Constraint::Whole(matcher),
+            None => Constraint::Whole(Box::new(matcher)),
             Some(t) => Constraint::Waiting {
                 trigger: t.as_bytes().to_vec(),
                 tail: Vec::new(),
-                fresh: matcher,
+                fresh: Box::new(matcher),
             },
         })
     }
@@ -146,7 +146,7 @@ impl Grammars {
 /// The grammar state of one choice.
 pub enum Constraint {
     /// The whole answer follows the grammar.
-    Whole(Matcher),
+    Whole(Box<Matcher>),
     /// Free text until `trigger` appears.
     Waiting {
         /// The marker.
@@ -154,16 +154,16 @@ pub enum Constraint {
         /// The end of the text so far, enough to see a marker split across tokens.
         tail: Vec<u8>,
         /// The grammar of what follows a marker, not yet started.
-        fresh: Matcher,
+        fresh: Box<Matcher>,
     },
     /// Inside a call, after its marker.
     Inside {
         /// The call's matcher.
-        matcher: Matcher,
+        matcher: Box<Matcher>,
         /// The marker, to wait for again once the call is complete.
         trigger: Vec<u8>,
         /// The grammar of the next call.
-        fresh: Matcher,
+        fresh: Box<Matcher>,
     },
 }
 
@@ -197,9 +197,9 @@ impl Constraint {
                 tail.extend_from_slice(piece);
                 if tail.windows(trigger.len()).any(|w| w == trigger.as_slice()) {
                     Some(Constraint::Inside {
-                        matcher: fresh.deep_clone(),
+                        matcher: Box::new(fresh.deep_clone()),
                         trigger: std::mem::take(trigger),
-                        fresh: fresh.deep_clone(),
+                        fresh: Box::new(fresh.deep_clone()),
                     })
                 } else {
                     let keep = trigger.len().saturating_sub(1);
@@ -220,7 +220,7 @@ impl Constraint {
                     Some(Constraint::Waiting {
                         trigger: std::mem::take(trigger),
                         tail: Vec::new(),
-                        fresh: fresh.deep_clone(),
+                        fresh: Box::new(fresh.deep_clone()),
                     })
                 } else {
                     None

@@ -114,7 +114,7 @@ pub fn serving_params(
 }
 
 enum Job {
-    Generate(GenerateRequest, mpsc::UnboundedSender<Event>, Instant),
+    Generate(Box<GenerateRequest>, mpsc::UnboundedSender<Event>, Instant),
     Embed(
         String,
         Vec<String>,
@@ -250,7 +250,7 @@ impl LlamaEngine {
             return Err(EngineError::QueueFull(self.queue_size));
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        if let Err(e) = self.submit(Job::Generate(req, tx, Instant::now())) {
+        if let Err(e) = self.submit(Job::Generate(Box::new(req), tx, Instant::now())) {
             self.waiting.fetch_sub(1, Relaxed);
             return Err(e);
         }
@@ -474,7 +474,7 @@ fn take(
                     r.queue.push(
                         uid,
                         Pending {
-                            req,
+                            req: *req,
                             events,
                             arrived,
                         },

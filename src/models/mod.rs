@@ -569,35 +569,6 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        for ok in ["smol", "gemma3:270m", "a", "x.y_z-1", &"a".repeat(64)] {
-            assert!(check_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "../x",
-            "/etc/passwd",
-            "a/b",
-            ".hidden",
-            "-x",
-            "A",
-            "a b",
-            "a+b",
-            "a\0b",
-            &"a".repeat(65),
-        ] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(split_adapter("smol+tune"), ("smol", Some("tune")));
-        assert_eq!(split_adapter("smol"), ("smol", None));
-    }
-}
-
 /// Renders a probe conversation through the GGUF's chat template, if it has one, within the
 /// bounds the engine uses: a template that cannot render, loops or floods is refused before the
 /// model is stored.
@@ -629,4 +600,33 @@ fn check_template(file: &gguf::GgufFile) -> Result<(), ModelStoreError> {
         code: e.code(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["smol", "gemma3:270m", "a", "x.y_z-1", &"a".repeat(64)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            ".hidden",
+            "-x",
+            "A",
+            "a b",
+            "a+b",
+            "a\0b",
+            &"a".repeat(65),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(split_adapter("smol+tune"), ("smol", Some("tune")));
+        assert_eq!(split_adapter("smol"), ("smol", None));
+    }
 }
