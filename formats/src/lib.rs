@@ -7,6 +7,8 @@
 //!
 //! Module map:
 //! - [`request`]: checked requests, what validation produces and the engine runs.
+//! - [`template`]: chat templates (the GGUF's Jinja) rendered as transformers renders them, in a
+//!   sandbox bounded in steps, output size and recursion.
 //! - [`validate`]: untrusted request bodies (wire types) checked into [`request`] types, with a
 //!   typed error; no llama.cpp here, so its fuzz target builds fast.
 //! - [`gguf`]: the one GGUF reader and validator (header, metadata, tensor infos; never the
@@ -28,4 +30,5 @@ pub mod inspect;
 pub mod progress;
 pub mod request;
 pub mod sign;
+pub mod template;
 pub mod validate;
