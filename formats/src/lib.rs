@@ -7,6 +7,8 @@
 //!
 //! Module map:
 //! - [`request`]: checked requests, what validation produces and the engine runs.
+//! - [`template`]: chat templates (the GGUF's Jinja) rendered as transformers renders them, in a
+//!   sandbox bounded in steps, output size and recursion.
 //! - [`tools`]: tool calls and reasoning in a model's output: the call format a chat template
 //!   teaches, the streaming parser into content, reasoning and calls, and the llguidance
 //!   grammars that constrain calls while they are sampled.
