@@ -255,7 +255,10 @@ impl ChatTemplate {
             .collect();
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", messages),
-            ("add_generation_prompt", Value::from(input.add_generation_prompt)),
+            (
+                "add_generation_prompt",
+                Value::from(input.add_generation_prompt),
+            ),
             ("bos_token", Value::from(self.bos_token.as_str())),
             ("eos_token", Value::from(self.eos_token.as_str())),
         ];
@@ -398,16 +401,20 @@ fn environment(limits: TemplateLimits) -> Environment<'static> {
         py_str(&value, &mut buf, 0)?;
         Ok(Value::from(buf.s))
     });
-    env.add_function("raise_exception", |message: Value| -> Result<Value, Error> {
-        let mut buf = Bounded::new(MAX_MESSAGE_BYTES * 4);
-        // A message too long to print is cut, not a different error.
-        let _ = py_str(&message, &mut buf, 0);
-        let text = truncate(&buf.s);
-        Err(
-            Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {text}"))
-                .with_source(Abort::Raised(text)),
-        )
-    });
+    env.add_function(
+        "raise_exception",
+        |message: Value| -> Result<Value, Error> {
+            let mut buf = Bounded::new(MAX_MESSAGE_BYTES * 4);
+            // A message too long to print is cut, not a different error.
+            let _ = py_str(&message, &mut buf, 0);
+            let text = truncate(&buf.s);
+            Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("raise_exception: {text}"),
+            )
+            .with_source(Abort::Raised(text)))
+        },
+    );
     env.add_function("strftime_now", |format: String| -> Result<Value, Error> {
         if format.len() > 256 {
             return Err(Error::new(
@@ -808,9 +815,7 @@ struct JsonStyle {
 /// The `tojson` filter transformers installs: `json.dumps(x, ensure_ascii=False, indent=indent,
 /// separators=separators, sort_keys=sort_keys)`, its output bounded by `max`.
 fn tojson(value: &Value, kwargs: &Kwargs, max: usize) -> Result<Value, Error> {
-    let ensure_ascii = kwargs
-        .get::<Option<bool>>("ensure_ascii")?
-        .unwrap_or(false);
+    let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     let indent = match kwargs.get::<Option<Value>>("indent")? {
         None => None,
@@ -869,7 +874,10 @@ fn tojson(value: &Value, kwargs: &Kwargs, max: usize) -> Result<Value, Error> {
 fn not_serializable(value: &Value) -> Error {
     Error::new(
         ErrorKind::InvalidOperation,
-        format!("tojson: a value of type {} is not JSON serializable", value.kind()),
+        format!(
+            "tojson: a value of type {} is not JSON serializable",
+            value.kind()
+        ),
     )
 }
 
@@ -959,7 +967,10 @@ fn json_key(key: &Value) -> Result<String, Error> {
         ValueKind::None => Ok("null".to_owned()),
         _ => Err(Error::new(
             ErrorKind::InvalidOperation,
-            format!("tojson: keys must be str, int, float, bool or None, not {}", key.kind()),
+            format!(
+                "tojson: keys must be str, int, float, bool or None, not {}",
+                key.kind()
+            ),
         )),
     }
 }
@@ -1177,7 +1188,8 @@ mod tests {
             out,
             r#"{"b": 1, "a": [1, 2.5, "x<y>&'"], "c": null, "d": true, "é": "ü\n\u0001"}"#
         );
-        let out = render_str(r#"{{ {"b": 1, "a": [1, {}], "e": []} | tojson(indent=2) }}"#).unwrap();
+        let out =
+            render_str(r#"{{ {"b": 1, "a": [1, {}], "e": []} | tojson(indent=2) }}"#).unwrap();
         assert_eq!(
             out,
             "{\n  \"b\": 1,\n  \"a\": [\n    1,\n    {}\n  ],\n  \"e\": []\n}"
@@ -1231,7 +1243,10 @@ mod tests {
         // 2024-02-29 13:05:09 UTC, a Thursday.
         let secs = 1_709_211_909;
         assert_eq!(
-            strftime_utc("%Y-%m-%d %H:%M:%S %a %A %b %B %j %y %I%p %-d %e %% %Q", secs),
+            strftime_utc(
+                "%Y-%m-%d %H:%M:%S %a %A %b %B %j %y %I%p %-d %e %% %Q",
+                secs
+            ),
             "2024-02-29 13:05:09 Thu Thursday Feb February 060 24 01PM 29 29 % %Q"
         );
         assert_eq!(strftime_utc("%d %b %Y", 0), "01 Jan 1970");
@@ -1275,13 +1290,22 @@ mod tests {
 
     #[test]
     fn codes_are_stable() {
-        assert_eq!(TemplateError::Syntax(String::new()).code(), "template_syntax");
-        assert_eq!(TemplateError::Raised(String::new()).code(), "template_exception");
+        assert_eq!(
+            TemplateError::Syntax(String::new()).code(),
+            "template_syntax"
+        );
+        assert_eq!(
+            TemplateError::Raised(String::new()).code(),
+            "template_exception"
+        );
         assert_eq!(TemplateError::OutOfFuel.code(), "template_fuel_exhausted");
         assert_eq!(
             TemplateError::TooLarge { max: 1 }.code(),
             "template_output_too_large"
         );
-        assert_eq!(TemplateError::Render(String::new()).code(), "template_error");
+        assert_eq!(
+            TemplateError::Render(String::new()).code(),
+            "template_error"
+        );
     }
 }
