@@ -165,7 +165,7 @@ fn thirty_plus_hostile_inputs_each_get_their_status_and_the_daemon_keeps_serving
         ("NUL in content", post_raw("/v1/chat/completions", json, br#"{"model":"smol","messages":[{"role":"user","content":"a\u0000b"}]}"#), false, 400, Some("invalid_value")),
         ("five stop strings", post_raw("/v1/chat/completions", json, chat_json(r#","stop":["a","b","c","d","e"]"#).as_bytes()), false, 400, Some("invalid_value")),
         ("empty stop string", post_raw("/v1/chat/completions", json, chat_json(r##","stop":"""##).as_bytes()), false, 400, Some("invalid_value")),
-        ("n = 3", post_raw("/v1/chat/completions", json, chat_json(r#","n":3"#).as_bytes()), false, 400, Some("invalid_value")),
+        ("n = 9, over max-choices", post_raw("/v1/chat/completions", json, chat_json(r#","n":9"#).as_bytes()), false, 400, Some("limit_exceeded")),
         ("tools", post_raw("/v1/chat/completions", json, chat_json(r#","tools":[{"type":"function"}]"#).as_bytes()), false, 400, Some("invalid_value")),
         ("stream as a string", post_raw("/v1/chat/completions", json, chat_json(r#","stream":"yes""#).as_bytes()), false, 400, Some("invalid_type")),
         ("300 messages", post_raw("/v1/chat/completions", json, many_messages.as_bytes()), false, 400, Some("invalid_value")),
