@@ -553,11 +553,13 @@ fn check_status(status: StatusCode, bytes: &[u8]) -> Result<(), ClientError> {
     }
 }
 
-/// The `error.message` of an error body ([`wire::ErrorBody`]), or the raw text when the body is
+/// The `error.message` of an error body ([`wire::ErrorBody`]) followed by its stable code in
+/// brackets (what a script or a support request can match on), or the raw text when the body is
 /// not one (a proxy's page, a truncated answer).
 pub fn error_message(raw: &[u8]) -> String {
     match serde_json::from_slice::<wire::ErrorBody>(raw) {
-        Ok(body) => body.error.message,
+        Ok(body) if body.error.code.is_empty() => body.error.message,
+        Ok(body) => format!("{} [{}]", body.error.message, body.error.code),
         Err(_) => String::from_utf8_lossy(raw).into_owned(),
     }
 }

@@ -60,7 +60,8 @@ impl Spec {
                 ));
             }
         }
-        if let Some(schema) = json {
+        if let Some(mut schema) = json {
+            compact_json(&mut schema);
             return Ok(Some(Spec {
                 grammar: TopLevelGrammar::from_json_schema(schema),
                 trigger: None,
@@ -78,6 +79,25 @@ impl Spec {
             grammar: TopLevelGrammar::from_lark(g.lark),
             trigger: g.trigger,
         }))
+    }
+}
+
+/// The JSON layout constrained answers get: one line, `", "` between items and `": "` after
+/// keys, as Python's `json.dumps` writes. llguidance's default lets any run of whitespace sit
+/// between tokens, and small models then fill `max_tokens` with newlines (seen with SmolLM2 and
+/// Qwen2.5-0.5B: an answer cut short is not valid JSON). The options go in the schema's
+/// `x-guidance` key, llguidance's place for them; a client's own `x-guidance` is replaced, so
+/// no request changes how its grammar is compiled.
+fn compact_json(schema: &mut serde_json::Value) {
+    if let Some(object) = schema.as_object_mut() {
+        object.insert(
+            "x-guidance".into(),
+            serde_json::json!({
+                "whitespace_flexible": false,
+                "item_separator": ", ",
+                "key_separator": ": ",
+            }),
+        );
     }
 }
 
