@@ -13,7 +13,9 @@ use std::path::PathBuf;
 fn model(file: &str) -> PathBuf {
     let dir = match std::env::var_os("INHOUSE_MODELS_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/inhouse/models"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/inhouse/models")
+        }
     };
     let path = dir.join(file);
     assert!(
@@ -198,7 +200,10 @@ fn non_ascii_text_passes_through_unescaped() {
     tool.description = Some("Météo — 天気".into());
     let got = render(&t, &[ChatMessage::text("user", "Ça va ?")], &[tool]);
     assert!(got.contains("\"description\": \"Météo — 天気\""), "{got}");
-    assert!(got.contains("<|im_start|>user\nÇa va ?<|im_end|>\n"), "{got}");
+    assert!(
+        got.contains("<|im_start|>user\nÇa va ?<|im_end|>\n"),
+        "{got}"
+    );
 }
 
 /// The default fuel keeps a 10× margin over what the real templates need for a long conversation

@@ -737,7 +737,10 @@ fn erase_finished_at_open_keeps_records_written_after_it() {
         "SELECT detail_json FROM audit WHERE kind = 'uid_erased'",
     );
     let erased: serde_json::Value = serde_json::from_str(&erased).unwrap();
-    assert_eq!(erased, serde_json::json!({"requests_deleted": 3, "uid": 1000}));
+    assert_eq!(
+        erased,
+        serde_json::json!({"requests_deleted": 3, "uid": 1000})
+    );
     assert!(store.audit_verify().unwrap().is_ok());
 }
 
