@@ -666,7 +666,8 @@ fn a_quantize_job_registers_a_stored_model_at_another_type() {
         json!(format!("job-{id}.gguf"))
     );
     let body = json!({"model": "smol-q8", "max_tokens": 8, "temperature": 0,
-                      "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+                      "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                   {"role": "user", "content": "What is the capital of France?"}]});
     let (status, v) = rt().block_on(post(&c, "/v1/chat/completions", &body.to_string()));
     assert_eq!(status, 200, "{v}");
     assert!(common::looks_english(&common::answer(&v)), "{v}");

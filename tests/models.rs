@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    answer, chat_body, cli, failed, gemma, inhouse_at, looks_english, ok, post, rt, smollm2, Daemon,
+    answer, chat_turns, cli, failed, gemma, inhouse_at, looks_english, ok, post, rt, smollm2,
+    Daemon,
 };
 use hyper::Method;
 use inhouse::client::Client;
@@ -36,8 +37,14 @@ fn store_files(d: &Daemon) -> Vec<String> {
     out
 }
 
+/// A greedy chat with a system turn: without one SmolLM2's own template adds its default, after
+/// which the 135M model answers "What is the capital of France?" in French.
 fn chat(c: &Client, model: &str, prompt: &str) -> (u16, Value) {
-    let body = chat_body(model, prompt, json!({"temperature": 0, "max_tokens": 24}));
+    let body = chat_turns(
+        model,
+        &[("system", "You are a helpful assistant."), ("user", prompt)],
+        json!({"temperature": 0, "max_tokens": 24}),
+    );
     rt().block_on(post(c, "/v1/chat/completions", &body.to_string()))
 }
 

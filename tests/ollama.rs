@@ -42,7 +42,8 @@ fn ollama_routes_answer_like_ollama() {
         assert_eq!(show["model_info"]["general.architecture"], "llama");
 
         // Chat, streamed (Ollama's default) and not: the same text at temperature 0.
-        let body = json!({"model": "smol", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        let body = json!({"model": "smol", "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                                         {"role": "user", "content": "What is the capital of France?"}],
                           "options": {"temperature": 0, "num_predict": 16}});
         let (st, ctype, lines) = ndjson(&c, "/api/chat", &body).await;
         assert_eq!(st, 200);

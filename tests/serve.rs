@@ -56,9 +56,14 @@ fn health_and_model_list() {
 fn chat_on_smollm2_gives_english() {
     let d = Daemon::smol();
     rt().block_on(async {
-        let body = chat_body(
+        // With a system turn: without one, SmolLM2's own template adds its default system
+        // prompt, after which the 135M model answers this question in French.
+        let body = chat_turns(
             "smol",
-            "What is the capital of France?",
+            &[
+                ("system", "You are a helpful assistant."),
+                ("user", "What is the capital of France?"),
+            ],
             json!({"temperature": 0, "max_tokens": 48}),
         );
         let (status, v) = post(&d.client(), "/v1/chat/completions", &body.to_string()).await;
@@ -474,7 +479,7 @@ fn cli_health_models_and_run() {
     let r = run(&[
         "run",
         "smol",
-        "What is the capital of France?",
+        "Where is Paris?",
         "--temperature",
         "0",
         "--max-tokens",

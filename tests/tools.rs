@@ -174,7 +174,7 @@ fn constrained_requests_mixed_into_a_batch_keep_every_answer_deterministic() {
 fn tool_requests_mixed_into_a_batch_on_qwen_stay_valid() {
     let d = qwen_daemon();
     let ask = |prompt: &str, extra: Value| chat_body("qwen", prompt, extra);
-    let bodies = vec![
+    let bodies = [
         ask("Name three colours.", greedy()),
         ask(
             "Invent a person.",

@@ -28,7 +28,7 @@ fn model(file: &str) -> PathBuf {
 
 /// The GGUF's template compiled as the daemon compiles it, with its BOS and EOS texts.
 fn template_of(file: &str) -> ChatTemplate {
-    let f = gguf::open(&model(file)).unwrap();
+    let f = gguf::open(model(file)).unwrap();
     let source = f.chat_template().expect("the model has a chat template");
     let tokens = f.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
     let token = |key: &str| {
@@ -227,7 +227,7 @@ fn real_templates_render_long_conversations_within_a_tenth_of_the_default_fuel()
         ..TemplateLimits::default()
     };
     for file in [SMOL, QWEN] {
-        let f = gguf::open(&model(file)).unwrap();
+        let f = gguf::open(model(file)).unwrap();
         let t = ChatTemplate::new(f.chat_template().unwrap(), "", "", tenth).unwrap();
         let out = render(&t, &messages, &tools);
         assert!(out.contains("message number 62"), "{file}");
