@@ -492,3 +492,27 @@ fn a_body_over_the_limit_gets_the_413_even_when_the_client_sends_it_all_first() 
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(d.serving());
 }
+
+#[test]
+fn every_choice_counts_against_the_callers_concurrency() {
+    let d = TestServer::with_config("[limits]\nper-uid-concurrency = 4\n");
+    rt().block_on(async {
+        let c = d.client();
+        let body = chat_body("smol", "Hi", json!({"n": 5}));
+        let (st, v) = post(&c, "/v1/chat/completions", &body.to_string()).await;
+        assert_eq!(st, 429, "{v}");
+        assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+        // Nothing was kept: four choices (the call's own unit and three more) fit, twice.
+        for _ in 0..2 {
+            let body = chat_body("smol", "Hi", json!({"n": 4}));
+            let (st, v) = post(&c, "/v1/chat/completions", &body.to_string()).await;
+            assert_eq!(st, 200, "{v}");
+            assert_eq!(v["choices"].as_array().unwrap().len(), 4, "{v}");
+        }
+    });
+    assert_eq!(
+        d.engine.requests().len(),
+        2,
+        "the refused request reached the engine"
+    );
+}

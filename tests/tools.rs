@@ -477,3 +477,89 @@ fn jinja_rendering_equals_llama_cpps_built_in_chatml_where_both_apply() {
         assert!(ours.starts_with("<|im_start|>system\nYou answer"), "{ours}");
     }
 }
+
+/// A test-only template that opens a thinking block in the generation prompt unless
+/// `enable_thinking` is false, and drops earlier turns' thinking (as Qwen3's and DeepSeek-R1's
+/// templates do; the closing tag in the source is how the daemon finds the tags).
+const THINKS: &str = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' \
+     + m.content.split('</think>')[-1] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}\
+     {% if enable_thinking is not defined or enable_thinking %}{{ '<think>\\n' }}{% endif %}\
+     {% endif %}";
+
+#[test]
+fn a_template_that_opens_a_thinking_block_splits_reasoning_from_content() {
+    let files = tempfile::tempdir().unwrap();
+    let path = smollm2_with_template(files.path(), "thinker", THINKS);
+    let d = Daemon::start(&[("thinker", &path)], &[]);
+    let ask = |extra: Value| {
+        chat_body(
+            "thinker",
+            "Why is the sky blue?",
+            with(json!({"temperature": 0, "max_tokens": 24}), extra),
+        )
+    };
+    rt().block_on(async {
+        let c = d.client();
+        let (st, v) = post(&c, "/v1/chat/completions", &ask(json!({})).to_string()).await;
+        assert_eq!(st, 200, "{v}");
+        let m = &v["choices"][0]["message"];
+        let reasoning = m["reasoning_content"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no reasoning_content: {v}"))
+            .to_string();
+        assert!(!reasoning.trim().is_empty(), "{v}");
+        assert!(!reasoning.contains("think>"), "{v}");
+        let content = m["content"].as_str().unwrap_or("").to_string();
+        assert!(!content.contains(reasoning.trim()), "{v}");
+
+        // Streamed: the same split, in delta.reasoning_content and delta.content.
+        let sse = collect_sse(
+            &c,
+            "/v1/chat/completions",
+            &with(ask(json!({})), json!({"stream": true})),
+        )
+        .await;
+        assert_eq!(sse.status, 200);
+        let (mut r, mut t) = (String::new(), String::new());
+        for (e, _) in sse.events.iter().filter(|(e, _)| e != "[DONE]") {
+            let e: Value = serde_json::from_str(e).unwrap();
+            let delta = &e["choices"][0]["delta"];
+            r.push_str(delta["reasoning_content"].as_str().unwrap_or(""));
+            t.push_str(delta["content"].as_str().unwrap_or(""));
+        }
+        assert_eq!(
+            (r.as_str(), t.as_str()),
+            (reasoning.as_str(), content.as_str())
+        );
+
+        // Switched off through reasoning_effort: no block, the answer is all content.
+        let (st, v) = post(
+            &c,
+            "/v1/chat/completions",
+            &ask(json!({"reasoning_effort": "none"})).to_string(),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let m = &v["choices"][0]["message"];
+        assert!(m.get("reasoning_content").is_none_or(Value::is_null), "{v}");
+        assert!(!answer(&v).trim().is_empty(), "{v}");
+
+        // Ollama: `think` switches it, the block comes back as `thinking`.
+        for think in [true, false] {
+            let body = json!({"model": "thinker", "stream": false, "think": think,
+                "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+                "options": {"temperature": 0, "num_predict": 24}});
+            let v = c
+                .json(hyper::Method::POST, "/api/chat", Some(&body))
+                .await
+                .unwrap();
+            let thinking = v["message"]["thinking"].as_str().unwrap_or("");
+            if think {
+                assert_eq!(thinking, reasoning, "{v}");
+            } else {
+                assert!(thinking.is_empty(), "{v}");
+                assert!(!v["message"]["content"].as_str().unwrap().is_empty(), "{v}");
+            }
+        }
+    });
+}

@@ -133,6 +133,8 @@ pub(crate) struct Generation {
     queued: VecDeque<Step>,
     /// Tokens generated, all choices together.
     completion_tokens: u32,
+    /// The caller's concurrency held by choices beyond the first, until the answer ends.
+    _choices_held: Vec<super::limits::Counted>,
 }
 
 /// One choice while it runs.
@@ -249,6 +251,8 @@ pub(crate) async fn start(
     tracing::info!(uid = caller.uid, model = %request.model, "generation request");
     let mut record = new_record(&caller, &request);
     let n = request.n.max(1);
+    // Every choice beyond the first counts against the caller's concurrency, like a request.
+    let choices_held = s.uid_limits.choices(caller.uid, n)?;
     let shown: Vec<Tool> = request
         .tools
         .as_ref()
@@ -296,6 +300,7 @@ pub(crate) async fn start(
         choices,
         queued: VecDeque::new(),
         completion_tokens: 0,
+        _choices_held: choices_held,
     })
 }
 

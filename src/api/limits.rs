@@ -56,6 +56,28 @@ impl UidCounter {
         self.max
     }
 
+    /// Counts `k` more for `uid` at once, or none of them (`None`) when that would pass the
+    /// bound.
+    pub fn acquire_many(self: &Arc<Self>, uid: u32, k: usize) -> Option<Vec<Counted>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(uid).or_insert(0);
+        if *n + k > self.max {
+            if *n == 0 {
+                held.remove(&uid);
+            }
+            return None;
+        }
+        *n += k;
+        Some(
+            (0..k)
+                .map(|_| Counted {
+                    counter: self.clone(),
+                    uid,
+                })
+                .collect(),
+        )
+    }
+
     /// Counts one more for `uid`, or `None` when it already holds the bound.
     pub fn acquire(self: &Arc<Self>, uid: u32) -> Option<Counted> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,6 +112,22 @@ impl UidLimits {
 
     fn acquire(&self, uid: u32) -> Option<Counted> {
         self.running.acquire(uid)
+    }
+
+    /// The further concurrency a request with `n` choices needs beyond the one its call holds
+    /// (each choice decodes in its own slot, for up to `max_tokens`), or a 429 saying so.
+    pub fn choices(&self, uid: u32, n: u32) -> Result<Vec<Counted>, ApiError> {
+        let extra = n.saturating_sub(1) as usize;
+        if extra == 0 {
+            return Ok(Vec::new());
+        }
+        self.running.acquire_many(uid, extra).ok_or_else(|| {
+            ApiError::rate_limited(format!(
+                "n = {n} choices count {n} against uid {uid}'s {} concurrent generations; \
+                 ask for fewer or retry when others finish",
+                self.running.max()
+            ))
+        })
     }
 }
 
