@@ -1,5 +1,5 @@
 //! Any bytes as a request body: parsing and validation must return Ok or a typed refusal with a
-//! code and a message, never panic, for each generation and embeddings endpoint.
+//! code and a message, never panic, for each generation, embeddings and Responses endpoint.
 #![no_main]
 
 use inhouse_formats::validate::{self, Limits, ValidationError};
@@ -38,6 +38,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(w) = validate::parse_body(data, LIMITS.max_json_depth) {
         if let Err(e) = validate::validate_embeddings(w) {
+            check(e);
+        }
+    }
+    if let Ok(w) = validate::parse_body(data, LIMITS.max_json_depth) {
+        if let Err(e) = validate::validate_responses(w, 1000, &LIMITS) {
             check(e);
         }
     }

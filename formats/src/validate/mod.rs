@@ -15,9 +15,11 @@
 //! (code `limit_exceeded`) when exceeded; every other bad value is a
 //! [`ValidationError::Param`] (code `invalid_value`).
 
+mod responses;
 mod tools;
 pub mod wire;
 
+pub use responses::{validate_responses, ResponsesWire, ValidResponses, MAX_RESPONSE_ID_BYTES};
 pub use tools::{valid_schema_name, valid_tool_name};
 pub use wire::*;
 
@@ -28,6 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Most stop strings a request may give (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
+/// Most `metadata` pairs on one response (OpenAI's limit).
+pub const MAX_METADATA_ENTRIES: usize = 16;
 /// Most inputs in one embeddings request.
 pub const MAX_EMBED_INPUTS: usize = 256;
 /// Most entries in one `logit_bias`.
