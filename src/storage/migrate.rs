@@ -46,6 +46,13 @@ pub const MIGRATIONS: &[Migration] = &[
             "/migrations/0003_jobs.sql"
         )),
     },
+    Migration {
+        version: 4,
+        sql: include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/0004_responses.sql"
+        )),
+    },
 ];
 
 /// The schema version this binary writes and the newest it accepts.

@@ -506,6 +506,7 @@ fn upgrade_from_frozen_v1() {
         [
             "requests_created_at",
             "requests_uid_id",
+            "responses_by_uid",
             "users_keys_key_id"
         ]
     );
@@ -1538,4 +1539,46 @@ fn sigkill_under_write_load_loses_no_acknowledged_record() {
         let report = store.audit_verify().unwrap();
         assert!(report.is_ok(), "round {round}: {:?}", report.first_fault);
     }
+}
+
+#[test]
+fn a_stored_response_is_its_owners_and_goes_with_its_record() {
+    let fx = fixture();
+    let mut store = Store::open(&fx.db, key(1)).unwrap();
+    let first = store.record_request(&rec(1000, "turn one", "a")).unwrap();
+    let second = store.record_request(&rec(1000, "turn two", "b")).unwrap();
+    let other = store.record_request(&rec(2000, "theirs", "c")).unwrap();
+    store.link_response(1000, "resp_1", first, None).unwrap();
+    store
+        .link_response(1000, "resp_2", second, Some("resp_1"))
+        .unwrap();
+    // A uid cannot give another uid's record an id.
+    assert!(matches!(
+        store.link_response(1000, "resp_x", other, None),
+        Err(StoreError::NotFound { .. })
+    ));
+    let found = store.find_response(1000, "resp_2").unwrap().unwrap();
+    assert_eq!(found.request_id, second);
+    assert_eq!(found.previous_id.as_deref(), Some("resp_1"));
+    // Another uid's id, an unknown one and a deleted one look the same: None.
+    assert_eq!(store.find_response(2000, "resp_1").unwrap(), None);
+    assert_eq!(store.find_response(1000, "resp_nope").unwrap(), None);
+    assert!(!store.delete_response(2000, "resp_1").unwrap());
+    assert!(store.find_response(1000, "resp_1").unwrap().is_some());
+    // Deleting the response deletes its sealed record.
+    assert!(store.delete_response(1000, "resp_2").unwrap());
+    assert_eq!(store.find_response(1000, "resp_2").unwrap(), None);
+    assert!(matches!(
+        store.get_history(1000, second),
+        Err(StoreError::NotFound { .. })
+    ));
+    // `history rm` of the record takes the id with it, and erasure takes the rest.
+    let third = store.record_request(&rec(1000, "turn three", "d")).unwrap();
+    store.link_response(1000, "resp_3", third, None).unwrap();
+    store.delete_history(1000, third).unwrap();
+    assert_eq!(store.find_response(1000, "resp_3").unwrap(), None);
+    store.erase_uid(1000).unwrap();
+    assert_eq!(store.find_response(1000, "resp_1").unwrap(), None);
+    let left: i64 = one(&store, "SELECT count(*) FROM responses");
+    assert_eq!(left, 0);
 }
