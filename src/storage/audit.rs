@@ -57,6 +57,14 @@ pub mod kinds {
     pub const RETENTION_PURGE: &str = "retention_purge";
     /// A request was served and recorded (detail: `id`, `model`, `status`, token counts).
     pub const REQUEST: &str = "request";
+    /// A Responses API response was stored (detail: `id`, `record`, `input_items`), in the
+    /// transaction of its record.
+    pub const RESPONSE_CREATE: &str = "response.create";
+    /// A stored response continued an earlier one (detail: `id`, `record`, `input_items`,
+    /// `previous_id`), in the transaction of its record.
+    pub const RESPONSE_CONTINUE: &str = "response.continue";
+    /// Its owner deleted a stored response with its record (detail: `id`, `record`).
+    pub const RESPONSE_DELETE: &str = "response.delete";
 }
 
 /// The longest event kind accepted.

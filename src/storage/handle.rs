@@ -150,6 +150,40 @@ impl StoreHandle {
             .await
     }
 
+    /// See [`Store::record_response`].
+    pub async fn record_response(
+        &self,
+        rec: NewRecord,
+        link: super::ResponseLink,
+    ) -> Result<i64, StoreError> {
+        self.write(move |s| s.record_response(&rec, &link)).await
+    }
+
+    /// `uid`'s stored response `id` with its decrypted record, in one round trip; `None` alike
+    /// for an unknown id, another uid's and an erased one.
+    pub async fn get_response(
+        &self,
+        uid: u32,
+        id: String,
+    ) -> Result<Option<(super::StoredResponse, Record)>, StoreError> {
+        self.call(move |s| {
+            let Some(found) = s.find_response(uid, &id)? else {
+                return Ok(None);
+            };
+            match s.get_history(uid, found.request_id) {
+                Ok(rec) => Ok(Some((found, rec))),
+                Err(StoreError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// See [`Store::delete_response`].
+    pub async fn delete_response(&self, uid: u32, id: String) -> Result<bool, StoreError> {
+        self.write(move |s| s.delete_response(uid, &id)).await
+    }
+
     /// See [`Store::get_history`].
     pub async fn get_history(&self, uid: u32, id: i64) -> Result<Record, StoreError> {
         self.call(move |s| s.get_history(uid, id)).await

@@ -45,7 +45,7 @@ pub use error::StoreError;
 pub use handle::{StoreHandle, DEFAULT_QUEUE_DEPTH};
 pub use jobs::{JobRow, JobState};
 pub use migrate::{Migration, MIGRATIONS, SCHEMA_VERSION};
-pub use responses::StoredResponse;
+pub use responses::{ResponseLink, StoredResponse};
 pub use rotation::{RotationStatus, ROTATION_BATCH};
 
 /// How long a statement waits for a lock held by another connection (e.g. an admin tool)

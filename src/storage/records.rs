@@ -86,17 +86,33 @@ impl Store {
     /// back everything. With `synchronous=FULL`, once this returns `Ok` the record survives a
     /// crash or power loss.
     pub fn record_request(&mut self, rec: &NewRecord) -> Result<i64, StoreError> {
-        self.insert_record(rec, false)
+        self.insert_record(rec, false, None)
     }
 
     /// [`Store::record_request`] plus the request's `request` audit event (metadata only: id,
     /// model, status, token counts) in the same transaction, so that both land with one fsync
     /// and neither exists without the other.
     pub fn record_request_audited(&mut self, rec: &NewRecord) -> Result<i64, StoreError> {
-        self.insert_record(rec, true)
+        self.insert_record(rec, true, None)
     }
 
-    fn insert_record(&mut self, rec: &NewRecord, audited: bool) -> Result<i64, StoreError> {
+    /// [`Store::record_request_audited`] for a stored Responses API response: the record, its
+    /// public id in `responses` and the `response.create` (or `response.continue`) audit event
+    /// land in one transaction, so an id never exists without its sealed record.
+    pub fn record_response(
+        &mut self,
+        rec: &NewRecord,
+        link: &super::ResponseLink,
+    ) -> Result<i64, StoreError> {
+        self.insert_record(rec, true, Some(link))
+    }
+
+    pub(super) fn insert_record(
+        &mut self,
+        rec: &NewRecord,
+        audited: bool,
+        link: Option<&super::ResponseLink>,
+    ) -> Result<i64, StoreError> {
         if serde_json::from_str::<serde::de::IgnoredAny>(&rec.params_json).is_err() {
             return Err(StoreError::InvalidInput(
                 "params_json is not valid JSON".into(),
@@ -142,6 +158,9 @@ impl Store {
                 Some(rec.uid),
                 &detail.to_string(),
             )?;
+        }
+        if let Some(link) = link {
+            super::responses::link_in(&tx, &self.keys.active.audit_key(), rec, id, link)?;
         }
         tx.commit()?;
         Ok(id)

@@ -1582,3 +1582,56 @@ fn a_stored_response_is_its_owners_and_goes_with_its_record() {
     let left: i64 = one(&store, "SELECT count(*) FROM responses");
     assert_eq!(left, 0);
 }
+
+#[test]
+fn recording_a_response_links_and_audits_in_one_transaction() {
+    let fx = fixture();
+    let mut store = Store::open(&fx.db, key(1)).unwrap();
+    let link = |id: &str, previous: Option<&str>| crate::storage::ResponseLink {
+        id: id.into(),
+        previous_id: previous.map(str::to_string),
+        input_items: 2,
+    };
+    let first = store
+        .record_response(&rec(1000, "secret turn", "a"), &link("resp_a", None))
+        .unwrap();
+    store
+        .record_response(&rec(1000, "next", "b"), &link("resp_b", Some("resp_a")))
+        .unwrap();
+    // A duplicate id rolls back the whole transaction: no record without its id.
+    let before: i64 = one(&store, "SELECT count(*) FROM requests");
+    assert!(store
+        .record_response(&rec(1000, "dup", "c"), &link("resp_a", None))
+        .is_err());
+    assert_eq!(before, one::<i64>(&store, "SELECT count(*) FROM requests"));
+    assert_eq!(
+        store
+            .find_response(1000, "resp_a")
+            .unwrap()
+            .unwrap()
+            .request_id,
+        first
+    );
+    assert!(store.delete_response(1000, "resp_a").unwrap());
+    let kinds: Vec<(String, String)> = store
+        .conn
+        .prepare("SELECT kind, detail_json FROM audit WHERE kind LIKE 'response.%' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let names: Vec<&str> = kinds.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        ["response.create", "response.continue", "response.delete"]
+    );
+    assert!(
+        kinds[1].1.contains("\"previous_id\":\"resp_a\""),
+        "{}",
+        kinds[1].1
+    );
+    // Metadata only: the sealed text never reaches the audit log.
+    assert!(kinds.iter().all(|(_, d)| !d.contains("secret")));
+    assert!(store.audit_verify().unwrap().is_ok());
+}
