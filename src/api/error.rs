@@ -139,6 +139,20 @@ impl ApiError {
         )
     }
 
+    /// 404 for a stored response the caller cannot have: unknown, another uid's, deleted or
+    /// erased all answer exactly this, so that an id reveals nothing about anyone else.
+    pub fn response_not_found(param: &str, id: &str) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "response_not_found",
+            param: Some(param.to_string()),
+            ..ApiError::invalid(
+                "",
+                format!("no stored response with id {id:?} (ids are only visible to their owner)"),
+            )
+        }
+    }
+
     /// 500: an invariant of the server itself broke; the caller did nothing wrong.
     pub fn internal(what: &str) -> Self {
         ApiError {

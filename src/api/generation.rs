@@ -77,7 +77,7 @@ fn new_record(caller: &Caller, req: &GenerateRequest) -> NewRecord {
 }
 
 /// A history message as the record keeps it.
-fn message_json(m: &ChatMessage) -> Value {
+pub(crate) fn message_json(m: &ChatMessage) -> Value {
     let mut v = json!({"role": m.role, "content": m.content});
     if !m.tool_calls.is_empty() {
         v["tool_calls"] = m
@@ -93,6 +93,42 @@ fn message_json(m: &ChatMessage) -> Value {
         v["name"] = json!(name);
     }
     v
+}
+
+/// A message as [`message_json`] wrote it; `None` for anything else.
+pub(crate) fn message_from_json(v: &Value) -> Option<ChatMessage> {
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let mut tool_calls = Vec::new();
+    if let Some(calls) = v.get("tool_calls") {
+        for c in calls.as_array()? {
+            tool_calls.push(inhouse_formats::request::ToolCall {
+                id: c.get("id")?.as_str()?.to_string(),
+                name: c.get("name")?.as_str()?.to_string(),
+                arguments: c.get("arguments")?.clone(),
+            });
+        }
+    }
+    Some(ChatMessage {
+        role: text("role")?,
+        content: text("content")?,
+        tool_calls,
+        tool_call_id: text("tool_call_id"),
+        name: text("name"),
+    })
+}
+
+/// How a Responses API request is recorded: its own sealed prompt shape, extra clear metadata,
+/// the link that makes it a stored response (when `store`), and the output items its answer is
+/// sealed as.
+pub(crate) struct ResponseRecord {
+    /// The sealed prompt.
+    pub prompt: Value,
+    /// Merged into the clear parameters.
+    pub params: Value,
+    /// The stored response's id, when kept.
+    pub link: Option<crate::storage::ResponseLink>,
+    /// Built from the first choice's pieces; sealed as the response.
+    pub items: super::responses::Items,
 }
 
 fn pending_record(caller: &Caller, model: &str, params: Value, prompt: Value) -> NewRecord {
@@ -121,6 +157,21 @@ async fn store(s: &AppState, mut rec: NewRecord, status: RequestStatus) -> Resul
     })
 }
 
+/// Stores a completed Responses request's record with its public id and audit event.
+async fn store_response(
+    s: &AppState,
+    mut rec: NewRecord,
+    link: crate::storage::ResponseLink,
+) -> Result<i64, ApiError> {
+    rec.status = RequestStatus::Completed;
+    rec.finished_at = Some(crate::storage::now_unix());
+    let uid = rec.uid;
+    s.store.record_response(rec, link).await.map_err(|e| {
+        tracing::error!(error = %e, kind = e.kind(), uid, "response record not stored");
+        ApiError::from(e)
+    })
+}
+
 /// A generation whose prompt the engine accepted, with its record pending.
 pub(crate) struct Generation {
     events: EventStream,
@@ -135,6 +186,10 @@ pub(crate) struct Generation {
     completion_tokens: u32,
     /// The caller's concurrency held by choices beyond the first, until the answer ends.
     _choices_held: Vec<super::limits::Counted>,
+    /// A Responses request's output items (first choice), sealed as its response.
+    items: Option<super::responses::Items>,
+    /// Why the first choice ended.
+    first_reason: Option<FinishReason>,
 }
 
 /// One choice while it runs.
@@ -227,6 +282,8 @@ impl ChoiceOut {
 /// A non-streamed generation's result, after its record is durable.
 pub(crate) struct Collected {
     pub choices: Vec<ChoiceOut>,
+    /// A Responses request's output items.
+    pub items: Option<super::responses::Items>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub record_id: i64,
@@ -248,8 +305,43 @@ pub(crate) async fn start(
     caller: Caller,
     request: GenerateRequest,
 ) -> Result<Generation, ApiError> {
+    start_with(s, caller, request, None).await
+}
+
+/// [`start`] for a Responses API request, recorded as `how` says.
+pub(crate) async fn start_response(
+    s: &AppState,
+    caller: Caller,
+    request: GenerateRequest,
+    how: ResponseRecord,
+) -> Result<Generation, ApiError> {
+    start_with(s, caller, request, Some(how)).await
+}
+
+async fn start_with(
+    s: &AppState,
+    caller: Caller,
+    request: GenerateRequest,
+    how: Option<ResponseRecord>,
+) -> Result<Generation, ApiError> {
     tracing::info!(uid = caller.uid, model = %request.model, "generation request");
     let mut record = new_record(&caller, &request);
+    let (link, items) = match how {
+        None => (None, None),
+        Some(how) => {
+            record.prompt_text = how.prompt.to_string();
+            if let (Ok(mut params), Value::Object(extra)) = (
+                serde_json::from_str::<Value>(&record.params_json),
+                how.params,
+            ) {
+                if let Some(p) = params.as_object_mut() {
+                    p.extend(extra);
+                }
+                record.params_json = params.to_string();
+            }
+            (how.link, Some(how.items))
+        }
+    };
     let n = request.n.max(1);
     // Every choice beyond the first counts against the caller's concurrency, like a request.
     let choices_held = s.uid_limits.choices(caller.uid, n)?;
@@ -295,7 +387,10 @@ pub(crate) async fn start(
         recorder: Recorder {
             state: s.clone(),
             record: Some(record),
+            link,
         },
+        items,
+        first_reason: None,
         prompt_tokens,
         choices,
         queued: VecDeque::new(),
@@ -329,6 +424,11 @@ impl Generation {
                     }
                     let deltas = c.parser.feed(&text);
                     c.calls += count_calls(&deltas);
+                    if let (0, Some(items)) = (choice, &mut self.items) {
+                        for d in &deltas {
+                            items.feed(d);
+                        }
+                    }
                     if deltas.is_empty() && logprobs.is_empty() {
                         continue;
                     }
@@ -350,6 +450,11 @@ impl Generation {
                     let deltas = c.parser.finish();
                     c.calls += count_calls(&deltas);
                     c.done = true;
+                    if let (0, Some(items)) = (choice, &mut self.items) {
+                        for d in &deltas {
+                            items.feed(d);
+                        }
+                    }
                     self.completion_tokens += completion_tokens;
                     if !deltas.is_empty() {
                         self.queued.push_back(Step::Delta {
@@ -363,6 +468,9 @@ impl Generation {
                     } else {
                         reason
                     };
+                    if choice == 0 {
+                        self.first_reason = Some(reason);
+                    }
                     self.queued.push_back(Step::ChoiceEnd { choice, reason });
                     if self.choices.iter().all(|c| c.done) {
                         let step = self.finish().await;
@@ -380,9 +488,12 @@ impl Generation {
     /// Stores the record of a generation whose choices all ended.
     async fn finish(&mut self) -> Step {
         let calls: usize = self.choices.iter().map(|c| c.calls).sum();
-        let response = match self.choices.as_slice() {
-            [one] => one.raw.clone(),
-            many => Value::from(many.iter().map(|c| c.raw.clone()).collect::<Vec<_>>()).to_string(),
+        let response = match (&self.items, self.choices.as_slice()) {
+            (Some(items), _) => items.record(self.first_reason),
+            (None, [one]) => one.raw.clone(),
+            (None, many) => {
+                Value::from(many.iter().map(|c| c.raw.clone()).collect::<Vec<_>>()).to_string()
+            }
         };
         self.recorder.set_response(response, calls);
         let stored = std::time::Instant::now();
@@ -429,6 +540,7 @@ impl Generation {
                     store_micros,
                 }) => {
                     return Ok(Collected {
+                        items: self.items.take(),
                         choices,
                         prompt_tokens,
                         completion_tokens,
@@ -455,6 +567,8 @@ fn count_calls(deltas: &[Delta]) -> usize {
 struct Recorder {
     state: AppState,
     record: Option<NewRecord>,
+    /// Makes a completed record a stored response.
+    link: Option<crate::storage::ResponseLink>,
 }
 
 impl Recorder {
@@ -485,7 +599,12 @@ impl Recorder {
             .take()
             .ok_or_else(|| ApiError::internal("a request was recorded twice"))?;
         r.completion_tokens = completion_tokens;
-        store(&self.state, r, status).await
+        match self.link.take() {
+            Some(link) if status == RequestStatus::Completed => {
+                store_response(&self.state, r, link).await
+            }
+            _ => store(&self.state, r, status).await,
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod models;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 pub mod server;
 pub mod upload;
 
@@ -174,6 +175,22 @@ pub fn router(state: AppState) -> Router {
             post(openai::embeddings)
                 .route_layer(limited.clone())
                 .route_layer(needs(User)),
+        )
+        .route(
+            "/v1/responses",
+            post(responses::create)
+                .route_layer(limited.clone())
+                .route_layer(needs(User)),
+        )
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get)
+                .delete(responses::delete)
+                .route_layer(needs(User)),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items).route_layer(needs(User)),
         )
         .route("/v1/history", get(history::list).route_layer(needs(User)))
         .route(

@@ -539,8 +539,22 @@ pub fn request_as_other_user(
     path: &str,
     body: Option<&str>,
 ) -> (u16, String) {
+    request_as_uid(65534, &d.dir, &d.socket, method, path, body)
+}
+
+/// [`request_as_other_user`] as `uid` (its gid the same number), to the server whose state
+/// directory is `dir` and socket `socket`.
+#[allow(dead_code)]
+pub fn request_as_uid(
+    uid: u32,
+    dir: &Path,
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
     use std::os::unix::process::CommandExt;
-    d.open_to_all();
+    open_to_all(dir, socket);
     const CLIENT: &str = r#"
 import http.client, socket, sys
 class Unix(http.client.HTTPConnection):
@@ -560,16 +574,16 @@ except Exception as e:
     sys.stdout.write(str(e))
 "#;
     let mut cmd = std::process::Command::new("python3");
-    cmd.args(["-c", CLIENT]).arg(&d.socket).args([method, path]);
+    cmd.args(["-c", CLIENT]).arg(socket).args([method, path]);
     if let Some(b) = body {
         cmd.arg(b);
     }
     let out = cmd
         .current_dir("/")
-        .uid(65534)
-        .gid(65534)
+        .uid(uid)
+        .gid(uid)
         .output()
-        .expect("run python3 as uid 65534");
+        .expect("run python3 as another uid");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (status, rest) = text.split_once('\n').unwrap_or((text.as_str(), ""));
     (status.trim().parse().unwrap_or(0), rest.to_string())
