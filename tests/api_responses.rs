@@ -414,30 +414,16 @@ fn another_uid_gets_the_same_404_as_for_an_unknown_id_and_erasure_removes_the_id
         );
     });
     let mut all = Vec::new();
-    for entry in walk(&d.dir) {
-        all.extend(std::fs::read(entry).unwrap());
+    for f in files_under(&d.dir) {
+        all.extend(std::fs::read(f).unwrap());
     }
-    let contains = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
+    let contains = |needle: &[u8]| bytes_contain(&all, needle);
     assert!(!contains(&ciphertext), "sealed bytes remain after erasure");
     assert!(
         !contains(canary.as_bytes()),
         "the canary is readable in the state directory"
     );
     assert!(contains(b"smol"), "the control: clear metadata is found");
-}
-
-/// Every file under `dir`.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else if p.is_file() {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -563,3 +563,145 @@ fn a_template_that_opens_a_thinking_block_splits_reasoning_from_content() {
         }
     });
 }
+
+/// The Responses API on the real engine, for the issue-15 checks that need a model: the
+/// official SDK (plain, streamed, three turns, a tool round trip, a JSON schema), then, on the
+/// responses it stored, another uid's 404s, a canary's absence from the state directory, and
+/// erasure taking the ids and the sealed bytes away.
+#[test]
+fn the_official_openai_sdk_keeps_continues_and_erases_stored_responses() {
+    let d = Daemon::with_config(
+        &[("qwen", &qwen())],
+        "slots = 4\n[roles]\nuser-uids = [65534]\n[limits]\nper-uid-concurrency = 16\n",
+    );
+    let out = run_python_client(
+        "openai_responses.py",
+        &d.socket,
+        "qwen",
+        "openai responses: all checks ok",
+    );
+    let ids: Vec<String> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ids: "))
+        .expect("the script prints the ids")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(ids.len() >= 6, "{out}");
+
+    // A canary in a stored conversation, continued once.
+    let canary = "CANARY-9b2e41d7-responses";
+    let c = d.client();
+    let (first, last) = rt().block_on(async {
+        let body = json!({"model": "qwen", "temperature": 0, "max_output_tokens": 8,
+            "input": format!("The access code is {canary}. Reply only with OK.")});
+        let (st, v) = post(&c, "/v1/responses", &body.to_string()).await;
+        assert_eq!(st, 200, "{v}");
+        let first = v["id"].as_str().unwrap().to_string();
+        let body = json!({"model": "qwen", "temperature": 0, "max_output_tokens": 8,
+            "previous_response_id": first, "input": "Thanks."});
+        let (st, v) = post(&c, "/v1/responses", &body.to_string()).await;
+        assert_eq!(st, 200, "{v}");
+        (first, v["id"].as_str().unwrap().to_string())
+    });
+    let state = || -> Vec<u8> {
+        files_under(&d.dir)
+            .iter()
+            .flat_map(|f| std::fs::read(f).unwrap())
+            .collect()
+    };
+    let all = state();
+    assert!(
+        !bytes_contain(&all, canary.as_bytes()),
+        "the canary is readable in the state directory"
+    );
+    assert!(
+        bytes_contain(&all, b"qwen"),
+        "the control: clear metadata is found"
+    );
+
+    // Another uid: each id is the same 404 as an unknown one, for reading, listing, deleting
+    // and continuing.
+    let unknown = "resp_0123456789abcdef0123456789abcdef";
+    let strip = |(st, body): (u16, String)| -> (u16, Value) {
+        let mut v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        v["error"]["message"] = Value::Null;
+        (st, v)
+    };
+    let expected = strip(request_as_other_user(
+        &d,
+        "GET",
+        &format!("/v1/responses/{unknown}"),
+        None,
+    ));
+    assert_eq!(expected.0, 404, "{expected:?}");
+    assert_eq!(expected.1["error"]["code"], "response_not_found");
+    for id in ids.iter().chain([&first, &last]) {
+        for (method, path) in [
+            ("GET", format!("/v1/responses/{id}")),
+            ("GET", format!("/v1/responses/{id}/input_items")),
+            ("DELETE", format!("/v1/responses/{id}")),
+        ] {
+            assert_eq!(
+                strip(request_as_other_user(&d, method, &path, None)),
+                expected,
+                "{method} {path}"
+            );
+        }
+        let body = json!({"model": "qwen", "input": "x", "previous_response_id": id});
+        let (st, e) = request_as_other_user(&d, "POST", "/v1/responses", Some(&body.to_string()));
+        assert_eq!(st, 404, "{e}");
+        assert!(e.contains("response_not_found"), "{e}");
+    }
+
+    // Erasure of the owner (the test's uid): the ids are gone, and so are their sealed bytes.
+    let owner = own_uid();
+    let sealed: Vec<Vec<u8>> = {
+        let db = rusqlite::Connection::open(d.dir.join("inhouse.db")).unwrap();
+        let mut stmt = db
+            .prepare(
+                "SELECT q.prompt_ct, q.response_ct FROM responses r
+                 JOIN requests q ON q.id = r.request_id",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok([r.get::<_, Vec<u8>>(0)?, r.get(1)?]))
+            .unwrap()
+            .flat_map(|r| r.unwrap())
+            .collect()
+    };
+    assert!(sealed.len() >= 2 * (ids.len() + 2), "{}", sealed.len());
+    let all = state();
+    assert!(
+        sealed.iter().all(|ct| bytes_contain(&all, ct)),
+        "the control"
+    );
+    let out = cli(&d, &["admin", "erase", "--uid", &owner.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rt().block_on(async {
+        for id in ids.iter().chain([&first, &last]) {
+            let (st, _) = c
+                .raw(hyper::Method::GET, &format!("/v1/responses/{id}"), None)
+                .await
+                .unwrap();
+            assert_eq!(st.as_u16(), 404, "{id} after erasure");
+        }
+    });
+    let all = state();
+    for ct in &sealed {
+        assert!(
+            !bytes_contain(&all, ct),
+            "sealed bytes remain after erasure"
+        );
+    }
+    alive(&d);
+}
+
+/// The uid this test runs as (the daemon sees it through the socket's peer credentials).
+fn own_uid() -> u32 {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}

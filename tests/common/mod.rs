@@ -589,7 +589,7 @@ except Exception as e:
     (status.trim().parse().unwrap_or(0), rest.to_string())
 }
 
-pub fn run_python_client(script: &str, socket: &Path, model: &str, expect: &str) {
+pub fn run_python_client(script: &str, socket: &Path, model: &str, expect: &str) -> String {
     let python = std::env::var("INHOUSE_PYTHON").unwrap_or_else(|_| {
         let home = std::env::var("HOME").unwrap();
         format!("{home}/.cache/inhouse/venv/bin/python")
@@ -615,6 +615,29 @@ pub fn run_python_client(script: &str, socket: &Path, model: &str, expect: &str)
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains(expect), "{stdout}");
+    stdout.into_owned()
+}
+
+/// Every regular file under `dir` (sockets and the like left out), for searches of the whole
+/// state directory.
+#[allow(dead_code)]
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Whether `needle` (non-empty) occurs in `hay`.
+#[allow(dead_code)]
+pub fn bytes_contain(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Runs the `inhouse` client against a daemon.
