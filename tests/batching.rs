@@ -264,7 +264,7 @@ fn cancelling_a_stream_frees_its_slot_at_once() {
         )
         .await;
         assert_eq!(status, 200, "{v}");
-        let m = metrics_text(&c).await;
+        let m = metrics_when_idle(&c, "smol").await;
         assert_eq!(
             sample(&m, "inhouse_cancelled_requests_total{model=\"smol\"}"),
             1.0

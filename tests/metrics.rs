@@ -58,9 +58,7 @@ fn metrics_parse_and_count_the_requests_made() {
         .await;
         assert_eq!(status, 404);
 
-        let (status, text) = c.raw(Method::GET, "/metrics", None).await.unwrap();
-        assert_eq!(status, 200);
-        let text = String::from_utf8(text.to_vec()).unwrap();
+        let text = metrics_when_idle(&c, "smol").await;
         let m = parse_metrics(&text);
         assert!(!text.contains("nope"));
         assert_eq!(

@@ -405,6 +405,23 @@ pub async fn metrics_text(client: &Client) -> String {
     String::from_utf8(body.to_vec()).expect("utf-8")
 }
 
+/// `GET /metrics` once `model` shows no busy slot: the engine thread refreshes its gauges after
+/// the step that ended an answer, a moment after the client has read it. Fails after 5 s.
+pub async fn metrics_when_idle(client: &Client, model: &str) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let text = metrics_text(client).await;
+        if sample(&text, &format!("inhouse_busy_slots{{model=\"{model}\"}}")) == 0.0 {
+            return text;
+        }
+        assert!(
+            t.elapsed().as_secs() < 5,
+            "{model}: a slot still busy after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A parsed exposition: series (name with labels, as written) → value, and metric → type.
 pub struct Exposition {
     pub samples: std::collections::BTreeMap<String, f64>,
