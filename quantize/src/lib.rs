@@ -11,6 +11,7 @@
 //!
 //! Module map:
 //! - [`prepare`]: documents → a cleaned, de-duplicated, anonymized train/eval JSONL set.
+//! - [`bias`]: demographic term counts per axis (the bias report) and counterfactual copies.
 //! - [`llama`]: the crate's only `unsafe`: llama.cpp calls (backends, models, contexts,
 //!   training, quantizing) behind small owning types.
 //! - [`quantize`]: `quantize`, a model to another tensor type (`llama_model_quantize`).
@@ -29,6 +30,7 @@
 //! every block.
 #![deny(unsafe_code)]
 
+pub mod bias;
 pub mod eval;
 pub mod finetune;
 pub mod llama;
