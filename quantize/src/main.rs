@@ -18,7 +18,7 @@ use inhouse_formats::gguf::{self, GgufError};
 use inhouse_formats::inspect;
 use inhouse_formats::progress::{Format, Reporter, ToolError};
 use inhouse_quantize::llama::Optimizer;
-use inhouse_quantize::prepare::{self, Config, OnError, PrepareError};
+use inhouse_quantize::prepare::{self, Augment, Config, OnError, PrepareError};
 use inhouse_quantize::{eval, finetune, quantize};
 
 /// Exit status for a file that is missing, unreadable or not a valid GGUF model.
@@ -197,6 +197,26 @@ struct PrepareArgs {
     /// Bad input: skip and count it, or stop with exit code 1 [default: skip].
     #[arg(long, value_enum)]
     on_error: Option<OnErrorArg>,
+    /// Word lists of the bias report in report.json [default: the built-in
+    /// quantize/data/bias_terms.txt].
+    #[arg(long, value_name = "FILE")]
+    bias_terms: Option<PathBuf>,
+    /// Add records: `counterfactual` writes, after each kept record that names one side of a
+    /// word pair (he/she, his/her, man/woman, names …), a copy with the words swapped, in the
+    /// same split [default: none].
+    #[arg(long, value_enum)]
+    augment: Option<AugmentArg>,
+    /// Word pairs for --augment counterfactual [default: the built-in
+    /// quantize/data/counterfactual_pairs.txt].
+    #[arg(long, value_name = "FILE")]
+    counterfactual_pairs: Option<PathBuf>,
+}
+
+/// `--augment` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AugmentArg {
+    None,
+    Counterfactual,
 }
 
 /// `--on-error` values.
@@ -292,6 +312,12 @@ fn prepare_cmd(args: PrepareArgs) -> ExitCode {
             OnErrorArg::Skip => OnError::Skip,
             OnErrorArg::Fail => OnError::Fail,
         }),
+        bias_terms: args.bias_terms.or(config.bias_terms),
+        augment: args.augment.map_or(config.augment, |a| match a {
+            AugmentArg::None => Augment::None,
+            AugmentArg::Counterfactual => Augment::Counterfactual,
+        }),
+        counterfactual_pairs: args.counterfactual_pairs.or(config.counterfactual_pairs),
         ..config
     };
     let options = prepare::Options {

@@ -21,9 +21,15 @@
 //!   "anonymize": {
 //!     "patterns": [{ "label": "EMPLOYEE_ID", "regex": "\\bEMP-\\d{6}\\b" }],
 //!     "names": ["Jane Doe", "Müller"]
-//!   }
+//!   },
+//!   "bias-terms": "my_terms.txt",
+//!   "augment": "counterfactual",
+//!   "counterfactual-pairs": "my_pairs.txt"
 //! }
 //! ```
+//!
+//! The two list paths are read relative to the working directory, like the inputs; without
+//! them the built-in lists of [`crate::bias`] are used.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -47,6 +53,14 @@ pub struct Config {
     pub filters: FilterConfig,
     /// Personal-data replacement.
     pub anonymize: AnonymizeConfig,
+    /// Word lists of the bias report (format of quantize/data/bias_terms.txt); `None`: the
+    /// built-in lists.
+    pub bias_terms: Option<PathBuf>,
+    /// Records added to the kept ones.
+    pub augment: Augment,
+    /// Word pairs of `augment: counterfactual` (format of
+    /// quantize/data/counterfactual_pairs.txt); `None`: the built-in pairs.
+    pub counterfactual_pairs: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -61,7 +75,31 @@ impl Default for Config {
             on_error: OnError::Skip,
             filters: FilterConfig::default(),
             anonymize: AnonymizeConfig::default(),
+            bias_terms: None,
+            // Off: augmentation changes the data a user asked to clean, so it is asked for.
+            augment: Augment::None,
+            counterfactual_pairs: None,
         }
+    }
+}
+
+/// Records `prepare` adds to the kept ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Augment {
+    /// Nothing is added.
+    None,
+    /// After each kept record that holds a word of a counterfactual pair, a copy with the words
+    /// swapped ("He" → "She"), written to the same split as its original.
+    Counterfactual,
+}
+
+impl fmt::Display for Augment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Counterfactual => "counterfactual",
+        })
     }
 }
 
@@ -166,6 +204,9 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent.
     #[error("invalid option: {0}")]
     Invalid(String),
+    /// A bias word list or pair file cannot be read or is malformed.
+    #[error(transparent)]
+    List(#[from] crate::bias::ListError),
 }
 
 /// Labels the built-in detectors use; a custom pattern may not take one, or the report could

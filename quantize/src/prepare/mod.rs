@@ -10,7 +10,10 @@
 //! 4. [`anonymize`]: personal data → `[EMAIL]`, `[PHONE]`, … placeholders;
 //! 5. [`dedup`]: exact and MinHash/LSH near-duplicates, on the anonymized text, so that two
 //!    copies of a form letter that differ only in the addressee are recognised as one;
-//! 6. a deterministic train/eval split ([`is_eval`]) and the two JSONL files, then
+//! 6. a deterministic train/eval split ([`is_eval`]) and the two JSONL files;
+//! 7. the bias report ([`crate::bias`]) of the kept documents and, with `--augment
+//!    counterfactual`, after each kept document that names one side of a word pair its swapped
+//!    copy, in the same file (so train and eval never share a document and its copy), then
 //!    [`report`]'s `report.json`.
 //!
 //! Filters run before anonymization so that a document about to be dropped (a 10 MB log dump)
@@ -18,6 +21,13 @@
 //! document and a 1 KiB signature per kept document), so memory does not grow with document
 //! size. The run is single-threaded and deterministic: the same inputs, options and seed give
 //! byte-identical outputs.
+//!
+//! A copy is checked against the kept documents and the other copies by exact digest only: a
+//! copy equal to one of them is not written (counted in `augment.copies_skipped_duplicate`),
+//! and a later document equal to a copy is dropped as an exact duplicate (counted in
+//! `exact_duplicates` and `augment.originals_dropped_duplicate_of_copy`), so no text is
+//! written twice or to both splits. Copies are not entered into the near-duplicate index: a
+//! copy is by design a near-duplicate of its original.
 //!
 //! Outputs are written to hidden `.partial` files and renamed into place only when the run
 //! succeeds, so a failed run never leaves a half-written `train.jsonl` next to an old report.
@@ -30,6 +40,7 @@ pub mod filter;
 pub mod ingest;
 pub mod report;
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -38,9 +49,11 @@ use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
 
 pub use anonymize::{Anonymizer, PiiCounts};
-pub use config::{Config, ConfigError, OnError};
+pub use config::{Augment, Config, ConfigError, OnError};
 pub use ingest::{Content, InputError, Message};
-pub use report::Report;
+pub use report::{AugmentReport, Report};
+
+use crate::bias::{self, Counter, Lexicon, Pairs};
 
 use dedup::{Deduplicator, Verdict};
 use ingest::Origin;
@@ -87,6 +100,21 @@ pub fn run(options: &Options) -> Result<Report, PrepareError> {
     let config = &options.config;
     config.check()?;
     let anonymizer = Anonymizer::new(&config.anonymize)?;
+    let lexicon = match &config.bias_terms {
+        Some(path) => Lexicon::load(path).map_err(ConfigError::from)?,
+        None => Lexicon::builtin(),
+    };
+    let pairs = match (config.augment, &config.counterfactual_pairs) {
+        (Augment::None, _) => None,
+        (Augment::Counterfactual, Some(path)) => {
+            Some(Pairs::load(path).map_err(ConfigError::from)?)
+        }
+        (Augment::Counterfactual, None) => Some(Pairs::builtin()),
+    };
+    let lists = Lists {
+        lexicon: &lexicon,
+        pairs: pairs.as_ref(),
+    };
     let out = &options.out;
     fs::create_dir_all(out).map_err(|source| PrepareError::Output {
         path: out.clone(),
@@ -96,7 +124,13 @@ pub fn run(options: &Options) -> Result<Report, PrepareError> {
     let out_canonical = fs::canonicalize(out).ok();
 
     let mut outputs = Outputs::create(out)?;
-    let result = run_into(options, &anonymizer, out_canonical.as_deref(), &mut outputs);
+    let result = run_into(
+        options,
+        &anonymizer,
+        lists,
+        out_canonical.as_deref(),
+        &mut outputs,
+    );
     match result {
         Ok(report) => {
             outputs.finish(&report)?;
@@ -109,17 +143,27 @@ pub fn run(options: &Options) -> Result<Report, PrepareError> {
     }
 }
 
+/// The bias word lists of a run.
+#[derive(Clone, Copy)]
+struct Lists<'a> {
+    lexicon: &'a Lexicon,
+    /// With `--augment counterfactual`.
+    pairs: Option<&'a Pairs>,
+}
+
 fn run_into(
     options: &Options,
     anonymizer: &Anonymizer,
+    lists: Lists<'_>,
     exclude: Option<&Path>,
     outputs: &mut Outputs,
 ) -> Result<Report, PrepareError> {
     let config = &options.config;
     let list = ingest::list_files(&options.inputs, exclude);
     let dedup = Deduplicator::new(config.near_dup_threshold);
+    let bias = Counter::new(lists.lexicon);
     let report = Report {
-        options: options_json(options, &dedup),
+        options: options_json(options, &dedup, lists),
         files: list
             .files
             .iter()
@@ -136,6 +180,18 @@ fn run_into(
         pii_replaced: all_labels(config),
         train: 0,
         eval: 0,
+        bias: bias.report(),
+        augment: lists.pairs.map(|pairs| AugmentReport {
+            mode: Augment::Counterfactual.to_string(),
+            pairs: pairs.source().to_string(),
+            pair_count: pairs.len(),
+            records_added: 0,
+            train_added: 0,
+            eval_added: 0,
+            copies_skipped_duplicate: 0,
+            originals_dropped_duplicate_of_copy: 0,
+            bias_after: bias.report(),
+        }),
         error_count: 0,
         errors: Vec::new(),
     };
@@ -145,6 +201,13 @@ fn run_into(
         dedup,
         report,
         outputs,
+        bias,
+        augment: lists.pairs.map(|pairs| Augmenting {
+            pairs,
+            after: Counter::new(lists.lexicon),
+            kept: HashSet::new(),
+            copies: HashSet::new(),
+        }),
     };
     for error in list.errors {
         state.error(error, None)?;
@@ -168,6 +231,10 @@ fn run_into(
             return Err(e);
         }
     }
+    state.report.bias = state.bias.report();
+    if let (Some(a), Some(r)) = (&state.augment, state.report.augment.as_mut()) {
+        r.bias_after = a.after.report();
+    }
     Ok(state.report)
 }
 
@@ -178,6 +245,20 @@ struct State<'a> {
     dedup: Deduplicator,
     report: Report,
     outputs: &'a mut Outputs,
+    /// The bias counts of the kept documents.
+    bias: Counter<'a>,
+    /// With `--augment counterfactual`.
+    augment: Option<Augmenting<'a>>,
+}
+
+/// The state of counterfactual augmentation.
+struct Augmenting<'a> {
+    pairs: &'a Pairs,
+    /// The bias counts of the kept documents and the copies.
+    after: Counter<'a>,
+    /// Digests of the kept documents and of the copies written, to write no text twice.
+    kept: HashSet<u128>,
+    copies: HashSet<u128>,
 }
 
 impl State<'_> {
@@ -204,6 +285,13 @@ impl State<'_> {
         let mut found = PiiCounts::new();
         let content = content.map_texts(|t| self.anonymizer.anonymize(t, &mut found));
         let digest = digest(&content);
+        if let (Some(a), Some(r)) = (&self.augment, self.report.augment.as_mut()) {
+            if a.copies.contains(&digest) {
+                self.report.exact_duplicates += 1;
+                r.originals_dropped_duplicate_of_copy += 1;
+                return Ok(());
+            }
+        }
         match self.dedup.check(digest, &content.joined()) {
             Verdict::ExactDuplicate => {
                 self.report.exact_duplicates += 1;
@@ -227,8 +315,54 @@ impl State<'_> {
             self.report.train += 1;
         }
         self.report.files[origin.file].kept += 1;
+
+        let file = &self.report.files[origin.file].path;
+        let label = match origin.line {
+            Some(line) => format!("{file}:{line}"),
+            None => file.clone(),
+        };
+        self.bias.add_texts(&label, content.texts());
+        if let (Some(a), Some(r)) = (self.augment.as_mut(), self.report.augment.as_mut()) {
+            a.after.add_texts(&label, content.texts());
+            a.kept.insert(digest);
+            if let Some(copy) = counterfactual_content(&content, a.pairs) {
+                let copy_digest = crate::prepare::digest(&copy);
+                if a.kept.contains(&copy_digest) || a.copies.contains(&copy_digest) {
+                    r.copies_skipped_duplicate += 1;
+                } else {
+                    self.outputs.write(eval, &copy)?;
+                    a.copies.insert(copy_digest);
+                    a.after
+                        .add_texts(&format!("{label} (counterfactual)"), copy.texts());
+                    r.records_added += 1;
+                    if eval {
+                        r.eval_added += 1;
+                    } else {
+                        r.train_added += 1;
+                    }
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// The counterfactual copy of a document ([`bias::counterfactual`] on its text, or on every
+/// message's content with the roles kept), or `None` when it holds no word of a pair.
+pub fn counterfactual_content(content: &Content, pairs: &Pairs) -> Option<Content> {
+    let texts = bias::counterfactual_texts(content.texts(), pairs)?;
+    Some(match content {
+        Content::Text(_) => Content::Text(texts.into_iter().next()?),
+        Content::Messages(ms) => Content::Messages(
+            ms.iter()
+                .zip(texts)
+                .map(|(m, content)| Message {
+                    role: m.role.clone(),
+                    content,
+                })
+                .collect(),
+        ),
+    })
 }
 
 /// The 128-bit digest of a document's content, roles included: the exact-duplicate key and the
@@ -278,7 +412,7 @@ fn all_labels(config: &Config) -> PiiCounts {
     labels
 }
 
-fn options_json(options: &Options, dedup: &Deduplicator) -> serde_json::Value {
+fn options_json(options: &Options, dedup: &Deduplicator, lists: Lists<'_>) -> serde_json::Value {
     let c = &options.config;
     let f = &c.filters;
     let banding = dedup.banding();
@@ -306,6 +440,9 @@ fn options_json(options: &Options, dedup: &Deduplicator) -> serde_json::Value {
             "bands": banding.bands,
             "rows": banding.rows,
         },
+        "bias_terms": lists.lexicon.source(),
+        "augment": c.augment.to_string(),
+        "counterfactual_pairs": lists.pairs.map(Pairs::source),
     })
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::anonymize::PiiCounts;
 use super::filter::FilterCounts;
 use super::ingest::InputError;
+use crate::bias::{terms::ratio_text, BiasReport};
 
 /// At most this many errors are listed in the report (all are counted): a corrupt
 /// million-line file should not produce a million-entry report.
@@ -52,14 +53,43 @@ pub struct Report {
     /// Personal data replaced in the written documents, by placeholder label (every configured
     /// label is listed, zero included).
     pub pii_replaced: PiiCounts,
-    /// Documents written to `train.jsonl`.
+    /// Kept documents written to `train.jsonl` (counterfactual copies are counted in
+    /// `augment`).
     pub train: usize,
-    /// Documents written to `eval.jsonl`.
+    /// Kept documents written to `eval.jsonl`.
     pub eval: usize,
+    /// Demographic terms in the kept documents, before any augmentation (see [`crate::bias`]).
+    pub bias: BiasReport,
+    /// What `--augment` added; `None` (`null`) without it.
+    pub augment: Option<AugmentReport>,
     /// Input errors, all of them (skipped with `--on-error skip`).
     pub error_count: usize,
     /// The first [`MAX_LISTED_ERRORS`] errors with file and line.
     pub errors: Vec<InputError>,
+}
+
+/// What `--augment counterfactual` added.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AugmentReport {
+    /// `counterfactual`.
+    pub mode: String,
+    /// The pair list used: a path, or `built-in`.
+    pub pairs: String,
+    /// Pair lines in that list.
+    pub pair_count: usize,
+    /// Copies written, `train_added + eval_added`.
+    pub records_added: usize,
+    /// Copies written to `train.jsonl` (each after its original, in the same file).
+    pub train_added: usize,
+    /// Copies written to `eval.jsonl`.
+    pub eval_added: usize,
+    /// Copies not written because a kept document or an earlier copy has the same content.
+    pub copies_skipped_duplicate: usize,
+    /// Documents dropped because an earlier copy has the same content (also counted in
+    /// `exact_duplicates`).
+    pub originals_dropped_duplicate_of_copy: usize,
+    /// The bias report of everything written: the kept documents and the copies.
+    pub bias_after: BiasReport,
 }
 
 impl Report {
@@ -110,6 +140,21 @@ impl Report {
                 pii.join(", ")
             }
         );
+        for line in self.bias.summary_lines() {
+            let _ = writeln!(s, "  bias: {line}");
+        }
+        if let Some(a) = &self.augment {
+            let ratio = |b: &BiasReport| ratio_text(b.axes.get("gender").and_then(|g| g.ratio));
+            let _ = writeln!(
+                s,
+                "  augmented: {} counterfactual copies ({} train, {} eval); gender ratio {} -> {}",
+                a.records_added,
+                a.train_added,
+                a.eval_added,
+                ratio(&self.bias),
+                ratio(&a.bias_after)
+            );
+        }
         if self.error_count > 0 {
             let _ = writeln!(s, "  input errors skipped: {}", self.error_count);
             for e in self.errors.iter().take(5) {
