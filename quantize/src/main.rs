@@ -52,7 +52,8 @@ enum Command {
     /// Fine-tune all weights of a GGUF model on JSONL data (text or chat), with per-epoch
     /// checkpoints and --resume; writes an F32 GGUF with the base's metadata.
     Finetune(FinetuneArgs),
-    /// Perplexity on JSONL data and a counterfactual bias probe, for models side by side.
+    /// Perplexity on JSONL data, a counterfactual bias probe and a stereotype score
+    /// (CrowS-Pairs style), for models side by side.
     Eval(EvalArgs),
 }
 
@@ -166,6 +167,10 @@ struct EvalArgs {
     /// Word list for the bias probe [default: the built-in quantize/data/bias_pairs.txt].
     #[arg(long, value_name = "FILE")]
     bias_pairs: Option<PathBuf>,
+    /// Minimal pairs for the stereotype score, `[axis]` headers and `stereotypical |
+    /// anti-stereotypical` lines [default: the built-in quantize/data/stereotype_pairs.txt].
+    #[arg(long, value_name = "FILE")]
+    stereotype_pairs: Option<PathBuf>,
     /// Also write the report to this file.
     #[arg(long, value_name = "report.json")]
     out: Option<PathBuf>,
@@ -270,6 +275,7 @@ fn main() -> ExitCode {
                 data: a.data,
                 ctx: a.ctx,
                 bias_pairs: a.bias_pairs,
+                stereotype_pairs: a.stereotype_pairs,
                 out: a.out,
                 threads: a.common.threads(),
             };
