@@ -50,6 +50,8 @@ pub enum Phase {
     Quantize,
     /// Converting the base model to F32 before training.
     Convert,
+    /// Generating and judging synthetic data with a teacher model (`synth`).
+    Generate,
 }
 
 /// One progress line. Fields that do not apply stay `None` and are left out.

@@ -19,7 +19,7 @@ use inhouse_formats::inspect;
 use inhouse_formats::progress::{Format, Reporter, ToolError};
 use inhouse_quantize::llama::Optimizer;
 use inhouse_quantize::prepare::{self, Augment, Config, OnError, PrepareError};
-use inhouse_quantize::{eval, finetune, quantize};
+use inhouse_quantize::{eval, finetune, quantize, synth};
 
 /// Exit status for a file that is missing, unreadable or not a valid GGUF model.
 const EXIT_BAD_FILE: u8 = 2;
@@ -55,6 +55,92 @@ enum Command {
     /// Perplexity on JSONL data, a counterfactual bias probe and a stereotype score
     /// (CrowS-Pairs style), for models side by side.
     Eval(EvalArgs),
+    /// Generate grounded question/answer conversations from documents with a teacher model:
+    /// DIR/train.jsonl, DIR/eval.jsonl, DIR/chunks.jsonl and DIR/report.json.
+    Synth(SynthArgs),
+}
+
+/// `--style` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StyleArg {
+    Qa,
+    Explain,
+    Summary,
+    Mix,
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// Input files and folders (.txt, .md, .jsonl), read as `prepare` reads them.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// The teacher model.
+    #[arg(long, value_name = "MODEL.gguf")]
+    teacher: PathBuf,
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Prompt overrides: a JSON object with any of the keys of the shipped
+    /// quantize/data/synth_prompts.json (system, styles.qa|explain|summary, judge).
+    #[arg(long, value_name = "FILE.json")]
+    prompts: Option<PathBuf>,
+    /// Seed examples (JSONL chat records): generated questions too close to theirs are dropped.
+    #[arg(long, value_name = "FILE.jsonl")]
+    seed_examples: Option<PathBuf>,
+    /// Task style; `mix` takes qa, explain and summary in turn, chunk by chunk.
+    #[arg(long, value_enum, default_value = "qa")]
+    style: StyleArg,
+    /// Tokens per chunk (the teacher's tokenizer).
+    #[arg(long, default_value_t = 256)]
+    chunk_tokens: usize,
+    /// Tokens shared by consecutive chunks.
+    #[arg(long, default_value_t = 32)]
+    overlap: usize,
+    /// Most question/answer pairs asked per chunk.
+    #[arg(long, default_value_t = 3)]
+    per_chunk: usize,
+    /// Most samples kept in all.
+    #[arg(long, value_name = "N")]
+    max_samples: Option<usize>,
+    /// Seed of the teacher's sampling and of the train/eval split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Share of samples in eval.jsonl.
+    #[arg(long, default_value_t = 0.1)]
+    eval_share: f64,
+    /// The teacher's sampling temperature.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// Most tokens generated per chunk.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: u32,
+    /// Chunks decoded together.
+    #[arg(long, default_value_t = 4)]
+    batch: u32,
+    /// Put the chunk into each record as a system turn.
+    #[arg(long)]
+    with_context: bool,
+    /// Least share of an answer's content words found in its chunk.
+    #[arg(long, default_value_t = 0.5)]
+    lexical_threshold: f64,
+    /// Least P(yes) of the teacher asked whether the passage supports the answer.
+    #[arg(long, default_value_t = 0.5)]
+    judge_threshold: f64,
+    /// Estimated Jaccard (word bigrams) from which a question is a near-duplicate.
+    #[arg(long, default_value_t = 0.8)]
+    near_dup_threshold: f64,
+    /// ROUGE-L F1 from which a question is too close to a kept one.
+    #[arg(long, default_value_t = 0.7)]
+    rouge_threshold: f64,
+    /// `prepare`'s JSON config for the documents (filters, PII patterns, names).
+    #[arg(long, value_name = "FILE.json")]
+    config: Option<PathBuf>,
+    /// Print the chunk count, the expected samples and an estimated time from a short measured
+    /// run; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// `--progress` values: human lines on stderr, or JSON lines on stdout.
@@ -234,6 +320,7 @@ enum OnErrorArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Synth(a) => synth_cmd(a),
         Command::Inspect { path, json } => inspect_cmd(&path, json),
         Command::Prepare(args) => prepare_cmd(args),
         Command::Quantize(a) => {
@@ -282,6 +369,51 @@ fn main() -> ExitCode {
             finish("eval", reporter, eval::run(&opts, reporter))
         }
     }
+}
+
+fn synth_cmd(a: SynthArgs) -> ExitCode {
+    let reporter = a.common.reporter();
+    let prepare = match a.config.as_deref().map(Config::load).transpose() {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("inhouse-quantize: synth: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let opts = synth::Options {
+        inputs: a.inputs,
+        teacher: a.teacher,
+        out: a.out,
+        prompts: a.prompts,
+        seed_examples: a.seed_examples,
+        style: match a.style {
+            StyleArg::Qa => synth::Style::Qa,
+            StyleArg::Explain => synth::Style::Explain,
+            StyleArg::Summary => synth::Style::Summary,
+            StyleArg::Mix => synth::Style::Mix,
+        },
+        chunk_tokens: a.chunk_tokens,
+        overlap: a.overlap,
+        per_chunk: a.per_chunk,
+        max_samples: a.max_samples,
+        seed: a.seed,
+        eval_share: a.eval_share,
+        temperature: a.temperature,
+        max_tokens: a.max_tokens,
+        batch: a.batch,
+        with_context: a.with_context,
+        dry_run: a.dry_run,
+        thresholds: synth::Thresholds {
+            lexical_grounding: a.lexical_threshold,
+            model_grounding: a.judge_threshold,
+            near_duplicate: a.near_dup_threshold,
+            rouge_l: a.rouge_threshold,
+            ..Default::default()
+        },
+        threads: a.common.threads(),
+        prepare,
+    };
+    finish("synth", reporter, synth::run(&opts, reporter))
 }
 
 /// Reports a long command's result, or its error on stderr with the matching exit status.

@@ -115,6 +115,11 @@ pub fn serving_params(
 
 enum Job {
     Generate(Box<GenerateRequest>, mpsc::UnboundedSender<Event>, Instant),
+    /// Several generations queued in one step (see [`LlamaEngine::generate_all`]).
+    GenerateAll(
+        Vec<(Box<GenerateRequest>, mpsc::UnboundedSender<Event>)>,
+        Instant,
+    ),
     Embed(
         String,
         Vec<String>,
@@ -255,6 +260,36 @@ impl LlamaEngine {
             return Err(e);
         }
         Ok(rx)
+    }
+
+    /// Queues several generations at once: the engine takes them all in the same step, so
+    /// which requests decode together, and in what order slots free and refill, depends only on
+    /// the requests and never on when they arrived. With deterministic batching a batch job
+    /// (`inhouse-quantize synth`) therefore gives the same output on every run.
+    pub fn generate_all(
+        &self,
+        reqs: Vec<GenerateRequest>,
+    ) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, EngineError> {
+        for r in &reqs {
+            self.check_model(&r.model)?;
+        }
+        let n = reqs.len();
+        if self.waiting.fetch_add(n, Relaxed) + n > self.queue_size {
+            self.waiting.fetch_sub(n, Relaxed);
+            return Err(EngineError::QueueFull(self.queue_size));
+        }
+        let mut jobs = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for r in reqs {
+            let (tx, rx) = mpsc::unbounded_channel();
+            jobs.push((Box::new(r), tx));
+            receivers.push(rx);
+        }
+        if let Err(e) = self.submit(Job::GenerateAll(jobs, Instant::now())) {
+            self.waiting.fetch_sub(n, Relaxed);
+            return Err(e);
+        }
+        Ok(receivers)
     }
 
     /// Embeds each input.
@@ -459,6 +494,17 @@ fn take(
     shared: &Shared,
 ) {
     match job {
+        Job::GenerateAll(jobs, arrived) => {
+            for (req, events) in jobs {
+                take(
+                    Job::Generate(req, events, arrived),
+                    runners,
+                    backend,
+                    cfg,
+                    shared,
+                );
+            }
+        }
         Job::Generate(req, events, arrived) => {
             match runners.iter_mut().find(|r| r.l.info.name == req.model) {
                 Some(r) if req.n as usize > r.slots.len() => {
