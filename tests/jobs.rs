@@ -681,3 +681,93 @@ fn a_quantize_job_registers_a_stored_model_at_another_type() {
         (409, Some("model_exists"))
     );
 }
+
+/// Documents for a synth job: `n` paragraphs of an office handbook.
+fn handbook(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "Section {i}. Office {i} opens at {} o'clock and closes at {} o'clock. Visitors \
+                 to office {i} sign in at the reception desk and wear a badge. The office \
+                 manager of office {i} approves all room bookings.\n\n",
+                7 + i % 3,
+                17 + i % 3
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_synth_job_generates_datasets_and_a_cancelled_one_leaves_nothing() {
+    toolchain();
+    let d = Daemon::start(&[("smol", &smollm2())], &[]);
+    let c = d.client();
+    let tmp = tempfile::tempdir().unwrap();
+    let datasets = || std::fs::read_dir(d.dir.join("jobs/datasets")).map_or(0, |r| r.count());
+
+    // Bad options are refused at submission.
+    let data = upload(&c, tmp.path(), &handbook(2), "md");
+    let (status, v) = submit(
+        &c,
+        &json!({"kind": "synth", "model": "smol", "data": data, "options": {"style": "poem"}}),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("style"),
+        "{v}"
+    );
+
+    let (status, v) = submit(
+        &c,
+        &json!({"kind": "synth", "model": "smol", "data": data,
+                "options": {"per_chunk": 2, "chunk_tokens": 64, "threads": 2, "seed": 1}}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let id = v["job"]["id"].as_i64().unwrap();
+    let j = wait_for(&d, id, 300, "finished", |j| {
+        !matches!(state(j), "queued" | "running")
+    });
+    assert_eq!(state(&j), "succeeded", "{j:#}");
+    let report = &j["result"]["report"];
+    assert!(report["chunks"].as_u64().unwrap() >= 1, "{j:#}");
+    let dropped: u64 = report["dropped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        report["generated"].as_u64().unwrap(),
+        report["kept"].as_u64().unwrap() + dropped
+    );
+    let train = j["result"]["datasets"]["train"]["id"].as_str().unwrap();
+    assert!(d
+        .dir
+        .join(format!("jobs/datasets/{train}/data.jsonl"))
+        .is_file());
+    assert!(!d.dir.join(format!("jobs/work/{id}")).exists());
+
+    // A long one, cancelled while it runs: no process, no working folder, no dataset.
+    let data = upload(&c, tmp.path(), &handbook(60), "md");
+    let before = datasets();
+    let (status, v) = submit(
+        &c,
+        &json!({"kind": "synth", "model": "smol", "data": data,
+                "options": {"chunk_tokens": 64, "threads": 1}}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let id = v["job"]["id"].as_i64().unwrap();
+    let j = wait_for(&d, id, 60, "running", |j| {
+        state(j) == "running" && j["pid"].is_i64()
+    });
+    let pid = j["pid"].as_i64().unwrap();
+    let work = d.dir.join(format!("jobs/work/{id}"));
+    let v = rt()
+        .block_on(c.json(Method::DELETE, &format!("/admin/jobs/{id}"), None))
+        .unwrap();
+    assert_eq!(v["job"]["state"], "cancelled", "{v}");
+    assert!(!alive(pid), "the job's process {pid} is still there");
+    assert!(!work.exists(), "{} was not removed", work.display());
+    // The uploaded dataset went with the job; nothing new was registered.
+    assert_eq!(datasets(), before - 1);
+}

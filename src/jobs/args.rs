@@ -77,6 +77,28 @@ pub(super) fn toolchain_args(work: &Path, spec: &JobSpec, resume: bool) -> Vec<O
                 o.quant_type.as_deref().unwrap_or("Q8_0").into(),
             ]);
         }
+        JobKind::Synth => {
+            a.push("synth".into());
+            if let Some(d) = &spec.data {
+                a.push(data("train", d).into());
+            }
+            if let Some(m) = &spec.model {
+                a.extend(["--teacher".into(), m.path.clone().into()]);
+            }
+            a.push("--out".into());
+            a.push(work.join("out").into());
+            let mut opt = |flag: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    a.extend([flag.into(), v.into()]);
+                }
+            };
+            opt("--seed", o.seed.map(|v| v.to_string()));
+            opt("--eval-share", o.eval_share.map(|v| v.to_string()));
+            opt("--per-chunk", o.per_chunk.map(|v| v.to_string()));
+            opt("--max-samples", o.max_samples.map(|v| v.to_string()));
+            opt("--chunk-tokens", o.chunk_tokens.map(|v| v.to_string()));
+            opt("--style", o.style.clone());
+        }
         JobKind::Eval => {
             a.push("eval".into());
             for m in [&spec.model, &spec.compare].into_iter().flatten() {

@@ -46,7 +46,7 @@ pub use runner::JobRunner;
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// Not one of the four kinds.
-    #[error("unknown job kind {0:?}: use prepare, finetune, quantize or eval")]
+    #[error("unknown job kind {0:?}: use prepare, finetune, quantize, eval or synth")]
     UnknownKind(String),
     /// A field the kind needs is missing.
     #[error("a {kind} job needs \"{field}\"")]
@@ -122,6 +122,8 @@ pub enum JobKind {
     Quantize,
     /// `inhouse-quantize eval`: one or two models on eval JSONL → a report.
     Eval,
+    /// `inhouse-quantize synth`: a teacher model + documents → grounded Q&A train/eval JSONL.
+    Synth,
 }
 
 impl JobKind {
@@ -132,6 +134,7 @@ impl JobKind {
             JobKind::Finetune => "finetune",
             JobKind::Quantize => "quantize",
             JobKind::Eval => "eval",
+            JobKind::Synth => "synth",
         }
     }
 
@@ -141,6 +144,7 @@ impl JobKind {
             JobKind::Finetune,
             JobKind::Quantize,
             JobKind::Eval,
+            JobKind::Synth,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -209,6 +213,18 @@ pub struct JobOptions {
     /// eval: a second model to compare with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<String>,
+    /// synth: most question/answer pairs asked per chunk (1..=20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_chunk: Option<u32>,
+    /// synth: most samples kept (1..=1000000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_samples: Option<u32>,
+    /// synth: tokens per chunk (16..=4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_tokens: Option<u32>,
+    /// synth: `qa`, `explain`, `summary` or `mix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style: Option<String>,
 }
 
 /// A model a job reads: its name, digest and file.
@@ -275,6 +291,15 @@ fn allowed_options(kind: JobKind) -> &'static [&'static str] {
         ],
         JobKind::Quantize => &["type", "threads"],
         JobKind::Eval => &["compare", "ctx", "threads"],
+        JobKind::Synth => &[
+            "seed",
+            "eval_share",
+            "per_chunk",
+            "max_samples",
+            "chunk_tokens",
+            "style",
+            "threads",
+        ],
     }
 }
 
@@ -323,6 +348,17 @@ fn check_options(kind: JobKind, raw: Option<&Value>) -> Result<JobOptions, JobEr
     range("ctx", o.ctx, 16, 131_072)?;
     range("threads", o.threads, 1, 256)?;
     range("max_windows", o.max_windows, 1, 1_000_000)?;
+    range("per_chunk", o.per_chunk, 1, 20)?;
+    range("max_samples", o.max_samples, 1, 1_000_000)?;
+    range("chunk_tokens", o.chunk_tokens, 16, 4096)?;
+    if let Some(st) = &o.style {
+        if !["qa", "explain", "summary", "mix"].contains(&st.as_str()) {
+            return Err(JobError::invalid(
+                "options.style",
+                "must be \"qa\", \"explain\", \"summary\" or \"mix\"",
+            ));
+        }
+    }
     if let Some(opt) = &o.optimizer {
         if opt != "adamw" && opt != "sgd" {
             return Err(JobError::invalid(

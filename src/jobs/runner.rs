@@ -332,7 +332,7 @@ impl JobRunner {
     ) -> Result<Value, String> {
         let work = self.work_dir(id);
         match spec.kind {
-            JobKind::Prepare => {
+            JobKind::Prepare | JobKind::Synth => {
                 let report = read_json(&work.join("out").join("report.json"))?;
                 let mut datasets = serde_json::Map::new();
                 for role in ["train", "eval"] {
@@ -444,7 +444,13 @@ impl JobRunner {
                 kill_leftover(id, pid, &work).await;
             }
             let resumable = spec.kind == JobKind::Finetune && self.checkpoint_of(&row).is_some();
-            if resumable && row.attempts < MAX_ATTEMPTS {
+            // A synth job is deterministic (same inputs and seed, same output) and writes its
+            // outputs only at its end: it simply runs again from the start.
+            if spec.kind == JobKind::Synth && row.attempts < MAX_ATTEMPTS {
+                tracing::info!(job = id, "running an interrupted synth job again");
+                self.start_task(id, row.uid, spec, false);
+                driven += 1;
+            } else if resumable && row.attempts < MAX_ATTEMPTS {
                 tracing::info!(job = id, "resuming a job from its checkpoint");
                 self.start_task(id, row.uid, spec, true);
                 driven += 1;

@@ -41,7 +41,7 @@ impl JobRunner {
 
     fn resolve_data(&self, id: &str, kind: JobKind) -> Result<DatasetMeta, JobError> {
         let meta = self.datasets.get(id)?;
-        if kind != JobKind::Prepare && meta.format != "jsonl" {
+        if !matches!(kind, JobKind::Prepare | JobKind::Synth) && meta.format != "jsonl" {
             return Err(JobError::Invalid {
                 field: "data".into(),
                 message: format!(

@@ -53,6 +53,13 @@ pub const MIGRATIONS: &[Migration] = &[
             "/migrations/0004_responses.sql"
         )),
     },
+    Migration {
+        version: 5,
+        sql: include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/0005_synth_jobs.sql"
+        )),
+    },
 ];
 
 /// The schema version this binary writes and the newest it accepts.
