@@ -1,5 +1,6 @@
 //! Toolchain jobs end to end: the real daemon runs the real `inhouse-quantize` as its child.
-//! A prepare job, bad requests and roles, a cancelled finetune, and a finetune that survives
+//! A prepare job, bad requests and roles, a cancelled finetune, synth jobs (done, cancelled,
+//! run again after a daemon kill), and a finetune that survives
 //! both a crash of its process and a SIGKILL of the daemon, then serves its result.
 //!
 //! `inhouse-quantize` must be built next to `inhoused` (`cargo build --release`, or
@@ -770,4 +771,35 @@ fn a_synth_job_generates_datasets_and_a_cancelled_one_leaves_nothing() {
     assert!(!work.exists(), "{} was not removed", work.display());
     // The uploaded dataset went with the job; nothing new was registered.
     assert_eq!(datasets(), before - 1);
+}
+
+#[test]
+fn a_synth_job_interrupted_by_a_daemon_kill_runs_again_and_succeeds() {
+    toolchain();
+    let site = Site::new();
+    let mut d = site.start();
+    let c = d.client();
+    let data = upload(&c, site.path(), &handbook(6), "md");
+    let (status, v) = submit(
+        &c,
+        &json!({"kind": "synth", "model": "smol", "data": data,
+                "options": {"per_chunk": 2, "chunk_tokens": 64, "threads": 2, "seed": 4}}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let id = v["job"]["id"].as_i64().unwrap();
+    let j = wait_for(&d, id, 60, "running", |j| {
+        state(j) == "running" && j["pid"].is_i64()
+    });
+    let orphan = j["pid"].as_i64().unwrap();
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    drop(d);
+    let d = site.start();
+    assert!(!alive(orphan), "start-up kills the orphaned job process");
+    let j = wait_for(&d, id, 300, "finished", |j| {
+        !matches!(state(j), "queued" | "running")
+    });
+    assert_eq!(state(&j), "succeeded", "{j:#}\n{}", d.log());
+    assert_eq!(j["attempts"], 2);
+    assert!(j["result"]["datasets"]["train"]["id"].is_string(), "{j:#}");
 }
