@@ -33,6 +33,9 @@ pub(super) fn toolchain_args(work: &Path, spec: &JobSpec, resume: bool) -> Vec<O
             if let Some(s) = o.near_dup_threshold {
                 a.extend(["--near-dup-threshold".into(), s.to_string().into()]);
             }
+            if let Some(aug) = &o.augment {
+                a.extend(["--augment".into(), aug.into()]);
+            }
         }
         JobKind::Finetune => {
             a.push("finetune".into());
@@ -184,6 +187,7 @@ mod tests {
             seed: Some(3),
             eval_share: Some(0.25),
             near_dup_threshold: Some(0.9),
+            augment: Some("counterfactual".into()),
             // Not a prepare option: never passed to it, even if a spec carried it.
             threads: Some(4),
             ..JobOptions::default()
@@ -200,7 +204,44 @@ mod tests {
                 "--eval-share",
                 "0.25",
                 "--near-dup-threshold",
-                "0.9"
+                "0.9",
+                "--augment",
+                "counterfactual"
+            ]
+        );
+    }
+
+    #[test]
+    fn synth_reads_documents_with_its_teacher_and_reports_progress() {
+        let mut s = spec(JobKind::Synth);
+        s.model = Some(model("qwen"));
+        s.data = Some(dataset("d1", "txt"));
+        s.options = JobOptions {
+            seed: Some(5),
+            per_chunk: Some(2),
+            style: Some("mix".into()),
+            threads: Some(2),
+            ..JobOptions::default()
+        };
+        assert_eq!(
+            args(&s, false),
+            [
+                "synth",
+                "/state/jobs/work/7/data/train.txt",
+                "--teacher",
+                "/state/models/blobs/qwen",
+                "--out",
+                "/state/jobs/work/7/out",
+                "--seed",
+                "5",
+                "--per-chunk",
+                "2",
+                "--style",
+                "mix",
+                "--threads",
+                "2",
+                "--progress",
+                "json"
             ]
         );
     }

@@ -222,6 +222,9 @@ pub struct JobOptions {
     /// synth: tokens per chunk (16..=4096).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_tokens: Option<u32>,
+    /// prepare: `counterfactual` adds gender-swapped copies (see the bias report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<String>,
     /// synth: `qa`, `explain`, `summary` or `mix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub style: Option<String>,
@@ -279,7 +282,7 @@ pub struct JobSpec {
 /// Which options apply to which kind.
 fn allowed_options(kind: JobKind) -> &'static [&'static str] {
     match kind {
-        JobKind::Prepare => &["seed", "eval_share", "near_dup_threshold"],
+        JobKind::Prepare => &["seed", "eval_share", "near_dup_threshold", "augment"],
         JobKind::Finetune => &[
             "epochs",
             "lr",
@@ -351,6 +354,14 @@ fn check_options(kind: JobKind, raw: Option<&Value>) -> Result<JobOptions, JobEr
     range("per_chunk", o.per_chunk, 1, 20)?;
     range("max_samples", o.max_samples, 1, 1_000_000)?;
     range("chunk_tokens", o.chunk_tokens, 16, 4096)?;
+    if let Some(a) = &o.augment {
+        if a != "counterfactual" && a != "none" {
+            return Err(JobError::invalid(
+                "options.augment",
+                "must be \"counterfactual\" or \"none\"",
+            ));
+        }
+    }
     if let Some(st) = &o.style {
         if !["qa", "explain", "summary", "mix"].contains(&st.as_str()) {
             return Err(JobError::invalid(
@@ -417,6 +428,14 @@ mod tests {
         let e = check_options(JobKind::Quantize, Some(&json!({"type": "../x"}))).unwrap_err();
         assert!(e.to_string().contains("options.type"), "{e}");
         assert!(JobKind::parse("train").is_err());
+        let e = check_options(JobKind::Synth, Some(&json!({"style": "poem"}))).unwrap_err();
+        assert!(e.to_string().contains("options.style"), "{e}");
+        let e = check_options(JobKind::Synth, Some(&json!({"per_chunk": 0}))).unwrap_err();
+        assert!(e.to_string().contains("options.per_chunk"), "{e}");
+        let e = check_options(JobKind::Prepare, Some(&json!({"augment": "x"}))).unwrap_err();
+        assert!(e.to_string().contains("options.augment"), "{e}");
+        let e = check_options(JobKind::Prepare, Some(&json!({"style": "qa"}))).unwrap_err();
+        assert!(e.to_string().contains("options.style"), "{e}");
     }
 
     #[test]
