@@ -14,6 +14,7 @@
 //! path. A LoRA adapter is stored under its own name with `base` set; clients ask for it as
 //! `base+adapter`.
 
+pub mod card;
 pub mod estimate;
 
 use inhouse_formats::gguf;
