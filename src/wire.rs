@@ -68,8 +68,11 @@ pub struct ServedModel {
     pub created: u64,
     /// Always `inhouse`.
     pub owned_by: String,
-    /// What the model is.
+    /// What the model is (for an alias: its target).
     pub meta: ModelInfo,
+    /// For an alias: the model it points at now (see [`crate::models::alias`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias_for: Option<String>,
 }
 
 /// Where a name comes from.
@@ -135,6 +138,74 @@ pub struct Imported {
 pub struct ModelsRemoved {
     /// The names removed.
     pub removed: Vec<String>,
+}
+
+// ----- aliases and promotion -----
+
+/// One alias in [`AliasList`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alias {
+    /// The name clients ask for.
+    pub alias: String,
+    /// What it serves now: a model name or `base+adapter`.
+    pub target: String,
+    /// Whether the target is served (false once it was removed: requests for the alias then
+    /// fail with `model_not_found` until it is set again).
+    pub served: bool,
+}
+
+/// `GET /admin/aliases`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasList {
+    /// Every alias, by name.
+    pub aliases: Vec<Alias>,
+}
+
+/// `PUT /admin/aliases/{alias}` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasSet {
+    /// A model name or `base+adapter`.
+    pub target: String,
+}
+
+/// `PUT` and `DELETE /admin/aliases/{alias}`: the change made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasChanged {
+    /// The alias.
+    pub alias: String,
+    /// Its target now (`None` once removed).
+    pub target: Option<String>,
+    /// Its target before (`None` when it is new).
+    pub previous: Option<String>,
+}
+
+/// `POST /admin/models/{name}/promote` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// The alias to point at the model.
+    pub to: String,
+    /// Promote a model its evaluation gate did not bless (audited as forced).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /admin/models/{name}/promote`: the alias moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Promoted {
+    /// The model promoted.
+    pub name: String,
+    /// The alias.
+    pub alias: String,
+    /// What the alias serves now: the model, or `base+name` for an adapter.
+    pub target: String,
+    /// What it served before.
+    pub previous: Option<String>,
+    /// What the model's evaluation gate said.
+    pub gate: crate::models::alias::GateStatus,
+    /// Whether `force` overrode a gate that did not bless it.
+    pub forced: bool,
 }
 
 // ----- ps -----
@@ -205,6 +276,9 @@ pub struct JobProgress {
     pub steps: Option<u64>,
     /// The last loss.
     pub loss: Option<f64>,
+    /// The latest validation loss (finetune).
+    #[serde(default)]
+    pub eval_loss: Option<f64>,
     /// Throughput.
     pub tokens_per_s: Option<f64>,
     /// Seconds left, estimated.

@@ -74,6 +74,10 @@ pub struct Progress {
     /// The loss of this step (nats per token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// The latest validation loss (finetune: on evaluation lines, and carried on the training
+    /// lines after it, so the last line a reader keeps always has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
     /// Tokens processed per second in this phase so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,
@@ -94,6 +98,7 @@ impl Progress {
             step: None,
             steps: None,
             loss: None,
+            eval_loss: None,
             tokens_per_s: None,
             eta_s: None,
             fraction,

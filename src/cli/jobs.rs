@@ -171,6 +171,9 @@ fn progress_detail(job: &Job) -> Result<String> {
     if let Some(l) = p.loss {
         line.push_str(&format!("  loss {l:.3}"));
     }
+    if let Some(l) = p.eval_loss {
+        line.push_str(&format!("  eval loss {l:.3}"));
+    }
     if let Some(t) = p.tokens_per_s {
         line.push_str(&format!("  {t:.0} tok/s"));
     }

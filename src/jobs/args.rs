@@ -65,6 +65,40 @@ pub(super) fn toolchain_args(work: &Path, spec: &JobSpec, resume: bool) -> Vec<O
             if let Some(w) = o.max_windows {
                 a.extend(["--max-windows".into(), w.to_string().into()]);
             }
+            if let Some(s) = o.seed {
+                a.extend(["--seed".into(), s.to_string().into()]);
+            }
+            if let Some(r) = o.lora_rank {
+                a.extend(["--lora-rank".into(), r.to_string().into()]);
+            }
+            if let Some(al) = o.lora_alpha {
+                a.extend(["--lora-alpha".into(), al.to_string().into()]);
+            }
+            if let Some(t) = &o.lora_targets {
+                a.extend(["--lora-targets".into(), t.join(",").into()]);
+            }
+            if o.train_on_inputs == Some(true) {
+                a.push("--train-on-inputs".into());
+            }
+            if let Some(w) = o.warmup_ratio {
+                a.extend(["--warmup-ratio".into(), w.to_string().into()]);
+            }
+            if let Some(sc) = &o.schedule {
+                a.extend(["--schedule".into(), sc.into()]);
+            }
+            if let Some(g) = o.grad_accum {
+                a.extend(["--grad-accum".into(), g.to_string().into()]);
+            }
+            if let Some(n) = o.eval_every {
+                a.extend(["--eval-every".into(), n.to_string().into()]);
+            }
+            if let Some(wd) = o.weight_decay {
+                a.extend(["--weight-decay".into(), wd.to_string().into()]);
+            }
+            if o.gate.is_some() {
+                // The runner writes the policy there before it starts the process.
+                a.extend(["--gate".into(), work.join("gate.json").into()]);
+            }
             if resume {
                 a.push("--resume".into());
             }

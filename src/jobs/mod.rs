@@ -228,6 +228,39 @@ pub struct JobOptions {
     /// synth: `qa`, `explain`, `summary` or `mix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub style: Option<String>,
+    /// finetune: train a LoRA adapter of this rank (1..=1024) instead of every weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_rank: Option<u32>,
+    /// finetune: LoRA alpha (> 0; default the rank × 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_alpha: Option<f64>,
+    /// finetune: the layers LoRA adapts (`attn_q`, `attn_k`, `attn_v`, `attn_output`,
+    /// `ffn_gate`, `ffn_up`, `ffn_down`; default all seven).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_targets: Option<Vec<String>>,
+    /// finetune: count the loss on the user and system turns too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_on_inputs: Option<bool>,
+    /// finetune: share of the steps spent warming the learning rate up (0..=0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ratio: Option<f64>,
+    /// finetune: `cosine`, `linear` or `constant` decay after warmup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// finetune: samples per optimizer step (1..=4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_accum: Option<u32>,
+    /// finetune: also evaluate and checkpoint every N steps (1..=1000000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<u32>,
+    /// finetune: AdamW weight decay (0..1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// finetune: an evaluation gate policy (the JSON of `inhouse-quantize eval --gate`), run on
+    /// the job's `eval_data` questions against the base model; a refused model is registered
+    /// only as a candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Value>,
 }
 
 /// A model a job reads: its name, digest and file.
@@ -291,6 +324,17 @@ fn allowed_options(kind: JobKind) -> &'static [&'static str] {
             "threads",
             "eval_data",
             "max_windows",
+            "seed",
+            "lora_rank",
+            "lora_alpha",
+            "lora_targets",
+            "train_on_inputs",
+            "warmup_ratio",
+            "schedule",
+            "grad_accum",
+            "eval_every",
+            "weight_decay",
+            "gate",
         ],
         JobKind::Quantize => &["type", "threads"],
         JobKind::Eval => &["compare", "ctx", "threads"],
@@ -340,6 +384,63 @@ fn check_options(kind: JobKind, raw: Option<&Value>) -> Result<JobOptions, JobEr
     unit("eval_share", o.eval_share, false)?;
     unit("near_dup_threshold", o.near_dup_threshold, true)?;
     unit("lr", o.lr, true)?;
+    unit("weight_decay", o.weight_decay, false)?;
+    if let Some(w) = o.warmup_ratio {
+        if !(w.is_finite() && (0.0..=0.5).contains(&w)) {
+            return Err(JobError::invalid(
+                "options.warmup_ratio",
+                format!("{w} is out of range (0 to 0.5)"),
+            ));
+        }
+    }
+    if let Some(a) = o.lora_alpha {
+        if !(a.is_finite() && a > 0.0 && a <= 65_536.0) {
+            return Err(JobError::invalid(
+                "options.lora_alpha",
+                format!("{a} is out of range (> 0, at most 65536)"),
+            ));
+        }
+    }
+    if let Some(t) = &o.lora_targets {
+        const TARGETS: [&str; 7] = [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ];
+        if t.is_empty() || t.iter().any(|x| !TARGETS.contains(&x.as_str())) {
+            return Err(JobError::invalid(
+                "options.lora_targets",
+                format!("must name some of {}", TARGETS.join(", ")),
+            ));
+        }
+    }
+    if (o.lora_alpha.is_some() || o.lora_targets.is_some()) && o.lora_rank.is_none() {
+        return Err(JobError::invalid(
+            "options.lora_rank",
+            "lora_alpha and lora_targets need lora_rank",
+        ));
+    }
+    if let Some(sc) = &o.schedule {
+        if !["cosine", "linear", "constant"].contains(&sc.as_str()) {
+            return Err(JobError::invalid(
+                "options.schedule",
+                "must be \"cosine\", \"linear\" or \"constant\"",
+            ));
+        }
+    }
+    if let Some(g) = &o.gate {
+        let size = g.to_string().len();
+        if !g.is_object() || size > 64 * 1024 {
+            return Err(JobError::invalid(
+                "options.gate",
+                "must be a gate policy: a JSON object (at most 64 KiB)",
+            ));
+        }
+    }
     let range = |name: &str, v: Option<u32>, lo: u32, hi: u32| match v {
         Some(x) if !(lo..=hi).contains(&x) => Err(JobError::invalid(
             &format!("options.{name}"),
@@ -354,6 +455,9 @@ fn check_options(kind: JobKind, raw: Option<&Value>) -> Result<JobOptions, JobEr
     range("per_chunk", o.per_chunk, 1, 20)?;
     range("max_samples", o.max_samples, 1, 1_000_000)?;
     range("chunk_tokens", o.chunk_tokens, 16, 4096)?;
+    range("lora_rank", o.lora_rank, 1, 1024)?;
+    range("grad_accum", o.grad_accum, 1, 4096)?;
+    range("eval_every", o.eval_every, 1, 1_000_000)?;
     if let Some(a) = &o.augment {
         if a != "counterfactual" && a != "none" {
             return Err(JobError::invalid(

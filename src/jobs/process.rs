@@ -215,6 +215,12 @@ impl JobRunner {
         live: &Live,
     ) -> Result<Ended, String> {
         let work = self.work_dir(id);
+        if let Some(policy) = &spec.options.gate {
+            // The policy travels as a file (`--gate`); it holds thresholds, never data.
+            let bytes = serde_json::to_vec_pretty(policy).map_err(|e| e.to_string())?;
+            std::fs::write(work.join("gate.json"), bytes)
+                .map_err(|e| format!("cannot write the gate policy: {e}"))?;
+        }
         let mut cmd = match &self.nice {
             Some(nice) => {
                 let mut c = Command::new(nice);

@@ -374,9 +374,25 @@ impl JobRunner {
                     "options": spec.options,
                     "evaluation": tool_result,
                 });
+                // A LoRA finetune writes an adapter of its base; a refused gate registers the
+                // output as a candidate only (`promote` then needs --force).
+                let lora = spec.kind == JobKind::Finetune && spec.options.lora_rank.is_some();
+                let adapter_for = match (lora, &spec.model) {
+                    (true, Some(m)) => Some(m.name.clone()),
+                    _ => None,
+                };
+                let mut extra = extra;
+                let gate = tool_result
+                    .as_ref()
+                    .and_then(|r| r.get("gate"))
+                    .filter(|g| g.is_object());
+                if let Some(g) = gate {
+                    extra["blessed"] = g.get("blessed").cloned().unwrap_or(Value::Bool(false));
+                    extra["candidate"] = json!(g.get("blessed") != Some(&Value::Bool(true)));
+                }
                 let req = ImportRequest {
                     name: name.clone(),
-                    adapter_for: None,
+                    adapter_for,
                     expected_sha256: None,
                     signature: None,
                     source: Some(format!("job-{id}.gguf")),

@@ -124,6 +124,14 @@ impl JobRunner {
                 claimed.push(meta.clone());
                 Some(meta)
             }
+            None if options.gate.is_some() => {
+                return Err(JobError::Invalid {
+                    field: "options.gate".into(),
+                    message: "a gate needs held-out questions: give options.eval_data (e.g. a \
+                              synth job's eval set)"
+                        .into(),
+                })
+            }
             None => None,
         };
         let output_name = match (&req.output_name, needs_output) {
