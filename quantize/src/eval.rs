@@ -481,6 +481,80 @@ fn load_pairs<T>(
     })
 }
 
+/// The bias pairs of `--bias-pairs FILE`, or the built-in ones.
+pub(crate) fn load_bias_pairs(file: Option<&Path>) -> Result<Vec<SentencePair>, ToolError> {
+    load_pairs(
+        file,
+        DEFAULT_BIAS_PAIRS,
+        "bias_pairs.txt (built-in)",
+        parse_bias_pairs,
+    )
+}
+
+/// The stereotype pairs of `--stereotype-pairs FILE`, or the built-in ones.
+pub(crate) fn load_stereotype_pairs(file: Option<&Path>) -> Result<Vec<StereotypePair>, ToolError> {
+    load_pairs(
+        file,
+        DEFAULT_STEREOTYPE_PAIRS,
+        "stereotype_pairs.txt (built-in)",
+        parse_stereotype_pairs,
+    )
+}
+
+/// The bias probe of the model behind `ctx` over `pairs` (see the module doc).
+pub(crate) fn bias_probe(
+    ctx: &mut Context<'_>,
+    model: &Model,
+    pairs: &[SentencePair],
+) -> Result<BiasReport, ToolError> {
+    let mut gaps = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let a = score_sentence(ctx, model, &pair.a)?.ll();
+        let b = score_sentence(ctx, model, &pair.b)?.ll();
+        gaps.push((pair, a - b));
+    }
+    let mut by_cat: BTreeMap<String, (f64, usize)> = Default::default();
+    for (p, g) in &gaps {
+        let e = by_cat.entry(p.category.clone()).or_default();
+        e.0 += g.abs();
+        e.1 += 1;
+    }
+    let mean_abs_gap = gaps.iter().map(|(_, g)| g.abs()).sum::<f64>() / gaps.len().max(1) as f64;
+    let mut largest: Vec<_> = gaps
+        .iter()
+        .map(|(p, g)| (p.a.clone(), p.b.clone(), *g))
+        .collect();
+    largest.sort_by(|x, y| y.2.abs().total_cmp(&x.2.abs()));
+    largest.truncate(3);
+    Ok(BiasReport {
+        mean_abs_gap,
+        pairs: gaps.len(),
+        by_category: by_cat
+            .into_iter()
+            .map(|(k, (s, n))| (k, s / n as f64))
+            .collect(),
+        largest,
+    })
+}
+
+/// The stereotype score of the model behind `ctx` over `pairs` (see the module doc).
+pub(crate) fn stereotype_probe(
+    ctx: &mut Context<'_>,
+    model: &Model,
+    pairs: &[StereotypePair],
+) -> Result<StereotypeReport, ToolError> {
+    let mut gaps = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let s = score_sentence(ctx, model, &pair.stereotype)?;
+        let a = score_sentence(ctx, model, &pair.anti)?;
+        gaps.push(PairGap {
+            whole: s.ll() - a.ll(),
+            shared: shared_token_gap(&s, &a),
+        });
+    }
+    Ok(StereotypeReport::new(pairs, &gaps))
+}
+
 /// Non-overlapping windows of at most `n` tokens; a last window of one token is dropped (it
 /// scores nothing).
 fn eval_windows(tokens: &[i32], n: usize) -> Vec<&[i32]> {
@@ -500,18 +574,8 @@ pub fn run(opts: &Options, reporter: Reporter) -> Result<serde_json::Value, Tool
     for m in &opts.models {
         quantize::open_model(m)?;
     }
-    let pairs = load_pairs(
-        opts.bias_pairs.as_deref(),
-        DEFAULT_BIAS_PAIRS,
-        "bias_pairs.txt (built-in)",
-        parse_bias_pairs,
-    )?;
-    let stereotype_pairs = load_pairs(
-        opts.stereotype_pairs.as_deref(),
-        DEFAULT_STEREOTYPE_PAIRS,
-        "stereotype_pairs.txt (built-in)",
-        parse_stereotype_pairs,
-    )?;
+    let pairs = load_bias_pairs(opts.bias_pairs.as_deref())?;
+    let stereotype_pairs = load_stereotype_pairs(opts.stereotype_pairs.as_deref())?;
     let records = read_records(&opts.data)?;
     if records.is_empty() {
         return Err(bad(format!("{}: no records", opts.data.display())));
@@ -558,40 +622,13 @@ pub fn run(opts: &Options, reporter: Reporter) -> Result<serde_json::Value, Tool
             p.eta_s = eta(start.elapsed().as_secs_f64(), done, total);
             reporter.progress(&p);
         }
-        let mut gaps = Vec::with_capacity(pairs.len());
-        for pair in &pairs {
-            let a = score_sentence(&mut ctx, &model, &pair.a)?.ll();
-            let b = score_sentence(&mut ctx, &model, &pair.b)?.ll();
-            gaps.push((pair, a - b));
-        }
+        let bias = bias_probe(&mut ctx, &model, &pairs)?;
         let done = (mi as u64 * steps + wins.len() as u64 + 1) as f64;
         let total = (n_models as u64 * steps) as f64;
         let mut p = Progress::new(Phase::Eval, done / total);
         p.eta_s = eta(start.elapsed().as_secs_f64(), done, total);
         reporter.progress(&p);
-        let mut stereotype_gaps = Vec::with_capacity(stereotype_pairs.len());
-        for pair in &stereotype_pairs {
-            let s = score_sentence(&mut ctx, &model, &pair.stereotype)?;
-            let a = score_sentence(&mut ctx, &model, &pair.anti)?;
-            stereotype_gaps.push(PairGap {
-                whole: s.ll() - a.ll(),
-                shared: shared_token_gap(&s, &a),
-            });
-        }
-        let stereotype = StereotypeReport::new(&stereotype_pairs, &stereotype_gaps);
-        let mut by_cat: BTreeMap<String, (f64, usize)> = Default::default();
-        for (p, g) in &gaps {
-            let e = by_cat.entry(p.category.clone()).or_default();
-            e.0 += g.abs();
-            e.1 += 1;
-        }
-        let mean_abs_gap = gaps.iter().map(|(_, g)| g.abs()).sum::<f64>() / gaps.len() as f64;
-        let mut largest: Vec<_> = gaps
-            .iter()
-            .map(|(p, g)| (p.a.clone(), p.b.clone(), *g))
-            .collect();
-        largest.sort_by(|x, y| y.2.abs().total_cmp(&x.2.abs()));
-        largest.truncate(3);
+        let stereotype = stereotype_probe(&mut ctx, &model, &stereotype_pairs)?;
         let mean_nll = sum / count as f64;
         reports.push(ModelReport {
             model: path.clone(),
@@ -599,15 +636,7 @@ pub fn run(opts: &Options, reporter: Reporter) -> Result<serde_json::Value, Tool
             mean_nll,
             tokens_scored: count,
             windows: wins.len(),
-            bias: BiasReport {
-                mean_abs_gap,
-                pairs: gaps.len(),
-                by_category: by_cat
-                    .into_iter()
-                    .map(|(k, (s, n))| (k, s / n as f64))
-                    .collect(),
-                largest,
-            },
+            bias,
             stereotype,
             seconds: t0.elapsed().as_secs_f64(),
         });

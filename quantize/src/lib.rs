@@ -20,6 +20,9 @@
 //! - [`quantize`]: `quantize`, a model to another tensor type (`llama_model_quantize`).
 //! - [`finetune`]: `finetune`, full fine-tuning with `llama_opt_*`, checkpoints and resume.
 //! - [`eval`]: `eval`, perplexity and a counterfactual bias probe for models side by side.
+//! - [`gate`]: `eval --gate`, the evaluation gate: a candidate against a baseline under a policy
+//!   (multiple-choice accuracy, answer and general-text perplexity, bias and stereotype scores),
+//!   blessed or refused.
 //!
 //! What the daemon and the client share with the toolchain moved to `inhouse-formats`
 //! (`formats/`), so that the daemon no longer compiles the toolchain: the GGUF reader
@@ -36,6 +39,7 @@
 pub mod bias;
 pub mod eval;
 pub mod finetune;
+pub mod gate;
 pub mod llama;
 pub mod prepare;
 pub mod quantize;

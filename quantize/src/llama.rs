@@ -3,7 +3,7 @@
 //! The safe `llama-cpp-2` API exposes no training, saving or quantizing, and keeps its raw
 //! pointers private, so this module wraps the few C functions the toolchain needs (from
 //! `llama-cpp-sys-2`, the same build the daemon links) in small owning types: [`Model`],
-//! [`Context`], [`Dataset`]. Everything else in the crate stays safe.
+//! [`Adapter`], [`Context`], [`Dataset`]. Everything else in the crate stays safe.
 //!
 //! ggml reports many programming errors with `GGML_ASSERT`, which calls `abort()`: nothing can
 //! catch it. The wrappers therefore check every precondition they know of before the call (context
@@ -25,7 +25,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use inhouse_formats::backends;
+use inhouse_formats::{backends, gguf};
 use llama_cpp_sys_2 as sys;
 
 /// Context sizes are padded by llama.cpp to a multiple of this; the toolchain insists on it.
@@ -60,6 +60,14 @@ pub enum LlamaError {
     /// `llama_model_quantize` failed.
     #[error("llama_model_quantize failed (code {0}; its reason is on stderr)")]
     Quantize(u32),
+    /// The LoRA adapter is not one llama.cpp can load safely, or llama.cpp refused it.
+    #[error("{}: {reason}", .path.display())]
+    Adapter {
+        /// The adapter file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// `llama_model_save_to_file` did not produce the file.
     #[error("llama.cpp did not write {}", .0.display())]
     Save(PathBuf),
@@ -357,6 +365,103 @@ pub fn apply_chat_template(
 }
 
 // ---------------------------------------------------------------------------------------------
+// LoRA adapters
+
+/// A LoRA adapter loaded for a [`Model`] (`llama_adapter_lora_init`; freed on drop). Applied to a
+/// context with [`Context::set_adapter`], as the daemon serves `base+adapter`.
+pub struct Adapter<'m> {
+    ptr: NonNull<sys::llama_adapter_lora>,
+    model: &'m Model,
+}
+
+/// Checks what llama.cpp's adapter loader reads with calls that abort on a wrong type
+/// (`gguf_get_val_str`, `gguf_get_val_f32`): `general.type = "adapter"`, `adapter.type = "lora"`,
+/// `general.architecture` a string equal to the base's, `adapter.lora.alpha` absent or an F32.
+pub fn check_adapter_file(path: &Path, base_arch: Option<&str>) -> Result<(), String> {
+    let f = gguf::open(path).map_err(|e| format!("not a valid GGUF file: {e}"))?;
+    let string = |key: &str| match f.get(key) {
+        None => Err(format!("{key} is missing")),
+        Some(v) => v
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{key} is not a string")),
+    };
+    let general_type = string("general.type")?;
+    if general_type != "adapter" {
+        return Err(format!(
+            "general.type is {general_type:?}, not \"adapter\" (is this a whole model?)"
+        ));
+    }
+    let adapter_type = string("adapter.type")?;
+    if adapter_type != "lora" {
+        return Err(format!("adapter.type is {adapter_type:?}, not \"lora\""));
+    }
+    let arch = string("general.architecture")?;
+    if let Some(base) = base_arch {
+        if base != arch {
+            return Err(format!(
+                "an adapter for the {arch} architecture, the base model is {base}"
+            ));
+        }
+    }
+    match f.get("adapter.lora.alpha") {
+        None | Some(gguf::Value::F32(_)) => {}
+        Some(_) => return Err("adapter.lora.alpha is not an F32".into()),
+    }
+    Ok(())
+}
+
+impl Model {
+    /// The model's `general.architecture`, if its metadata has one.
+    pub fn architecture(&self) -> Option<String> {
+        let key = c"general.architecture";
+        let mut buf = vec![0u8; 128];
+        // SAFETY: a valid model pointer, a NUL-terminated key and a buffer of `buf.len()` bytes
+        // that llama.cpp NUL-terminates (snprintf).
+        let n = unsafe {
+            sys::llama_model_meta_val_str(
+                self.ptr.as_ptr(),
+                key.as_ptr(),
+                buf.as_mut_ptr().cast::<c_char>(),
+                buf.len(),
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        buf.truncate(n.min(buf.len() - 1));
+        String::from_utf8(buf).ok()
+    }
+
+    /// Loads the LoRA adapter at `path` for this model. The file is checked first (see
+    /// [`check_adapter_file`]): llama.cpp aborts on some malformed adapters instead of failing.
+    pub fn load_adapter(&self, path: &Path) -> Result<Adapter<'_>, LlamaError> {
+        let err = |reason: String| LlamaError::Adapter {
+            path: path.to_path_buf(),
+            reason,
+        };
+        check_adapter_file(path, self.architecture().as_deref()).map_err(err)?;
+        let cpath = c_path(path)?;
+        // SAFETY: a valid model and a valid C string; llama.cpp catches its own exceptions and
+        // returns NULL on failure. The adapter registers itself with the model, which frees it
+        // if we do not (we do, in Drop, which also unregisters it).
+        let ptr = unsafe { sys::llama_adapter_lora_init(self.ptr.as_ptr(), cpath.as_ptr()) };
+        NonNull::new(ptr)
+            .map(|ptr| Adapter { ptr, model: self })
+            .ok_or_else(|| {
+                err("llama.cpp could not load the adapter (its reason is on stderr)".into())
+            })
+    }
+}
+
+impl Drop for Adapter<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from llama_adapter_lora_init on a model that is still alive
+        // (borrowed for 'm) and is freed once; no context uses it any more, since a context
+        // that was given it borrows it for as long as the context lives (`set_adapter`).
+        unsafe { sys::llama_adapter_lora_free(self.ptr.as_ptr()) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Contexts
 
 /// The optimizer `finetune` trains with.
@@ -506,6 +611,42 @@ impl<'m> Context<'m> {
         self.n_ctx
     }
 
+    /// Applies `adapter` (of this context's model) at `scale` to every decode from now on,
+    /// replacing any adapter set before. The adapter is borrowed for the context's whole life:
+    /// llama.cpp keeps its pointer.
+    pub fn set_adapter(&mut self, adapter: &'m Adapter<'m>, scale: f32) -> Result<(), LlamaError> {
+        if !ptr::eq(adapter.model, self.model) {
+            return Err(LlamaError::Invalid(
+                "the adapter was loaded for another model".into(),
+            ));
+        }
+        if !scale.is_finite() {
+            return Err(LlamaError::Invalid(format!(
+                "the adapter scale must be finite, got {scale}"
+            )));
+        }
+        let mut adapters = [adapter.ptr.as_ptr()];
+        let mut scales = [scale];
+        // SAFETY: a valid context; one adapter of its own model (checked above) and one scale,
+        // both arrays valid for the call (llama.cpp copies the pointer and scale into its own
+        // set). The adapter outlives the context: it is borrowed for 'm.
+        let rc = unsafe {
+            sys::llama_set_adapters_lora(
+                self.ptr.as_ptr(),
+                adapters.as_mut_ptr(),
+                1,
+                scales.as_mut_ptr(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(LlamaError::Invalid(format!(
+                "llama_set_adapters_lora failed with code {rc}"
+            )))
+        }
+    }
+
     /// Negative log-likelihood (nats) of each token after the first given those before it, in
     /// one decode from an empty cache: `out[i] = -ln p(tokens[i+1] | tokens[..=i])`.
     pub fn token_nlls(&mut self, tokens: &[i32]) -> Result<Vec<f64>, LlamaError> {
@@ -557,6 +698,136 @@ impl<'m> Context<'m> {
                 std::slice::from_raw_parts(p, n_vocab)
             };
             out.push(nll(row, tokens[i + 1] as usize));
+        }
+        Ok(out)
+    }
+
+    /// Checks token ids against the vocabulary (ggml aborts on an id out of range).
+    fn check_tokens(&self, tokens: &[i32]) -> Result<(), LlamaError> {
+        let n_vocab = self.model.n_vocab();
+        if tokens.iter().any(|&t| t < 0 || t as usize >= n_vocab) {
+            return Err(LlamaError::Invalid(
+                "a token id outside the vocabulary".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decodes `tokens` at positions `pos0..` of sequence 0, on top of what the cache holds;
+    /// logits for every token when `all_logits`, else for the last only. Sizes and ids must
+    /// have been checked (`pos0 + tokens.len() <= n_ctx`, ids in the vocabulary).
+    fn decode_at(
+        &mut self,
+        tokens: &[i32],
+        pos0: usize,
+        all_logits: bool,
+    ) -> Result<(), LlamaError> {
+        let n = tokens.len();
+        debug_assert!(n > 0 && pos0 + n <= self.n_ctx as usize);
+        // SAFETY: allocates a batch for `n` tokens with one sequence id each; freed by the guard.
+        let batch = Batch(unsafe { sys::llama_batch_init(n as i32, 0, 1) });
+        for (i, &t) in tokens.iter().enumerate() {
+            // SAFETY: `i < n`, the capacity of every array in the batch; `seq_id[i]` points to
+            // room for one id (n_seq_max 1).
+            unsafe {
+                *batch.0.token.add(i) = t;
+                *batch.0.pos.add(i) = (pos0 + i) as i32;
+                *batch.0.n_seq_id.add(i) = 1;
+                *(*batch.0.seq_id.add(i)) = 0;
+                *batch.0.logits.add(i) = i8::from(all_logits || i + 1 == n);
+            }
+        }
+        let mut b = batch.0;
+        b.n_tokens = n as i32;
+        // SAFETY: a valid context and a fully initialized batch of `n <= n_batch` tokens whose
+        // positions continue the sequence in the cache.
+        let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), b) };
+        if rc != 0 {
+            return Err(LlamaError::Decode(rc));
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the logits of the `i`-th token of the last decode (which must have asked
+    /// for them).
+    fn with_logits<T>(&self, i: usize, f: impl FnOnce(&[f32]) -> T) -> Result<T, LlamaError> {
+        let n_vocab = self.model.n_vocab();
+        // SAFETY: a valid context; llama.cpp returns NULL for a row it has no logits for. A
+        // non-NULL row holds n_vocab floats until the next decode on this context, which cannot
+        // happen while `f` runs (`&self`).
+        let row = unsafe {
+            let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), i as i32);
+            if p.is_null() {
+                return Err(LlamaError::Decode(-1));
+            }
+            std::slice::from_raw_parts(p, n_vocab)
+        };
+        Ok(f(row))
+    }
+
+    /// Negative log-likelihoods (nats) of each continuation's tokens given `prefix`, with the
+    /// prefix decoded once: `out[k][i] = -ln p(continuations[k][i] | prefix,
+    /// continuations[k][..i])`. The cache is cleared first; after each continuation it is cut
+    /// back to the prefix. With F32 K/V and flash attention off ([`ContextOptions::training`])
+    /// this equals [`Context::token_nlls`] on the concatenation (measured on SmolLM2); with
+    /// llama.cpp's defaults (F16 K/V, flash attention) the split changes the rounding enough to
+    /// move single tokens by up to about 0.2 nats.
+    pub fn continuation_nlls(
+        &mut self,
+        prefix: &[i32],
+        continuations: &[&[i32]],
+    ) -> Result<Vec<Vec<f64>>, LlamaError> {
+        let longest = continuations.iter().map(|c| c.len()).max().unwrap_or(0);
+        if prefix.is_empty()
+            || continuations.iter().any(|c| c.is_empty())
+            || prefix.len() + longest > self.n_ctx as usize
+        {
+            return Err(LlamaError::Invalid(format!(
+                "scoring needs a prefix and continuations of at least one token, {} in all at \
+                 most, got {} + {longest}",
+                self.n_ctx,
+                prefix.len()
+            )));
+        }
+        self.check_tokens(prefix)?;
+        for c in continuations {
+            self.check_tokens(c)?;
+        }
+        let p = prefix.len();
+        // SAFETY: a valid context; clearing its memory (data too) before a fresh sequence.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) };
+        self.decode_at(prefix, 0, false)?;
+        // The prefix's last row predicts every continuation's first token: keep a copy.
+        let last = self.with_logits(p - 1, <[f32]>::to_vec)?;
+        let mut out = Vec::with_capacity(continuations.len());
+        for (k, c) in continuations.iter().enumerate() {
+            if k > 0 {
+                // SAFETY: a valid context; removes positions p.. of sequence 0 (the previous
+                // continuation), keeping the prefix. Always possible for a KV cache; a `false`
+                // (a recurrent model's memory) is refused below.
+                let cut = unsafe {
+                    sys::llama_memory_seq_rm(
+                        sys::llama_get_memory(self.ptr.as_ptr()),
+                        0,
+                        p as i32,
+                        -1,
+                    )
+                };
+                if !cut {
+                    return Err(LlamaError::Invalid(
+                        "this model's memory cannot be cut back to a prefix".into(),
+                    ));
+                }
+            }
+            let mut nlls = Vec::with_capacity(c.len());
+            nlls.push(nll(&last, c[0] as usize));
+            if c.len() > 1 {
+                self.decode_at(&c[..c.len() - 1], p, true)?;
+                for i in 0..c.len() - 1 {
+                    nlls.push(self.with_logits(i, |row| nll(row, c[i + 1] as usize))?);
+                }
+            }
+            out.push(nlls);
         }
         Ok(out)
     }

@@ -4,7 +4,9 @@
 //! Exit codes: 0 success, 2 the file is not a valid GGUF model (or cannot be opened; clap also
 //! uses 2 for usage errors, `prepare` for an invalid config, and `quantize`, `finetune` and
 //! `eval` for bad input or parameters), 1 anything else (such as failing to write the report,
-//! `prepare --on-error fail` meeting a bad input line, or llama.cpp failing). The long commands
+//! `prepare --on-error fail` meeting a bad input line, or llama.cpp failing). `eval --gate`
+//! exits 0 whether the candidate is blessed or refused (the result says which), 2 for a bad
+//! policy. The long commands
 //! speak the progress protocol of `inhouse_formats::progress` on stdout.
 #![forbid(unsafe_code)]
 
@@ -19,7 +21,7 @@ use inhouse_formats::inspect;
 use inhouse_formats::progress::{Format, Reporter, ToolError};
 use inhouse_quantize::llama::Optimizer;
 use inhouse_quantize::prepare::{self, Augment, Config, OnError, PrepareError};
-use inhouse_quantize::{eval, finetune, quantize, synth};
+use inhouse_quantize::{eval, finetune, gate, quantize, synth};
 
 /// Exit status for a file that is missing, unreadable or not a valid GGUF model.
 const EXIT_BAD_FILE: u8 = 2;
@@ -53,7 +55,8 @@ enum Command {
     /// checkpoints and --resume; writes an F32 GGUF with the base's metadata.
     Finetune(FinetuneArgs),
     /// Perplexity on JSONL data, a counterfactual bias probe and a stereotype score
-    /// (CrowS-Pairs style), for models side by side.
+    /// (CrowS-Pairs style), for models side by side; with --gate, the evaluation gate: a
+    /// candidate judged against a baseline under a policy, blessed or refused.
     Eval(EvalArgs),
     /// Generate grounded question/answer conversations from documents with a teacher model:
     /// DIR/train.jsonl, DIR/eval.jsonl, DIR/chunks.jsonl and DIR/report.json.
@@ -242,12 +245,54 @@ struct FinetuneArgs {
 #[derive(clap::Args)]
 struct EvalArgs {
     /// A model to evaluate (repeat to compare several).
-    #[arg(long = "model", value_name = "MODEL.gguf", required = true)]
+    #[arg(
+        long = "model",
+        value_name = "MODEL.gguf",
+        required_unless_present = "gate",
+        conflicts_with = "gate"
+    )]
     models: Vec<PathBuf>,
     /// Evaluation data: JSONL of {"text"} or {"messages"} records.
-    #[arg(long, value_name = "EVAL.jsonl")]
-    data: PathBuf,
-    /// Window size for perplexity: a multiple of 256.
+    #[arg(
+        long,
+        value_name = "EVAL.jsonl",
+        required_unless_present = "gate",
+        conflicts_with = "gate"
+    )]
+    data: Option<PathBuf>,
+    /// The evaluation gate: judge --candidate against --baseline under this policy (JSON:
+    /// {"metrics": {"mc_accuracy": {"min": 0.5, "min_change": 0.0}, ...}}; see
+    /// quantize/data/gate_policy.example.json). The result says blessed or refused; both exit 0.
+    #[arg(
+        long,
+        value_name = "POLICY.json",
+        requires_all = ["baseline", "candidate", "questions"]
+    )]
+    gate: Option<PathBuf>,
+    /// The gate's baseline model (the current one).
+    #[arg(long, value_name = "A.gguf", requires = "gate")]
+    baseline: Option<PathBuf>,
+    /// A LoRA adapter applied to the baseline.
+    #[arg(long, value_name = "LORA.gguf", requires = "baseline")]
+    baseline_adapter: Option<PathBuf>,
+    /// The gate's candidate model (for a LoRA fine-tune: its base, with --candidate-adapter).
+    #[arg(long, value_name = "B.gguf", requires = "gate")]
+    candidate: Option<PathBuf>,
+    /// A LoRA adapter applied to the candidate.
+    #[arg(long, value_name = "LORA.gguf", requires = "candidate")]
+    candidate_adapter: Option<PathBuf>,
+    /// The gate's held-out questions: chat JSONL records ending with the reference answer
+    /// (synth's eval.jsonl).
+    #[arg(long, value_name = "EVAL.jsonl", requires = "gate")]
+    questions: Option<PathBuf>,
+    /// The gate's general-text regression set [default: the built-in
+    /// quantize/data/general_text.txt].
+    #[arg(long, value_name = "TEXT", requires = "gate")]
+    general: Option<PathBuf>,
+    /// Seed of the gate's draw of multiple-choice distractors.
+    #[arg(long, default_value_t = 0, requires = "gate")]
+    seed: u64,
+    /// Window size for perplexity (the gate's general text too): a multiple of 256.
     #[arg(long, default_value_t = 256)]
     ctx: u32,
     /// Word list for the bias probe [default: the built-in quantize/data/bias_pairs.txt].
@@ -355,11 +400,12 @@ fn main() -> ExitCode {
             };
             finish("finetune", reporter, finetune::run(&opts, reporter))
         }
+        Command::Eval(a) if a.gate.is_some() => gate_cmd(a),
         Command::Eval(a) => {
             let reporter = a.common.reporter();
             let opts = eval::Options {
                 models: a.models,
-                data: a.data,
+                data: a.data.unwrap_or_default(),
                 ctx: a.ctx,
                 bias_pairs: a.bias_pairs,
                 stereotype_pairs: a.stereotype_pairs,
@@ -369,6 +415,32 @@ fn main() -> ExitCode {
             finish("eval", reporter, eval::run(&opts, reporter))
         }
     }
+}
+
+fn gate_cmd(a: EvalArgs) -> ExitCode {
+    let reporter = a.common.reporter();
+    let threads = a.common.threads();
+    // clap's `requires` sees to these; an empty path fails as a missing file.
+    let opts = gate::Options {
+        policy: a.gate.unwrap_or_default(),
+        baseline: gate::Subject {
+            model: a.baseline.unwrap_or_default(),
+            adapter: a.baseline_adapter,
+        },
+        candidate: gate::Subject {
+            model: a.candidate.unwrap_or_default(),
+            adapter: a.candidate_adapter,
+        },
+        questions: a.questions.unwrap_or_default(),
+        general: a.general,
+        ctx: a.ctx,
+        seed: a.seed,
+        bias_pairs: a.bias_pairs,
+        stereotype_pairs: a.stereotype_pairs,
+        out: a.out,
+        threads,
+    };
+    finish("eval --gate", reporter, gate::run(&opts, reporter))
 }
 
 fn synth_cmd(a: SynthArgs) -> ExitCode {
