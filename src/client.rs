@@ -386,6 +386,85 @@ impl Client {
         .await
     }
 
+    /// `GET /admin/aliases`: every alias and its target.
+    pub async fn aliases(&self) -> Result<wire::AliasList, ClientError> {
+        self.get("/admin/aliases").await
+    }
+
+    /// `PUT /admin/aliases/{alias}`: creates or moves an alias.
+    pub async fn set_alias(
+        &self,
+        alias: &str,
+        target: &str,
+    ) -> Result<wire::AliasChanged, ClientError> {
+        let body = wire::AliasSet {
+            target: target.to_string(),
+        };
+        self.call(Method::PUT, &format!("/admin/aliases/{alias}"), Some(&body))
+            .await
+    }
+
+    /// `DELETE /admin/aliases/{alias}`.
+    pub async fn remove_alias(&self, alias: &str) -> Result<wire::AliasChanged, ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/admin/aliases/{alias}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /admin/models/{name}/promote`: points alias `to` at a blessed model (any, with
+    /// `force`).
+    pub async fn promote(
+        &self,
+        name: &str,
+        to: &str,
+        force: bool,
+    ) -> Result<wire::Promoted, ClientError> {
+        let body = wire::PromoteRequest {
+            to: to.to_string(),
+            force,
+        };
+        self.call(
+            Method::POST,
+            &format!("/admin/models/{name}/promote"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `GET /admin/models/{name}/card?format=…` (`html` or `md`): the card and its SHA-256 as
+    /// the daemon recorded it in the audit log, checked against the bytes received.
+    pub async fn model_card(
+        &self,
+        name: &str,
+        format: &str,
+    ) -> Result<(Bytes, String), ClientError> {
+        let path = format!("/admin/models/{name}/card?format={format}");
+        let resp = self.send(Method::GET, &path, None).await?;
+        let (status, recorded) = (
+            resp.status,
+            resp.headers
+                .get(crate::api::card::CARD_SHA256_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        );
+        let bytes = resp.collect().await?;
+        check_status(status, &bytes)?;
+        let actual = crate::api::card::sha256_hex(&bytes);
+        match recorded {
+            Some(r) if r == actual => Ok((bytes, actual)),
+            other => Err(ClientError::Api {
+                status,
+                message: format!(
+                    "the card's SHA-256 is {actual}, but the daemon recorded {}: the answer was damaged in transit",
+                    other.as_deref().unwrap_or("none")
+                ),
+            }),
+        }
+    }
+
     /// `GET /admin/ps`: the models in memory.
     pub async fn ps(&self) -> Result<wire::Ps, ClientError> {
         self.get("/admin/ps").await

@@ -346,6 +346,22 @@ impl From<crate::models::ModelStoreError> for ApiError {
                 "invalid_request_error",
                 "model_file_too_large",
             ),
+            E::AliasNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "alias_not_found",
+            ),
+            E::AliasClash(_) => (StatusCode::CONFLICT, "invalid_request_error", "alias_clash"),
+            E::AliasTarget(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_alias_target",
+            ),
+            E::NotBlessed { .. } => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "model_not_blessed",
+            ),
             E::Io(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",

@@ -321,11 +321,13 @@ pub(crate) async fn start_response(
 async fn start_with(
     s: &AppState,
     caller: Caller,
-    request: GenerateRequest,
+    mut request: GenerateRequest,
     how: Option<ResponseRecord>,
 ) -> Result<Generation, ApiError> {
-    tracing::info!(uid = caller.uid, model = %request.model, "generation request");
+    let alias = resolve_alias(s, &mut request.model);
+    tracing::info!(uid = caller.uid, model = %request.model, alias = ?alias, "generation request");
     let mut record = new_record(&caller, &request);
+    note_alias(&mut record, alias);
     let (link, items) = match how {
         None => (None, None),
         Some(how) => {
@@ -621,6 +623,24 @@ impl Drop for Recorder {
     }
 }
 
+/// Resolves an alias in `model` to its target, in place, once per request (see
+/// [`super::aliases::resolve`]); returns the alias asked for, if it was one. The answer still
+/// names what the client asked for (as OpenAI does); the record and its `request` audit event
+/// name the model that ran, with the alias in the record's parameters.
+fn resolve_alias(s: &AppState, model: &mut String) -> Option<String> {
+    let target = super::aliases::resolve(s, model)?;
+    Some(std::mem::replace(model, target))
+}
+
+/// Adds `"alias": ALIAS` to a record's clear parameters.
+fn note_alias(record: &mut NewRecord, alias: Option<String>) {
+    let Some(alias) = alias else { return };
+    if let Ok(Value::Object(mut params)) = serde_json::from_str::<Value>(&record.params_json) {
+        params.insert("alias".into(), Value::String(alias));
+        record.params_json = Value::Object(params).to_string();
+    }
+}
+
 /// Embeds `inputs` and records the request (inputs sealed as its prompt).
 pub(crate) async fn embed(
     s: &AppState,
@@ -628,14 +648,17 @@ pub(crate) async fn embed(
     model: &str,
     inputs: Vec<String>,
 ) -> Result<(crate::engine::Embeddings, i64), ApiError> {
-    tracing::info!(uid = caller.uid, model = %model, inputs = inputs.len(), "embeddings request");
+    let mut model = model.to_string();
+    let alias = resolve_alias(s, &mut model);
+    tracing::info!(uid = caller.uid, model = %model, alias = ?alias, inputs = inputs.len(), "embeddings request");
     let mut record = pending_record(
         &caller,
-        model,
+        &model,
         json!({"endpoint": "embeddings", "inputs": inputs.len()}),
         json!(inputs),
     );
-    let out = match s.engine.embed(model.to_string(), inputs).await {
+    note_alias(&mut record, alias);
+    let out = match s.engine.embed(model, inputs).await {
         Ok(out) => out,
         Err(e) => {
             let _ = store(s, record, RequestStatus::Error).await;

@@ -3,8 +3,10 @@
 //! HTTP/1.1 only, on a Unix socket only; the caller's uid and gid come from the kernel
 //! (`SO_PEERCRED`) for every connection, never from anything the client says.
 
+pub mod aliases;
 pub mod auth;
 pub mod body;
+pub mod card;
 pub mod error;
 pub mod generation;
 pub mod history;
@@ -131,6 +133,24 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/admin/models", get(models::list).route_layer(needs(Admin)))
         .route("/admin/ps", get(models::ps).route_layer(needs(Admin)))
+        .route(
+            "/admin/models/{name}/promote",
+            post(aliases::promote).route_layer(needs(Admin)),
+        )
+        .route(
+            "/admin/models/{name}/card",
+            get(card::card).route_layer(needs(Admin)),
+        )
+        .route(
+            "/admin/aliases",
+            get(aliases::list).route_layer(needs(Admin)),
+        )
+        .route(
+            "/admin/aliases/{alias}",
+            axum::routing::put(aliases::set)
+                .delete(aliases::remove)
+                .route_layer(needs(Admin)),
+        )
         .route(
             "/admin/jobs",
             post(jobs::submit).get(jobs::list).route_layer(needs(Admin)),

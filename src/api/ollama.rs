@@ -78,7 +78,17 @@ pub async fn version() -> Json<Value> {
 
 /// `GET /api/tags`: the models served.
 pub async fn tags(State(s): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = s.engine.models().iter().map(model_entry).collect();
+    let served = s.engine.models();
+    let mut models: Vec<Value> = served.iter().map(model_entry).collect();
+    for (alias, target) in super::aliases::served(&s) {
+        if let Some(m) = served.iter().find(|m| m.name == target) {
+            let mut e = model_entry(m);
+            e["name"] = json!(alias);
+            e["model"] = json!(alias);
+            e["alias_for"] = json!(target);
+            models.push(e);
+        }
+    }
     Json(json!({"models": models}))
 }
 
@@ -119,11 +129,12 @@ pub async fn show(
         .model
         .or(b.name)
         .ok_or_else(|| ValidationError::MissingField("model is required".into()))?;
+    let wanted = super::aliases::resolve(&s, &name).unwrap_or_else(|| name.clone());
     let m = s
         .engine
         .models()
         .into_iter()
-        .find(|m| m.name == name)
+        .find(|m| m.name == wanted)
         .ok_or_else(|| ApiError::from(crate::engine::EngineError::UnknownModel(name.clone())))?;
     let m = &m;
     Ok(Json(json!({
@@ -359,8 +370,12 @@ fn apply_keep_alive(
         let keep = parse_keep_alive(v)?;
         if !s.roles.of(caller).allows(super::auth::Role::Admin) {
             tracing::debug!(uid = caller.uid, "keep_alive from a non-admin ignored");
-        } else if pool.serves(model) {
-            pool.set_keep_alive(model, keep);
+        } else {
+            // An alias's keep-alive is its target's: that is what stays loaded.
+            let model = super::aliases::resolve(s, model).unwrap_or_else(|| model.to_string());
+            if pool.serves(&model) {
+                pool.set_keep_alive(&model, keep);
+            }
         }
     }
     Ok(())

@@ -66,9 +66,23 @@ fn model_object(m: &crate::engine::ModelInfo) -> Value {
     })
 }
 
-/// `GET /v1/models`.
+/// An alias's entry: its target's, under the alias's id, with `alias_for`.
+fn alias_object(alias: &str, target: &crate::engine::ModelInfo) -> Value {
+    let mut v = model_object(target);
+    v["id"] = json!(alias);
+    v["alias_for"] = json!(target.name);
+    v
+}
+
+/// `GET /v1/models`: every model served, then every alias whose target is served.
 pub async fn list_models(State(s): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = s.engine.models().iter().map(model_object).collect();
+    let models = s.engine.models();
+    let mut data: Vec<Value> = models.iter().map(model_object).collect();
+    for (alias, target) in super::aliases::served(&s) {
+        if let Some(m) = models.iter().find(|m| m.name == target) {
+            data.push(alias_object(&alias, m));
+        }
+    }
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -77,11 +91,16 @@ pub async fn get_model(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let target = super::aliases::resolve(&s, &id);
+    let name = target.as_deref().unwrap_or(&id);
     s.engine
         .models()
         .iter()
-        .find(|m| m.name == id)
-        .map(|m| Json(model_object(m)))
+        .find(|m| m.name == name)
+        .map(|m| match &target {
+            Some(_) => Json(alias_object(&id, m)),
+            None => Json(model_object(m)),
+        })
         .ok_or_else(|| crate::engine::EngineError::UnknownModel(id).into())
 }
 

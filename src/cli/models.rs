@@ -1,5 +1,6 @@
-//! `inhouse models …`: the models served, the model store (list, import, show, rm), what is in
-//! memory (ps), and publisher keys (keygen, sign; offline).
+//! `inhouse models …`: the models served, the model store (list, import, show, rm), aliases
+//! and promotion (alias set/list/rm, promote), model cards (card), what is in memory (ps), and
+//! publisher keys (keygen, sign; offline).
 
 use super::output::{date_u, mib, upload_bar};
 use super::{check_requested_name, print_json};
@@ -53,6 +54,36 @@ pub(super) enum ModelsCmd {
         /// Model name.
         name: String,
     },
+    /// Aliases: names clients ask for (`prod`) that point at a model and are moved, never
+    /// overwritten. Requests follow a change at once; roll back with `alias set ALIAS OLD`.
+    Alias {
+        #[command(subcommand)]
+        cmd: AliasCmd,
+    },
+    /// Points ALIAS at a model its evaluation gate blessed (an adapter: BASE+NAME). A candidate,
+    /// a refused model or one with no gate result needs --force, which the audit log records.
+    Promote {
+        /// The stored model (or adapter) to promote.
+        name: String,
+        /// The alias to point at it, e.g. prod.
+        #[arg(long, value_name = "ALIAS")]
+        to: String,
+        /// Promote it although its gate did not bless it (admin only; audited as forced).
+        #[arg(long)]
+        force: bool,
+    },
+    /// A stored model's card: provenance, loss curves, the gate's table, bias results,
+    /// quantization. Rendered by the daemon, which records its SHA-256 in the audit log.
+    Card {
+        /// The stored model (or adapter).
+        name: String,
+        /// Write the card to this file [default: standard output].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// html (one self-contained page) or md (Markdown).
+        #[arg(long, default_value = "html", value_parser = ["html", "md"])]
+        format: String,
+    },
     /// The models in memory: where their layers live, memory used, when they unload.
     Ps {
         /// Print the API's answer as JSON.
@@ -88,13 +119,106 @@ pub(super) enum ModelsCmd {
     },
 }
 
-/// `inhouse models`: the models served (`/v1/models`).
+/// `inhouse models alias …`.
+#[derive(Subcommand, Debug)]
+pub(super) enum AliasCmd {
+    /// Creates ALIAS or moves it to TARGET (a model name or BASE+ADAPTER); also the rollback of
+    /// a promotion: set the alias to its old target.
+    Set {
+        /// The alias, e.g. prod.
+        alias: String,
+        /// The model it serves from now on.
+        target: String,
+    },
+    /// Every alias, its target, and whether that target is served.
+    List {
+        /// Print the API's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes an alias (requests naming it then fail with model_not_found).
+    Rm {
+        /// The alias.
+        alias: String,
+    },
+}
+
+/// `inhouse models`: the models served (`/v1/models`), aliases last.
 pub(super) async fn served(client: &Client) -> Result<()> {
     for m in client.served_models().await?.data {
+        let alias = match &m.alias_for {
+            Some(t) => format!("\talias for {t}"),
+            None => String::new(),
+        };
         println!(
-            "{}\t{}\t{} params\tctx {}",
+            "{}\t{}\t{} params\tctx {}{alias}",
             m.id, m.meta.architecture, m.meta.n_params, m.meta.n_ctx
         );
+    }
+    Ok(())
+}
+
+async fn alias(client: &Client, cmd: AliasCmd) -> Result<()> {
+    match cmd {
+        AliasCmd::Set { alias, target } => {
+            crate::models::check_name(&alias)?;
+            check_requested_name(&target)?;
+            let c = client.set_alias(&alias, &target).await?;
+            println!(
+                "{} -> {}{}",
+                c.alias,
+                c.target.as_deref().unwrap_or("-"),
+                match &c.previous {
+                    Some(p) => format!(" (was {p})"),
+                    None => " (new)".into(),
+                }
+            );
+        }
+        AliasCmd::List { json } => {
+            let list = client.aliases().await?;
+            if json {
+                return print_json(&list);
+            }
+            println!("ALIAS\tTARGET\tSERVED");
+            for a in &list.aliases {
+                println!(
+                    "{}\t{}\t{}",
+                    a.alias,
+                    a.target,
+                    if a.served { "yes" } else { "no" }
+                );
+            }
+        }
+        AliasCmd::Rm { alias } => {
+            crate::models::check_name(&alias)?;
+            let c = client.remove_alias(&alias).await?;
+            println!(
+                "removed alias {} (was {})",
+                c.alias,
+                c.previous.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn card(client: &Client, name: &str, out: Option<&Path>, format: &str) -> Result<()> {
+    crate::models::check_name(name)?;
+    let (page, sha256) = client.model_card(name, format).await?;
+    match out {
+        Some(path) => {
+            std::fs::write(path, &page).with_context(|| format!("writing {}", path.display()))?;
+            println!(
+                "wrote {} ({} bytes, sha256 {sha256}, recorded in the audit log)",
+                path.display(),
+                page.len()
+            );
+        }
+        None => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&page)?;
+            eprintln!("sha256 {sha256} (recorded in the audit log)");
+        }
     }
     Ok(())
 }
@@ -127,6 +251,28 @@ pub(super) async fn run(client: &Client, cmd: ModelsCmd) -> Result<()> {
             crate::models::check_name(&name)?;
             let removed = client.remove_model(&name).await?;
             println!("removed {}", serde_json::to_string(&removed.removed)?);
+        }
+        ModelsCmd::Alias { cmd } => alias(client, cmd).await?,
+        ModelsCmd::Promote { name, to, force } => {
+            crate::models::check_name(&name)?;
+            crate::models::check_name(&to)?;
+            let p = client.promote(&name, &to, force).await?;
+            println!(
+                "promoted {} to {}: {} -> {} (was {}); gate: {}{}",
+                p.name,
+                p.alias,
+                p.alias,
+                p.target,
+                p.previous.as_deref().unwrap_or("-"),
+                p.gate,
+                if p.forced { ", forced" } else { "" }
+            );
+            if let Some(old) = &p.previous {
+                println!("roll back with: inhouse models alias set {} {old}", p.alias);
+            }
+        }
+        ModelsCmd::Card { name, out, format } => {
+            card(client, &name, out.as_deref(), &format).await?
         }
         ModelsCmd::Ps { json } => {
             let ps = client.ps().await?;

@@ -13,7 +13,11 @@
 //! Names are checked by [`check_name`]: `^[a-z0-9][a-z0-9._:-]{0,63}$`, so a name is never a
 //! path. A LoRA adapter is stored under its own name with `base` set; clients ask for it as
 //! `base+adapter`.
+//!
+//! - `aliases.json`: alias → model (or `base+adapter`), e.g. `prod` → `smol-tuned`; see
+//!   [`alias`].
 
+pub mod alias;
 pub mod card;
 pub mod estimate;
 
@@ -75,6 +79,23 @@ pub enum ModelStoreError {
     /// The upload is larger than allowed.
     #[error("the upload exceeds the {0}-byte limit on model files")]
     TooLarge(u64),
+    /// No alias by that name.
+    #[error("alias {0:?} does not exist (inhouse models alias list shows them)")]
+    AliasNotFound(String),
+    /// An alias would take a model's name, or a model an alias's (the message says which).
+    #[error("{0}")]
+    AliasClash(String),
+    /// An alias's target is not a model name, or is itself an alias.
+    #[error("{0}")]
+    AliasTarget(String),
+    /// A promotion of a model its evaluation gate did not bless, without `force`.
+    #[error("model {name:?} is not blessed ({}): promote it anyway with --force (admin only; the audit log records it), or promote a model the gate blessed", status.why_not())]
+    NotBlessed {
+        /// The model.
+        name: String,
+        /// What its gate said.
+        status: alias::GateStatus,
+    },
     /// Disk or file system trouble.
     #[error("model store: {0}")]
     Io(String),
@@ -209,8 +230,11 @@ pub struct ModelStore {
     max_bytes: u64,
     /// Held while a name is added or removed: "the name is free" and "the blob is unused" stay
     /// true until the change is written (two imports of one name, or an import and a removal
-    /// sharing a blob, would otherwise lose a manifest or a blob).
+    /// sharing a blob, would otherwise lose a manifest or a blob). Alias changes take it too.
     changes: std::sync::Mutex<()>,
+    /// The alias table (see [`alias`]): the file's contents, kept in memory, replaced only once
+    /// a new file is in place.
+    aliases: std::sync::RwLock<alias::AliasMap>,
 }
 
 impl ModelStore {
@@ -233,6 +257,7 @@ impl ModelStore {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        let aliases = alias::load(&root.join(alias::FILE))?;
         let trusted = TrustedKeys::load_dir(trusted_keys_dir)
             .map_err(|e| ModelStoreError::Signature(e.to_string()))?;
         if require_signed && trusted.is_empty() {
@@ -247,7 +272,67 @@ impl ModelStore {
             trusted,
             max_bytes,
             changes: std::sync::Mutex::new(()),
+            aliases: std::sync::RwLock::new(aliases),
         })
+    }
+
+    fn alias_table(&self) -> std::sync::RwLockReadGuard<'_, alias::AliasMap> {
+        self.aliases.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every alias with its target.
+    pub fn aliases(&self) -> alias::AliasMap {
+        self.alias_table().clone()
+    }
+
+    /// The target of alias `name`; `None` when `name` is not an alias.
+    pub fn resolve_alias(&self, name: &str) -> Option<String> {
+        self.alias_table().get(name).cloned()
+    }
+
+    /// Points alias `name` at `target` (a model name or `base+adapter`), creating or moving it;
+    /// returns the previous target. The name must not be a stored model's or adapter's, and the
+    /// target must not be (or contain) an alias. Whether the target is served is the caller's
+    /// check (configured models are not the store's to know). The table is written before the
+    /// change is visible: a failed write changes nothing.
+    pub fn set_alias(&self, name: &str, target: &str) -> Result<Option<String>, ModelStoreError> {
+        let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        check_name(name)?;
+        if self.manifest_path(name).exists() {
+            return Err(ModelStoreError::AliasClash(format!(
+                "{name:?} is the name of a stored model or adapter: an alias needs a name of its own"
+            )));
+        }
+        alias::check_target(target)?;
+        let mut next = self.aliases();
+        let (base, adapter) = split_adapter(target);
+        if let Some(a) = [Some(base), adapter]
+            .into_iter()
+            .flatten()
+            .find(|part| next.contains_key(*part))
+        {
+            return Err(ModelStoreError::AliasTarget(format!(
+                "{a:?} is itself an alias (for {:?}): point {name:?} at a model, not at another alias",
+                next[a]
+            )));
+        }
+        let previous = next.insert(name.to_string(), target.to_string());
+        alias::save(&self.root.join(alias::FILE), &self.root.join("tmp"), &next)?;
+        *self.aliases.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(previous)
+    }
+
+    /// Removes alias `name`; returns the target it had.
+    pub fn remove_alias(&self, name: &str) -> Result<String, ModelStoreError> {
+        let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        check_name(name)?;
+        let mut next = self.aliases();
+        let previous = next
+            .remove(name)
+            .ok_or_else(|| ModelStoreError::AliasNotFound(name.to_string()))?;
+        alias::save(&self.root.join(alias::FILE), &self.root.join("tmp"), &next)?;
+        *self.aliases.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(previous)
     }
 
     /// Whether unsigned models are refused.
@@ -321,6 +406,12 @@ impl ModelStore {
         let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let result = (|| {
             check_name(&req.name)?;
+            if let Some(target) = self.resolve_alias(&req.name) {
+                return Err(ModelStoreError::AliasClash(format!(
+                    "{:?} is an alias (for {target:?}): import the model under another name, or remove the alias first (inhouse models alias rm {})",
+                    req.name, req.name
+                )));
+            }
             if self.manifest_path(&req.name).exists() {
                 return Err(ModelStoreError::Exists(req.name.clone()));
             }
