@@ -44,3 +44,4 @@ pub mod llama;
 pub mod prepare;
 pub mod quantize;
 pub mod synth;
+pub mod train;

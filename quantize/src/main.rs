@@ -19,9 +19,8 @@ use clap::{Parser, Subcommand};
 use inhouse_formats::gguf::{self, GgufError};
 use inhouse_formats::inspect;
 use inhouse_formats::progress::{Format, Reporter, ToolError};
-use inhouse_quantize::llama::Optimizer;
 use inhouse_quantize::prepare::{self, Augment, Config, OnError, PrepareError};
-use inhouse_quantize::{eval, finetune, gate, quantize, synth};
+use inhouse_quantize::{eval, finetune, gate, quantize, synth, train};
 
 /// Exit status for a file that is missing, unreadable or not a valid GGUF model.
 const EXIT_BAD_FILE: u8 = 2;
@@ -51,8 +50,9 @@ enum Command {
     Prepare(PrepareArgs),
     /// Quantize (or convert) a GGUF model to another tensor type with llama.cpp.
     Quantize(QuantizeArgs),
-    /// Fine-tune all weights of a GGUF model on JSONL data (text or chat), with per-epoch
-    /// checkpoints and --resume; writes an F32 GGUF with the base's metadata.
+    /// Fine-tune a GGUF model on JSONL data (text or chat): a LoRA adapter (--lora-rank) or
+    /// every weight, loss on the assistant's answers, warmup + decay, evaluation with the best
+    /// checkpoint kept, --resume with the optimizer state, and an optional evaluation gate.
     Finetune(FinetuneArgs),
     /// Perplexity on JSONL data, a counterfactual bias probe and a stereotype score
     /// (CrowS-Pairs style), for models side by side; with --gate, the evaluation gate: a
@@ -201,45 +201,104 @@ enum OptimizerArg {
 
 #[derive(clap::Args)]
 struct FinetuneArgs {
-    /// The base model (quantized bases are converted to F32 first).
+    /// The base model (any GGUF of a llama, qwen2 or gemma3 architecture; quantized weights are
+    /// dequantized to F32 for training).
     #[arg(long, value_name = "BASE.gguf")]
     model: PathBuf,
     /// Training data: JSONL of {"text"} or {"messages"} records.
     #[arg(long, value_name = "TRAIN.jsonl")]
     data: PathBuf,
-    /// Validation data; without it, --val-share of the training windows.
+    /// Validation data; without it, --val-share of the training samples.
     #[arg(long, value_name = "EVAL.jsonl")]
     eval: Option<PathBuf>,
-    /// The fine-tuned model to write.
+    /// What to write: the LoRA adapter (with --lora-rank) or the fine-tuned model.
     #[arg(long, value_name = "OUT.gguf")]
     out: PathBuf,
+    /// Train a LoRA adapter of this rank over the frozen base (16 to 32 is usual); without it,
+    /// full fine-tuning of every block weight (small models only).
+    #[arg(long, value_name = "R")]
+    lora_rank: Option<usize>,
+    /// LoRA alpha: the update is scaled by alpha / rank [default: 2 × rank].
+    #[arg(long, value_name = "A", requires = "lora_rank")]
+    lora_alpha: Option<f32>,
+    /// The layers LoRA adapts, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        requires = "lora_rank",
+        default_value = "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down"
+    )]
+    lora_targets: String,
+    /// Count the loss on every token of chat records (system and user turns, template markup),
+    /// not only on the assistant's answers.
+    #[arg(long)]
+    train_on_inputs: bool,
     /// Epochs in all (a resumed run counts those already done).
     #[arg(long, default_value_t = 1)]
     epochs: u32,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
+    /// Peak learning rate [default: 2e-4 with LoRA, 2e-5 full].
+    #[arg(long)]
+    lr: Option<f64>,
     /// Optimizer.
     #[arg(long, value_enum, default_value = "adamw")]
     optimizer: OptimizerArg,
-    /// Tokens per training window: a multiple of 256.
-    #[arg(long, default_value_t = 256)]
+    /// Learning-rate decay after the warmup.
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: ScheduleArg,
+    /// Share of the steps spent warming the learning rate up.
+    #[arg(long, default_value_t = 0.03)]
+    warmup_ratio: f64,
+    /// Samples per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: u32,
+    /// Also evaluate (and checkpoint) every N optimizer steps [default: after each epoch only].
+    #[arg(long, value_name = "N")]
+    eval_every: Option<u64>,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Seed of the data order and of the adapter's initialization.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Longest sample in tokens (longer records are cut into several).
+    #[arg(long, default_value_t = 512)]
     ctx: u32,
-    /// Share of the windows kept for validation when there is no --eval.
+    /// Share of the samples kept for validation when there is no --eval.
     #[arg(long, default_value_t = 0.1)]
     val_share: f64,
-    /// Checkpoint directory [default: OUT.checkpoints]; kept after success (base-f32.gguf, the
-    /// last epoch and state.json) so a run can be resumed or extended with more --epochs.
+    /// Checkpoint directory [default: OUT.checkpoints]: state.json and the latest checkpoint
+    /// (parameters, AdamW moments, the best parameters).
     #[arg(long, value_name = "DIR")]
     checkpoint_dir: Option<PathBuf>,
-    /// Continue from the last checkpoint in the checkpoint directory.
+    /// Continue from the checkpoint: same parameters, optimizer state, step and data order.
     #[arg(long)]
     resume: bool,
-    /// Train on at most N windows per epoch.
+    /// Train on at most N samples.
     #[arg(long, value_name = "N")]
     max_windows: Option<usize>,
+    /// After training, run the evaluation gate with this policy (see `eval --gate`): the base
+    /// model is the baseline, the questions are --gate-questions (default --eval).
+    #[arg(long, value_name = "POLICY.json")]
+    gate: Option<PathBuf>,
+    /// Held-out questions for the gate [default: --eval].
+    #[arg(long, value_name = "EVAL.jsonl", requires = "gate")]
+    gate_questions: Option<PathBuf>,
+    /// The gate's bias pairs [default: the built-in quantize/data/bias_pairs.txt].
+    #[arg(long, value_name = "FILE", requires = "gate")]
+    gate_bias_pairs: Option<PathBuf>,
+    /// The gate's stereotype pairs [default: the built-in quantize/data/stereotype_pairs.txt].
+    #[arg(long, value_name = "FILE", requires = "gate")]
+    gate_stereotype_pairs: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
+}
+
+/// `--schedule` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ScheduleArg {
+    Cosine,
+    Linear,
+    Constant,
 }
 
 #[derive(clap::Args)]
@@ -363,6 +422,9 @@ enum OnErrorArg {
 }
 
 fn main() -> ExitCode {
+    // Before any thread or tensor operation: candle's element-wise pool spin-waits, which on a
+    // two-core machine costs more than it gains (see the function's documentation).
+    train::model::init_cpu_threads();
     let cli = Cli::parse();
     match cli.command {
         Command::Synth(a) => synth_cmd(a),
@@ -380,16 +442,27 @@ fn main() -> ExitCode {
         }
         Command::Finetune(a) => {
             let reporter = a.common.reporter();
+            let lora = match a.lora_rank {
+                Some(rank) => match train::model::Target::parse_list(&a.lora_targets) {
+                    Ok(targets) => Some(train::model::LoraConfig {
+                        rank,
+                        alpha: a.lora_alpha.unwrap_or(2.0 * rank as f32),
+                        targets,
+                    }),
+                    Err(e) => return finish("finetune", reporter, Err(e)),
+                },
+                None => None,
+            };
             let opts = finetune::Options {
                 model: a.model,
                 data: a.data,
                 eval: a.eval,
                 out: a.out,
                 epochs: a.epochs,
-                lr: a.lr,
+                lr: a.lr.unwrap_or(if lora.is_some() { 2e-4 } else { 2e-5 }),
                 optimizer: match a.optimizer {
-                    OptimizerArg::Adamw => Optimizer::AdamW,
-                    OptimizerArg::Sgd => Optimizer::Sgd,
+                    OptimizerArg::Adamw => train::optim::Method::AdamW,
+                    OptimizerArg::Sgd => train::optim::Method::Sgd,
                 },
                 ctx: a.ctx,
                 val_share: a.val_share,
@@ -397,6 +470,22 @@ fn main() -> ExitCode {
                 resume: a.resume,
                 threads: a.common.threads(),
                 max_windows: a.max_windows,
+                lora,
+                train_on_inputs: a.train_on_inputs,
+                seed: a.seed,
+                warmup_ratio: a.warmup_ratio,
+                schedule: match a.schedule {
+                    ScheduleArg::Cosine => train::optim::Decay::Cosine,
+                    ScheduleArg::Linear => train::optim::Decay::Linear,
+                    ScheduleArg::Constant => train::optim::Decay::Constant,
+                },
+                grad_accum: a.grad_accum,
+                eval_every: a.eval_every,
+                weight_decay: a.weight_decay,
+                gate: a.gate,
+                gate_questions: a.gate_questions,
+                gate_bias_pairs: a.gate_bias_pairs,
+                gate_stereotype_pairs: a.gate_stereotype_pairs,
             };
             finish("finetune", reporter, finetune::run(&opts, reporter))
         }

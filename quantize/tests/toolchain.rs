@@ -210,10 +210,11 @@ fn prepare_finetune_resume_quantize_eval() {
         "too small an eval split: {eval_text}"
     );
 
-    // Fine-tune 2 epochs; kill the process (SIGKILL) once the first checkpoint is reported.
+    // Full fine-tuning, 2 epochs (LoRA, masking and an exact resume after SIGKILL are
+    // tests/finetune.rs's).
     let ft = tmp.path().join("ft.gguf");
     let ckpt = tmp.path().join("ckpt");
-    let ft_args = [
+    let out = run(&[
         "finetune",
         "--model",
         s(&base),
@@ -229,81 +230,39 @@ fn prepare_finetune_resume_quantize_eval() {
         "3",
         "--val-share",
         "0.25",
+        "--lr",
+        "1e-4",
         "--checkpoint-dir",
         s(&ckpt),
         "--progress",
         "json",
-    ];
-    let mut child = Command::new(BIN)
-        .args(ft_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut first_run = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        let v = protocol_line(&line);
-        let is_checkpoint = v["type"] == "checkpoint";
-        first_run.push(v);
-        if is_checkpoint {
-            child.kill().unwrap();
-            break;
-        }
-    }
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "the first run was to be killed");
-    let cp = first_run.last().expect("no output from finetune");
-    assert_eq!(
-        cp["type"], "checkpoint",
-        "no checkpoint line: {first_run:?}"
-    );
-    assert_eq!(cp["epoch"], 1);
-    assert!(Path::new(cp["path"].as_str().unwrap()).is_file());
-    assert!(
-        first_run.iter().any(|v| v["phase"] == "convert"),
-        "a Q4_1 base must be converted to F32 first"
-    );
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json")).unwrap()).unwrap();
-    assert_eq!(state["epochs_completed"], 1, "{state}");
-    let before = state["eval_loss_before"].as_f64().unwrap();
-    assert!(!ft.exists(), "no output before the last epoch");
-
-    // Resume: starts at epoch 2 and finishes.
-    let mut resume_args = ft_args.to_vec();
-    resume_args.push("--resume");
-    let out = run(&resume_args);
-    assert_ok(&out, "finetune --resume");
+    ]);
+    assert_ok(&out, "finetune");
     let lines = protocol(&out);
-    let first_progress = lines
-        .iter()
-        .find(|v| v["type"] == "progress")
-        .expect("no progress line");
-    assert_eq!(
-        first_progress["epoch"], 2,
-        "resume must start at epoch 2: {first_progress}"
-    );
+    let checkpoints: Vec<_> = lines.iter().filter(|v| v["type"] == "checkpoint").collect();
+    assert_eq!(checkpoints.len(), 2, "one checkpoint per epoch: {lines:?}");
     assert!(
         lines
             .iter()
-            .all(|v| v["type"] != "progress" || v["epoch"] == 2),
-        "a resumed run repeats no epoch-1 work"
+            .any(|v| v["phase"] == "train" && v["eval_loss"].is_f64()),
+        "train lines carry the latest eval loss"
     );
-    let checkpoints: Vec<_> = lines.iter().filter(|v| v["type"] == "checkpoint").collect();
-    assert_eq!(checkpoints.len(), 1);
-    assert_eq!(checkpoints[0]["epoch"], 2);
     let result = lines.last().unwrap();
-    assert_eq!(result["resumed_after_epoch"], 1, "{result}");
-    assert_eq!(result["eval_loss_before"].as_f64(), Some(before));
+    assert_eq!(result["method"], "full", "{result}");
+    let before = result["eval_loss_before"].as_f64().unwrap();
     let after = result["eval_loss_after"].as_f64().unwrap();
     assert!(after < before, "eval loss must drop: {before} -> {after}");
-    assert_eq!(result["epochs"].as_array().unwrap().len(), 2, "{result}");
-    for e in result["epochs"].as_array().unwrap() {
-        assert!(e["train_loss"].as_f64().unwrap().is_finite(), "{e}");
-        assert!(e["tokens_per_s"].as_f64().unwrap() > 0.0, "{e}");
-    }
+    let curve = &result["curve"];
+    assert_eq!(
+        curve["eval"].as_array().unwrap().len(),
+        3,
+        "before + 2 epochs: {curve}"
+    );
+    assert_eq!(
+        curve["train"].as_array().unwrap().len() as u64,
+        result["steps"].as_u64().unwrap()
+    );
+    assert!(result["tokens_per_s"].as_f64().unwrap() > 0.0, "{result}");
 
     // The output is a servable GGUF with the base's metadata.
     let base_info = gguf::open(&base).unwrap();
@@ -314,8 +273,22 @@ fn prepare_finetune_resume_quantize_eval() {
     );
     assert_eq!(ft_info.chat_template(), base_info.chat_template());
     assert_eq!(ft_info.context_length(), base_info.context_length());
-    assert_eq!(ft_info.file_type(), Some(0), "an F32 model");
     assert_eq!(ft_info.tensors().len(), base_info.tensors().len());
+    // The trained tensors are written as F32; the frozen token embeddings keep their type.
+    let ty = |f: &gguf::GgufFile, name: &str| {
+        f.tensors()
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.ggml_type)
+    };
+    assert_eq!(
+        ty(&ft_info, "blk.0.attn_q.weight"),
+        Some(gguf::GgmlType::F32)
+    );
+    assert_eq!(
+        ty(&ft_info, "token_embd.weight"),
+        ty(&base_info, "token_embd.weight")
+    );
 
     // Quantize to Q8_0 (an F32 input: no requantizing warning).
     let q8 = tmp.path().join("ft-q8.gguf");
@@ -467,8 +440,14 @@ fn bad_parameters_are_refused_before_llama_cpp() {
         run(&args)
     };
     for (extra, expect) in [
-        (&["--ctx", "300"][..], "multiple of 256"),
-        (&["--ctx", "128"][..], "too small"),
+        (&["--ctx", "8"][..], "--ctx 8 is out of range"),
+        (&["--lora-rank", "0"][..], "rank"),
+        (
+            &["--lora-rank", "8", "--lora-targets", "attn_x"][..],
+            "attn_x",
+        ),
+        (&["--grad-accum", "0"][..], "--grad-accum"),
+        (&["--warmup-ratio", "0.9"][..], "--warmup-ratio"),
         (&["--lr", "0"][..], "--lr"),
         (&["--lr=-0.001"][..], "--lr"),
         (&["--epochs", "0"][..], "--epochs"),

@@ -193,6 +193,7 @@ mod tests {
             eval_data: None,
             options: JobOptions::default(),
             output_name: None,
+            data_reports: Vec::new(),
         }
     }
 

@@ -310,6 +310,10 @@ pub struct JobSpec {
     /// The name the output model is registered under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_name: Option<String>,
+    /// finetune: the reports (counts only) of the prepare or synth jobs that made its datasets,
+    /// so the model's provenance and card show what the data went through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_reports: Vec<Value>,
 }
 
 /// Which options apply to which kind.
@@ -569,6 +573,7 @@ mod tests {
                 ..JobOptions::default()
             },
             output_name: Some("smol-q8".into()),
+            data_reports: Vec::new(),
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert!(text.contains("\"type\":\"Q8_0\""), "{text}");

@@ -373,6 +373,7 @@ impl JobRunner {
                     "eval_dataset": spec.eval_data.as_ref().map(dataset),
                     "options": spec.options,
                     "evaluation": tool_result,
+                    "data_reports": spec.data_reports,
                 });
                 // A LoRA finetune writes an adapter of its base; a refused gate registers the
                 // output as a candidate only (`promote` then needs --force).

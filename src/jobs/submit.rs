@@ -8,6 +8,7 @@ use super::runner::JobRunner;
 use super::{check_options, DataRef, JobError, JobKind, JobRequest, JobSpec, ModelRef};
 use crate::models::Kind;
 use crate::storage::{JobRow, JobState};
+use serde_json::Value;
 use std::sync::atomic::Ordering;
 
 impl JobRunner {
@@ -37,6 +38,31 @@ impl JobRunner {
             }),
             Err(_) => Err(JobError::UnknownModel(name.to_string())),
         }
+    }
+
+    /// The reports of the prepare or synth jobs whose outputs these datasets are (their
+    /// source reads `job N (train)`): counts only, as those jobs stored them.
+    async fn data_reports(&self, datasets: &[DatasetMeta]) -> Vec<Value> {
+        let mut out = Vec::new();
+        for d in datasets {
+            let Some(job) = d
+                .source
+                .strip_prefix("job ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            if out.iter().any(|r: &Value| r["job"] == job) {
+                continue;
+            }
+            if let Ok(row) = self.store.call(move |s| s.job_get(job)).await {
+                if let Some(report) = row.result.as_ref().and_then(|r| r.get("report")) {
+                    out.push(serde_json::json!({"job": job, "kind": row.kind, "report": report}));
+                }
+            }
+        }
+        out
     }
 
     fn resolve_data(&self, id: &str, kind: JobKind) -> Result<DatasetMeta, JobError> {
@@ -169,6 +195,7 @@ impl JobRunner {
             eval_data: eval_data.as_ref().map(to_ref),
             options,
             output_name,
+            data_reports: Vec::new(),
         };
         Ok((spec, claimed))
     }
@@ -180,9 +207,12 @@ impl JobRunner {
             return Err(JobError::ShuttingDown);
         }
         let me = self.arc();
-        let (spec, claimed) = tokio::task::spawn_blocking(move || me.check(&req))
+        let (mut spec, claimed) = tokio::task::spawn_blocking(move || me.check(&req))
             .await
             .map_err(|e| JobError::Io(format!("checking the job: {e}")))??;
+        if spec.kind == JobKind::Finetune {
+            spec.data_reports = self.data_reports(&claimed).await;
+        }
         if !self.toolchain.is_file() {
             return Err(JobError::Toolchain(self.toolchain.display().to_string()));
         }

@@ -90,6 +90,10 @@ pub struct Options {
     pub gate: Option<PathBuf>,
     /// The gate's held-out questions (default: `eval`).
     pub gate_questions: Option<PathBuf>,
+    /// The gate's bias pairs (default: the built-in file).
+    pub gate_bias_pairs: Option<PathBuf>,
+    /// The gate's stereotype pairs (default: the built-in file).
+    pub gate_stereotype_pairs: Option<PathBuf>,
 }
 
 fn bad(msg: impl Into<String>) -> ToolError {
@@ -719,8 +723,8 @@ pub fn run(opts: &Options, reporter: Reporter) -> Result<Value, ToolError> {
                 general: None,
                 ctx: 256,
                 seed: opts.seed,
-                bias_pairs: None,
-                stereotype_pairs: None,
+                bias_pairs: opts.gate_bias_pairs.clone(),
+                stereotype_pairs: opts.gate_stereotype_pairs.clone(),
                 out: Some(dir.join("gate.json")),
                 threads: opts.threads,
             };
