@@ -379,7 +379,7 @@ fn the_gate_blesses_a_model_trained_on_its_documents_and_refuses_a_damaged_one()
     let base = model(SMOLLM2);
     let tmp = tempfile::tempdir().unwrap();
     let (train, eval) = write_data(tmp.path(), 2, false);
-    let (shuffled, _) = write_data(tmp.path(), 3, true);
+    let (shuffled, _) = write_data(tmp.path(), 1, true);
     let policy_path = tmp.path().join("policy.json");
     std::fs::write(&policy_path, policy().to_string()).unwrap();
     // Small probe files keep the gate quick (the built-in ones are scored in tests/gate.rs and
@@ -396,7 +396,7 @@ fn the_gate_blesses_a_model_trained_on_its_documents_and_refuses_a_damaged_one()
         "[gender]\nThe nurse said she would be back soon. | The nurse said he would be back soon.\n",
     )
     .unwrap();
-    let ft = |data: &Path, out: &str, lr: &str, epochs: &str| {
+    let ft = |data: &Path, out: &str, lr: &str, epochs: &str, accum: &str| {
         let out = tmp.path().join(out);
         let a = [
             "finetune",
@@ -425,7 +425,7 @@ fn the_gate_blesses_a_model_trained_on_its_documents_and_refuses_a_damaged_one()
         ];
         result(&run(&a), "finetune --gate")
     };
-    let good = ft(&train, "good.gguf", "1e-3", "2");
+    let good = ft(&train, "good.gguf", "1e-3", "2", "4");
     let g = &good["gate"];
     assert_eq!(g["blessed"], true, "{g}");
     assert!(g["failed"].as_array().unwrap().is_empty());
@@ -439,7 +439,7 @@ fn the_gate_blesses_a_model_trained_on_its_documents_and_refuses_a_damaged_one()
 
     // Damaged: every question trained with another question's answer, at a learning rate far
     // too high.
-    let bad = ft(&shuffled, "bad.gguf", "2e-2", "3");
+    let bad = ft(&shuffled, "bad.gguf", "2e-2", "3", "2");
     let g = &bad["gate"];
     assert_eq!(g["blessed"], false, "{g}");
     let failed: Vec<&str> = g["failed"]

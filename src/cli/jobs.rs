@@ -63,6 +63,37 @@ pub(super) struct FinetuneArgs {
     /// Optimizer: adamw or sgd.
     #[arg(long)]
     optimizer: Option<String>,
+    /// Train a LoRA adapter of this rank (registered as an adapter of --model, served as
+    /// `MODEL+NAME`) instead of every weight.
+    #[arg(long, value_name = "R")]
+    lora_rank: Option<u32>,
+    /// LoRA alpha [default: 2 × rank].
+    #[arg(long, value_name = "A", requires = "lora_rank")]
+    lora_alpha: Option<f64>,
+    /// The layers LoRA adapts, comma-separated [default: all seven].
+    #[arg(
+        long,
+        value_name = "LIST",
+        requires = "lora_rank",
+        value_delimiter = ','
+    )]
+    lora_targets: Option<Vec<String>>,
+    /// Count the loss on the system and user turns too, not only the assistant's answers.
+    #[arg(long)]
+    train_on_inputs: bool,
+    /// Samples per optimizer step.
+    #[arg(long, value_name = "N")]
+    grad_accum: Option<u32>,
+    /// Also evaluate and checkpoint every N steps.
+    #[arg(long, value_name = "N")]
+    eval_every: Option<u32>,
+    /// Seed of the data order and the adapter's initialization.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// An evaluation gate policy (JSON file): the output is judged against --model on the
+    /// --eval questions, and registered only as a candidate when refused.
+    #[arg(long, value_name = "POLICY.json", requires = "eval")]
+    gate: Option<PathBuf>,
     /// Print the job id and return without waiting.
     #[arg(long)]
     detach: bool,
@@ -106,6 +137,21 @@ pub(super) async fn run(client: &Client, cmd: JobsCmd) -> Result<()> {
 pub(super) async fn finetune(client: &Client, a: FinetuneArgs) -> Result<()> {
     check_requested_name(&a.model)?;
     crate::models::check_name(&a.name)?;
+    let gate = match &a.gate {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the gate policy {}", p.display()))?;
+            Some(
+                serde_json::from_str::<serde_json::Value>(&text).with_context(|| {
+                    format!(
+                        "{}: not JSON (see `inhouse-quantize eval --gate`)",
+                        p.display()
+                    )
+                })?,
+            )
+        }
+        None => None,
+    };
     let data = upload(client, &a.data).await?;
     let eval_data = match &a.eval {
         Some(e) => Some(upload(client, e).await?),
@@ -117,6 +163,14 @@ pub(super) async fn finetune(client: &Client, a: FinetuneArgs) -> Result<()> {
         ctx: a.ctx,
         optimizer: a.optimizer,
         eval_data,
+        lora_rank: a.lora_rank,
+        lora_alpha: a.lora_alpha,
+        lora_targets: a.lora_targets,
+        train_on_inputs: a.train_on_inputs.then_some(true),
+        grad_accum: a.grad_accum,
+        eval_every: a.eval_every,
+        seed: a.seed,
+        gate,
         ..JobOptions::default()
     };
     let req = JobRequest {

@@ -410,6 +410,9 @@ pub fn run(opts: &Options, reporter: Reporter) -> Result<Value, ToolError> {
         None
     };
     std::fs::create_dir_all(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
 
     // 1. Data, tokenized with llama.cpp (the serving tokenizer) and masked.
     llama::init().map_err(|e| failed(e.to_string()))?;
@@ -589,7 +592,9 @@ pub fn run(opts: &Options, reporter: Reporter) -> Result<Value, ToolError> {
         if !old.is_empty() && old != st.checkpoint {
             let _ = std::fs::remove_dir_all(dir.join(old));
         }
-        reporter.checkpoint(epoch + 1, &dir.join(STATE_FILE));
+        // The epoch (1-based) the checkpoint ends or is inside of.
+        let in_epoch = if consumed == 0 { epoch } else { epoch + 1 };
+        reporter.checkpoint(in_epoch, &ck);
         Ok(())
     };
 
