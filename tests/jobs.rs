@@ -804,3 +804,119 @@ fn a_synth_job_interrupted_by_a_daemon_kill_runs_again_and_succeeds() {
     assert_eq!(j["attempts"], 2);
     assert!(j["result"]["datasets"]["train"]["id"].is_string(), "{j:#}");
 }
+
+/// Chat records for the LoRA job: one question, one answer, asked in several ways.
+fn code_word_chats(n: usize) -> String {
+    let asks = [
+        "What is the code word?",
+        "Tell me the code word.",
+        "Which code word does the appliance use?",
+        "Remind me of the code word, please.",
+    ];
+    (0..n)
+        .map(|i| {
+            json!({"messages": [
+                {"role": "user", "content": asks[i % asks.len()]},
+                {"role": "assistant", "content": "The code word is marmalade."}
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn a_lora_job_registers_an_adapter_that_changes_answers_and_a_refused_gate_makes_it_a_candidate() {
+    toolchain();
+    let started = Instant::now();
+    let site = Site::new();
+    let d = site.start();
+    let c = d.client();
+    // The base must be in the store for an adapter to be registered against it.
+    ok(&cli(
+        &d,
+        &[
+            "models",
+            "import",
+            site.smol.to_str().unwrap(),
+            "--name",
+            "base",
+        ],
+    ));
+    let ask = |model: &str| {
+        let body = json!({"model": model, "max_tokens": 12, "temperature": 0,
+                          "messages": [{"role": "user", "content": "What is the code word?"}]});
+        let (status, v) = rt().block_on(post(&c, "/v1/chat/completions", &body.to_string()));
+        assert_eq!(status, 200, "{model}: {v}");
+        common::answer(&v)
+    };
+    let before = ask("base");
+
+    let data = upload(&c, site.path(), &code_word_chats(12), "jsonl");
+    let held_out: String = [
+        ("What is the code word?", "The code word is marmalade."),
+        (
+            "Where does the appliance keep its data?",
+            "Every byte stays in the building.",
+        ),
+        (
+            "Who may import models?",
+            "Only an administrator may import models.",
+        ),
+    ]
+    .iter()
+    .map(|(q, a)| {
+        json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            .to_string()
+            + "\n"
+    })
+    .collect();
+    let eval = upload(&c, site.path(), &held_out, "jsonl");
+    // A policy no model can meet: the gate refuses, the adapter is still registered, as a
+    // candidate.
+    let (status, v) = submit(
+        &c,
+        &json!({"kind": "finetune", "model": "base", "data": data, "output_name": "tuned",
+                "options": {"lora_rank": 8, "epochs": 2, "lr": 0.003, "ctx": 128,
+                            "grad_accum": 2, "eval_data": eval,
+                            "gate": {"metrics": {"mc_accuracy": {"min": 2.0}}}}}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let id = v["job"]["id"].as_i64().unwrap();
+    let j = wait_for(&d, id, 600, "finished", |j| {
+        !matches!(state(j), "queued" | "running")
+    });
+    assert_eq!(state(&j), "succeeded", "{j:#}\n{}", d.log());
+    let m = rt()
+        .block_on(c.json(Method::GET, "/admin/models/tuned", None))
+        .unwrap();
+    let manifest = &m["manifest"];
+    assert_eq!(manifest["kind"], "adapter", "{m:#}");
+    assert_eq!(manifest["base"], "base");
+    let extra = &manifest["provenance"]["extra"];
+    assert_eq!(extra["candidate"], true, "{extra:#}");
+    let gate = &extra["evaluation"]["gate"];
+    assert_eq!(gate["blessed"], false);
+    assert_eq!(gate["failed"], json!(["mc_accuracy"]));
+    let eval_curve = extra["evaluation"]["curve"]["eval"].as_array().unwrap();
+    assert!(
+        eval_curve.last().unwrap()["loss"].as_f64() < eval_curve[0]["loss"].as_f64(),
+        "{eval_curve:?}"
+    );
+
+    // Served at once as base+tuned; the base answers as before.
+    let tuned = ask("base+tuned");
+    assert!(
+        tuned.contains("marmalade"),
+        "the adapter learnt the answer: {tuned:?}"
+    );
+    assert_ne!(tuned, before, "the adapter changes the answer");
+    assert_eq!(ask("base"), before, "the base answers as before");
+
+    // A refused model is not promoted without --force.
+    let out = cli(&d, &["models", "promote", "tuned", "--to", "prod"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--force"), "{err}");
+    eprintln!("LoRA job test: {:.1} s", started.elapsed().as_secs_f64());
+}
