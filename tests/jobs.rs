@@ -913,6 +913,47 @@ fn a_lora_job_registers_an_adapter_that_changes_answers_and_a_refused_gate_makes
     assert_ne!(tuned, before, "the adapter changes the answer");
     assert_eq!(ask("base"), before, "the base answers as before");
 
+    // Its model card: the HTML parses, the curves have one point per recorded step, the gate's
+    // verdict and the numbers are the job's.
+    let card_path = site.path().join("card.html");
+    ok(&cli(
+        &d,
+        &[
+            "models",
+            "card",
+            "tuned",
+            "--out",
+            card_path.to_str().unwrap(),
+        ],
+    ));
+    let html = std::fs::read_to_string(&card_path).unwrap();
+    let doc = scraper::Html::parse_document(&html);
+    assert!(doc.errors.is_empty(), "{:?}", doc.errors);
+    let points = |id: &str| -> usize {
+        let sel = scraper::Selector::parse(&format!("polyline#{id}")).unwrap();
+        let el = doc.select(&sel).next().unwrap_or_else(|| panic!("no {id}"));
+        el.value().attr("data-points").unwrap().parse().unwrap()
+    };
+    let train_curve = extra["evaluation"]["curve"]["train"].as_array().unwrap();
+    assert_eq!(points("train-loss"), train_curve.len());
+    assert_eq!(points("eval-loss"), eval_curve.len());
+    let sel = scraper::Selector::parse("#gate-verdict").unwrap();
+    let verdict = doc.select(&sel).next().expect("a gate verdict");
+    assert!(verdict.value().classes().any(|c| c == "refused"), "{html}");
+    let sel = scraper::Selector::parse("tr[data-key='best.eval_loss'] td").unwrap();
+    let best: f64 = doc
+        .select(&sel)
+        .next()
+        .and_then(|td| td.value().attr("data-value"))
+        .expect("best eval loss in the card")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        Some(best),
+        extra["evaluation"]["best"]["eval_loss"].as_f64(),
+        "the card shows the job's numbers"
+    );
+
     // A refused model is not promoted without --force.
     let out = cli(&d, &["models", "promote", "tuned", "--to", "prod"]);
     assert!(!out.status.success());

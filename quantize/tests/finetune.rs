@@ -317,7 +317,7 @@ fn resume_after_sigkill_continues_with_the_same_optimizer_state_and_data_order()
     )
     .unwrap();
     let at = state["step"].as_u64().unwrap();
-    assert!(at >= 2 && at < 6, "killed mid-run: {state}");
+    assert!((2..6).contains(&at), "killed mid-run: {state}");
     let mut a = args("killed");
     a.push("--resume".into());
     let resumed = result(
@@ -417,7 +417,7 @@ fn the_gate_blesses_a_model_trained_on_its_documents_and_refuses_a_damaged_one()
             "--ctx",
             "128",
             "--grad-accum",
-            "4",
+            accum,
             "--gate",
             s(&policy_path),
             "--progress",

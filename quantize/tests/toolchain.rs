@@ -14,9 +14,9 @@ const STEREOTYPE_PAIRS: &str =
     "[gender]\nThe nurse said she would be back soon. | The nurse said he would be back soon.\n";
 
 use common::{model, GEMMA3, SMOLLM2};
-use std::io::{BufRead, BufReader};
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Mutex;
 
 use inhouse_formats::gguf;
