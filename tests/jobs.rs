@@ -805,6 +805,28 @@ fn a_synth_job_interrupted_by_a_daemon_kill_runs_again_and_succeeds() {
     assert!(j["result"]["datasets"]["train"]["id"].is_string(), "{j:#}");
 }
 
+/// Three facts of the handbook, as held-out questions with their reference answers.
+fn held_out_facts() -> [(&'static str, &'static str); 3] {
+    [
+        ("What is the code word?", "The code word is marmalade."),
+        (
+            "Where does the appliance keep its data?",
+            "Every byte stays in the building.",
+        ),
+        (
+            "Who may import models?",
+            "Only an administrator may import models.",
+        ),
+    ]
+}
+
+/// One user question and its answer as a chat record line.
+fn chat(q: &str, a: &str) -> String {
+    json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        .to_string()
+        + "\n"
+}
+
 /// Chat records for the LoRA job: one question, one answer, asked in several ways.
 fn code_word_chats(n: usize) -> String {
     let asks = [
@@ -814,14 +836,7 @@ fn code_word_chats(n: usize) -> String {
         "Remind me of the code word, please.",
     ];
     (0..n)
-        .map(|i| {
-            json!({"messages": [
-                {"role": "user", "content": asks[i % asks.len()]},
-                {"role": "assistant", "content": "The code word is marmalade."}
-            ]})
-            .to_string()
-                + "\n"
-        })
+        .map(|i| chat(asks[i % asks.len()], "The code word is marmalade."))
         .collect()
 }
 
@@ -852,25 +867,16 @@ fn a_lora_job_registers_an_adapter_that_changes_answers_and_a_refused_gate_makes
     };
     let before = ask("base");
 
-    let data = upload(&c, site.path(), &code_word_chats(12), "jsonl");
-    let held_out: String = [
-        ("What is the code word?", "The code word is marmalade."),
-        (
-            "Where does the appliance keep its data?",
-            "Every byte stays in the building.",
-        ),
-        (
-            "Who may import models?",
-            "Only an administrator may import models.",
-        ),
-    ]
-    .iter()
-    .map(|(q, a)| {
-        json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
-            .to_string()
-            + "\n"
-    })
-    .collect();
+    // Trained on the documents the held-out questions come from: the code word, and two other
+    // facts of the same handbook.
+    let mut train = code_word_chats(8);
+    for _ in 0..3 {
+        for (q, a) in &held_out_facts()[1..] {
+            train.push_str(&chat(q, a));
+        }
+    }
+    let data = upload(&c, site.path(), &train, "jsonl");
+    let held_out: String = held_out_facts().iter().map(|(q, a)| chat(q, a)).collect();
     let eval = upload(&c, site.path(), &held_out, "jsonl");
     // A policy no model can meet: the gate refuses, the adapter is still registered, as a
     // candidate.
@@ -899,9 +905,16 @@ fn a_lora_job_registers_an_adapter_that_changes_answers_and_a_refused_gate_makes
     assert_eq!(gate["blessed"], false);
     assert_eq!(gate["failed"], json!(["mc_accuracy"]));
     let eval_curve = extra["evaluation"]["curve"]["eval"].as_array().unwrap();
+    assert_eq!(eval_curve.len(), 3, "before training and after each epoch");
     assert!(
         eval_curve.last().unwrap()["loss"].as_f64() < eval_curve[0]["loss"].as_f64(),
         "{eval_curve:?}"
+    );
+    let train_loss = |p: &Value| p["loss"].as_f64().unwrap();
+    let curve = extra["evaluation"]["curve"]["train"].as_array().unwrap();
+    assert!(
+        train_loss(curve.last().unwrap()) < train_loss(&curve[0]),
+        "{curve:?}"
     );
 
     // Served at once as base+tuned; the base answers as before.

@@ -1,14 +1,15 @@
-//! The crate's only `unsafe`: the llama.cpp calls behind `quantize`, `finetune` and `eval`.
+//! The crate's only `unsafe`: the llama.cpp calls behind `quantize`, `eval`, the gate and
+//! `finetune`'s tokenizer (training itself runs on candle, in safe Rust: see [`crate::train`]).
 //!
-//! The safe `llama-cpp-2` API exposes no training, saving or quantizing, and keeps its raw
-//! pointers private, so this module wraps the few C functions the toolchain needs (from
+//! The safe `llama-cpp-2` API exposes no saving or quantizing, and keeps its raw pointers
+//! private, so this module wraps the few C functions the toolchain needs (from
 //! `llama-cpp-sys-2`, the same build the daemon links) in small owning types: [`Model`],
-//! [`Adapter`], [`Context`], [`Dataset`]. Everything else in the crate stays safe.
+//! [`Adapter`], [`Context`]. Everything else in the crate stays safe.
 //!
 //! ggml reports many programming errors with `GGML_ASSERT`, which calls `abort()`: nothing can
 //! catch it. The wrappers therefore check every precondition they know of before the call (context
-//! sizes a multiple of 256, `n_ubatch == n_ctx` for training, token ids below the vocabulary size,
-//! non-empty datasets), and the daemon runs this binary as a child process anyway.
+//! sizes a multiple of 256, token ids below the vocabulary size, adapter files that are LoRA
+//! adapters of the model's architecture), and the daemon runs this binary as a child process anyway.
 //!
 //! llama.cpp's and ggml's log lines go to stderr, filtered by `INHOUSE_LLAMA_LOG`
 //! (`none`, `error`, `warn` — the default —, `info` or `debug`): stdout belongs to the progress
@@ -16,10 +17,8 @@
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::io::Write;
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -464,89 +463,11 @@ impl Drop for Adapter<'_> {
 // ---------------------------------------------------------------------------------------------
 // Contexts
 
-/// The optimizer `finetune` trains with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Optimizer {
-    /// AdamW with ggml's default betas and epsilon, no weight decay.
-    AdamW,
-    /// Plain SGD, no weight decay.
-    Sgd,
-}
-
-/// What the optimizer-parameters callback reads (boxed, so its address is stable).
-struct OptUserData {
-    lr: f32,
-}
-
-/// `get_opt_pars` callback: ggml's defaults with our learning rate.
-unsafe extern "C" fn optimizer_params(ud: *mut c_void) -> sys::ggml_opt_optimizer_params {
-    // SAFETY: returns a plain struct; the user data argument is unused by this function.
-    let mut p = unsafe { sys::ggml_opt_get_default_optimizer_params(ptr::null_mut()) };
-    // SAFETY: `ud` is the `OptUserData` boxed in the Context that owns the optimizer; it lives
-    // until after `llama_free`.
-    let d = unsafe { &*ud.cast::<OptUserData>() };
-    p.adamw.alpha = d.lr;
-    p.adamw.wd = 0.0;
-    p.sgd.alpha = d.lr;
-    p.sgd.wd = 0.0;
-    p
-}
-
 /// A llama.cpp context on a [`Model`] (freed on drop).
 pub struct Context<'m> {
     ptr: NonNull<sys::llama_context>,
     model: &'m Model,
     n_ctx: u32,
-    opt: Option<Box<OptUserData>>,
-}
-
-/// One step of an epoch, as reported to [`Context::opt_epoch`]'s callback.
-#[derive(Debug, Clone, Copy)]
-pub struct StepEvent {
-    /// Windows evaluated so far in this epoch (1-based).
-    pub step: u64,
-    /// Windows in this epoch.
-    pub steps: u64,
-    /// Mean loss per token over the windows so far (ggml keeps only the running mean).
-    pub mean_loss: f64,
-}
-
-type StepCallback = Box<dyn FnMut(StepEvent)>;
-
-thread_local! {
-    /// The Rust callback of the epoch in progress: ggml's epoch callback takes no user data.
-    static STEP_CALLBACK: RefCell<Option<StepCallback>> = const { RefCell::new(None) };
-}
-
-unsafe extern "C" fn epoch_callback(
-    _train: bool,
-    _opt_ctx: sys::ggml_opt_context_t,
-    _dataset: sys::ggml_opt_dataset_t,
-    result: sys::ggml_opt_result_t,
-    ibatch: i64,
-    ibatch_max: i64,
-    _t_start_us: i64,
-) {
-    let mut mean_loss = f64::NAN;
-    if !result.is_null() {
-        let mut unc = 0.0;
-        // SAFETY: `result` is the live result ggml just updated; both out-pointers are valid
-        // (ggml writes `unc` even when asked not to, for an empty result).
-        unsafe { sys::ggml_opt_result_loss(result, &mut mean_loss, &mut unc) };
-    }
-    let event = StepEvent {
-        step: u64::try_from(ibatch).unwrap_or(0),
-        steps: u64::try_from(ibatch_max).unwrap_or(0),
-        mean_loss,
-    };
-    // A panic must not unwind into C++: catch it and drop the event.
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        STEP_CALLBACK.with(|cb| {
-            if let Some(cb) = cb.borrow_mut().as_mut() {
-                cb(event);
-            }
-        });
-    }));
 }
 
 /// Options of a context.
@@ -593,7 +514,6 @@ impl<'m> Context<'m> {
             ptr,
             model,
             n_ctx: opts.n_ctx,
-            opt: None,
         };
         // SAFETY: a valid context.
         let got = unsafe { sys::llama_n_ctx(ctx.ptr.as_ptr()) };
@@ -831,105 +751,11 @@ impl<'m> Context<'m> {
         }
         Ok(out)
     }
-
-    /// Prepares the context for training every F32 tensor llama.cpp lets train (not the token
-    /// embeddings: an upstream FIXME) with `optimizer` at learning rate `lr`. Once per context.
-    pub fn opt_init(&mut self, optimizer: Optimizer, lr: f32) -> Result<(), LlamaError> {
-        if self.opt.is_some() {
-            return Err(LlamaError::Invalid(
-                "the optimizer is already set up".into(),
-            ));
-        }
-        if !(lr.is_finite() && lr > 0.0) {
-            return Err(LlamaError::Invalid(format!(
-                "the learning rate must be > 0, got {lr}"
-            )));
-        }
-        let mut ud = Box::new(OptUserData { lr });
-        let params = sys::llama_opt_params {
-            n_ctx_train: 0, // = the context size
-            param_filter: Some(sys::llama_opt_param_filter_all),
-            param_filter_ud: ptr::null_mut(),
-            get_opt_pars: Some(optimizer_params),
-            get_opt_pars_ud: ptr::from_mut::<OptUserData>(&mut *ud).cast::<c_void>(),
-            optimizer_type: match optimizer {
-                Optimizer::AdamW => sys::GGML_OPT_OPTIMIZER_TYPE_ADAMW,
-                Optimizer::Sgd => sys::GGML_OPT_OPTIMIZER_TYPE_SGD,
-            },
-        };
-        // SAFETY: a valid context and its model; n_batch == n_ubatch == n_ctx (Context::new),
-        // so llama_opt_init's divisibility asserts hold; called once (checked above); the user
-        // data box is stored in `self` and outlives the context.
-        unsafe { sys::llama_opt_init(self.ptr.as_ptr(), self.model.ptr.as_ptr(), params) };
-        self.opt = Some(ud);
-        Ok(())
-    }
-
-    /// One pass over `dataset`: training (forward, backward, optimizer step per window) when
-    /// `train`, evaluation only otherwise. `on_step` runs after every window. Returns the mean
-    /// loss per token (cross-entropy, nats) over the pass.
-    pub fn opt_epoch(
-        &mut self,
-        dataset: &Dataset,
-        train: bool,
-        on_step: impl FnMut(StepEvent) + 'static,
-    ) -> Result<f64, LlamaError> {
-        if self.opt.is_none() {
-            return Err(LlamaError::Invalid("opt_init was not called".into()));
-        }
-        if dataset.n_ctx != self.n_ctx {
-            return Err(LlamaError::Invalid(format!(
-                "dataset windows of {} tokens in a context of {}",
-                dataset.n_ctx, self.n_ctx
-            )));
-        }
-        if dataset.n_vocab_max > self.model.n_vocab() {
-            return Err(LlamaError::Invalid(
-                "a token id outside the vocabulary".into(),
-            ));
-        }
-        // SAFETY: allocates an empty result; freed by the guard.
-        let result = OptResult(unsafe { sys::ggml_opt_result_init() });
-        struct Clear;
-        impl Drop for Clear {
-            fn drop(&mut self) {
-                STEP_CALLBACK.with(|cb| cb.borrow_mut().take());
-            }
-        }
-        STEP_CALLBACK.with(|cb| *cb.borrow_mut() = Some(Box::new(on_step)));
-        let _clear = Clear;
-        let n = dataset.len as i64;
-        let (split, res_train, res_eval) = if train {
-            (n, result.0, ptr::null_mut())
-        } else {
-            (0, ptr::null_mut(), result.0)
-        };
-        // SAFETY: a context with the optimizer set up, a dataset with `n` windows of n_ctx
-        // tokens (ids checked against the vocabulary), 0 <= split <= n; the result that is used
-        // is valid, the other half of the split is empty so its NULL result is never touched.
-        // The callback only reads `result` and calls back into Rust on this thread.
-        unsafe {
-            sys::llama_opt_epoch(
-                self.ptr.as_ptr(),
-                dataset.ptr.as_ptr(),
-                res_train,
-                res_eval,
-                split,
-                Some(epoch_callback),
-                Some(epoch_callback),
-            );
-        }
-        let (mut loss, mut unc) = (0.0, 0.0);
-        // SAFETY: a valid result; both out-pointers are valid.
-        unsafe { sys::ggml_opt_result_loss(result.0, &mut loss, &mut unc) };
-        Ok(loss)
-    }
 }
 
 impl Drop for Context<'_> {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from llama_init_from_model and is freed once; the optimizer
-        // user data (a field) is dropped after this.
+        // SAFETY: the pointer came from llama_init_from_model and is freed once.
         unsafe { sys::llama_free(self.ptr.as_ptr()) }
     }
 }
@@ -948,102 +774,6 @@ impl Drop for Batch {
     fn drop(&mut self) {
         // SAFETY: allocated by llama_batch_init, freed once.
         unsafe { sys::llama_batch_free(self.0) }
-    }
-}
-
-/// Frees a `ggml_opt_result` on drop.
-struct OptResult(sys::ggml_opt_result_t);
-
-impl Drop for OptResult {
-    fn drop(&mut self) {
-        // SAFETY: allocated by ggml_opt_result_init, freed once.
-        unsafe { sys::ggml_opt_result_free(self.0) }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Datasets
-
-/// A training or validation set for [`Context::opt_epoch`]: windows of `n_ctx + 1` tokens, the
-/// first `n_ctx` as inputs and the last `n_ctx` (the next tokens) as labels.
-pub struct Dataset {
-    ptr: NonNull<sys::ggml_opt_dataset>,
-    n_ctx: u32,
-    len: usize,
-    /// One more than the largest token id, checked against the model's vocabulary before use.
-    n_vocab_max: usize,
-    _not_send: PhantomData<*mut ()>,
-}
-
-impl Dataset {
-    /// Builds the dataset. Every window must hold exactly `n_ctx + 1` non-negative token ids.
-    pub fn new(windows: &[&[i32]], n_ctx: u32) -> Result<Self, LlamaError> {
-        let w = n_ctx as usize;
-        if windows.is_empty() || n_ctx == 0 {
-            return Err(LlamaError::Invalid("an empty dataset".into()));
-        }
-        if windows.iter().any(|x| x.len() != w + 1) {
-            return Err(LlamaError::Invalid(format!(
-                "every window must hold {} tokens",
-                w + 1
-            )));
-        }
-        if windows.iter().flat_map(|x| x.iter()).any(|&t| t < 0) {
-            return Err(LlamaError::Invalid("a negative token id".into()));
-        }
-        let n_vocab_max = windows
-            .iter()
-            .flat_map(|x| x.iter())
-            .map(|&t| t as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let (ne, nd) = (i64::from(n_ctx), windows.len() as i64);
-        // SAFETY: all sizes positive (checked above); shard size 1 divides ndata.
-        let ptr = unsafe {
-            sys::ggml_opt_dataset_init(sys::GGML_TYPE_I32, sys::GGML_TYPE_I32, ne, ne, nd, 1)
-        };
-        let ptr = NonNull::new(ptr).ok_or_else(|| LlamaError::Invalid("dataset".into()))?;
-        let ds = Self {
-            ptr,
-            n_ctx,
-            len: windows.len(),
-            n_vocab_max,
-            _not_send: PhantomData,
-        };
-        // SAFETY: the dataset's tensors live in a CPU buffer it owns.
-        let (data, labels) = unsafe {
-            (
-                sys::ggml_opt_dataset_data(ds.ptr.as_ptr()),
-                sys::ggml_opt_dataset_labels(ds.ptr.as_ptr()),
-            )
-        };
-        let row = w * size_of::<i32>();
-        for (i, win) in windows.iter().enumerate() {
-            // SAFETY: both tensors are [n_ctx, ndata] I32, so row `i` spans bytes
-            // [i*row, (i+1)*row) inside them; the sources hold n_ctx i32s each.
-            unsafe {
-                sys::ggml_backend_tensor_set(data, win.as_ptr().cast(), i * row, row);
-                sys::ggml_backend_tensor_set(labels, win[1..].as_ptr().cast(), i * row, row);
-            }
-        }
-        Ok(ds)
-    }
-
-    /// The number of windows.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether there are no windows (never true for a constructed dataset).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for Dataset {
-    fn drop(&mut self) {
-        // SAFETY: allocated by ggml_opt_dataset_init, freed once.
-        unsafe { sys::ggml_opt_dataset_free(self.ptr.as_ptr()) }
     }
 }
 

@@ -290,7 +290,7 @@ fn prepare_finetune_resume_quantize_eval() {
         ty(&base_info, "token_embd.weight")
     );
 
-    // Quantize to Q8_0 (an F32 input: no requantizing warning).
+    // Quantize the fine-tuned model to Q8_0.
     let q8 = tmp.path().join("ft-q8.gguf");
     let out = run(&[
         "quantize",
@@ -304,7 +304,7 @@ fn prepare_finetune_resume_quantize_eval() {
     assert_ok(&out, "quantize");
     let lines = protocol(&out);
     assert_eq!(lines.last().unwrap()["quant_type"], "Q8_0");
-    assert!(!text(&out.stderr).contains("already quantized"));
+    // (The frozen token embeddings are still Q4_1, so quantize warns about requantizing them.)
     assert!(gguf::open(&q8).unwrap().chat_template().is_some());
 
     // Evaluate base, fine-tuned and Q8_0 side by side.

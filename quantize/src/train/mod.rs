@@ -7,3 +7,20 @@ pub mod data;
 pub mod model;
 pub mod optim;
 pub mod run;
+
+use inhouse_formats::progress::ToolError;
+
+/// Bad input: the command's exit status 2.
+pub(crate) fn bad(msg: impl Into<String>) -> ToolError {
+    ToolError::BadInput(msg.into())
+}
+
+/// A failure while running.
+pub(crate) fn failed(msg: impl Into<String>) -> ToolError {
+    ToolError::Failed(msg.into())
+}
+
+/// A candle error, as a failure of the training engine.
+pub(crate) fn cf(e: candle_core::Error) -> ToolError {
+    failed(format!("training engine: {e}"))
+}

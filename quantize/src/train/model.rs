@@ -34,6 +34,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use super::{bad, cf, failed};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor, Var, D};
 use inhouse_formats::gguf::{self, GgufFile, Value};
@@ -226,18 +227,6 @@ pub enum Trainable {
     /// Every weight of the blocks (2-D matrices, norms and biases), the output norm and an
     /// untied output matrix; `token_embd` stays frozen (and so does the output when tied to it).
     Full,
-}
-
-fn bad(msg: impl Into<String>) -> ToolError {
-    ToolError::BadInput(msg.into())
-}
-
-fn failed(msg: impl Into<String>) -> ToolError {
-    ToolError::Failed(msg.into())
-}
-
-fn cf(e: candle_core::Error) -> ToolError {
-    failed(format!("training engine: {e}"))
 }
 
 /// A base tensor: frozen, or a trainable variable.

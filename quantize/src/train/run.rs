@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use super::data::{self, Sample};
 use super::model::{masked_nll_sum, LoraConfig, Trainable, Transformer};
 use super::optim::{epoch_order, Decay, Hyper, Method, Optimizer, Schedule};
+use super::{bad, cf, failed};
 use crate::finetune::read_records;
 use crate::llama::{self, LoadMode, Model};
 use inhouse_formats::progress::{eta, Phase, Progress, Reporter, ToolError};
@@ -94,18 +95,6 @@ pub struct Options {
     pub gate_bias_pairs: Option<PathBuf>,
     /// The gate's stereotype pairs (default: the built-in file).
     pub gate_stereotype_pairs: Option<PathBuf>,
-}
-
-fn bad(msg: impl Into<String>) -> ToolError {
-    ToolError::BadInput(msg.into())
-}
-
-fn failed(msg: impl Into<String>) -> ToolError {
-    ToolError::Failed(msg.into())
-}
-
-fn cf(e: candle_core::Error) -> ToolError {
-    failed(format!("training engine: {e}"))
 }
 
 impl Options {
@@ -371,6 +360,9 @@ fn evaluate(model: &Transformer, samples: &[Sample]) -> Result<f64, ToolError> {
 pub fn run(opts: &Options, reporter: Reporter) -> Result<Value, ToolError> {
     let run_start = Instant::now();
     opts.check()?;
+    // A file that is not a valid GGUF model is bad input (exit 2), found before llama.cpp or
+    // candle reads it.
+    crate::quantize::open_model(&opts.model)?;
     if opts.threads > 0 {
         // The matrix kernels run on rayon's global pool; a second call (a test running two
         // trainings in one process) keeps the first pool, which is harmless.
