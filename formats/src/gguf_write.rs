@@ -637,11 +637,16 @@ pub fn check_lora_against(base: &GgufFile, pairs: &[LoraPair]) -> Result<(), Ggu
     Ok(())
 }
 
-/// splitmix64: a tiny, well-mixed deterministic generator (enough for test weights).
-struct SplitMix64(u64);
+/// splitmix64 (Vigna): a tiny, well-mixed deterministic generator, the one seeded stream of
+/// the workspace (test weights here; the toolchain's LoRA initialization, data order and
+/// multiple-choice distractors).
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -649,8 +654,13 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// Uniform in `0..n` (n > 0; the modulo bias is negligible for the sizes it draws from).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
     /// Uniform in [-scale, scale], from the top 24 bits (exact in f32).
-    fn uniform(&mut self, scale: f32) -> f32 {
+    pub fn uniform(&mut self, scale: f32) -> f32 {
         let unit = (self.next() >> 40) as f32 / (1u32 << 24) as f32; // [0, 1)
         (unit * 2.0 - 1.0) * scale
     }

@@ -76,9 +76,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use inhouse_formats::gguf;
+use inhouse_formats::gguf_write::SplitMix64;
 use inhouse_formats::progress::{eta, Phase, Progress, Reporter, ToolError};
-use inhouse_formats::request::ChatMessage;
-use inhouse_formats::template::{ChatTemplate, RenderInput, TemplateLimits};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -86,6 +85,7 @@ use crate::eval::{self, BiasReport, StereotypeReport};
 use crate::finetune::{read_records, Record};
 use crate::llama::{Context, ContextOptions, LoadMode, Model, CTX_ALIGN};
 use crate::quantize;
+use crate::train::data::{chat_format_in, ChatFormat};
 
 /// The built-in general-text regression set.
 pub const DEFAULT_GENERAL_TEXT: &str = include_str!("../data/general_text.txt");
@@ -610,24 +610,6 @@ pub fn judge(policy: &Policy, baseline: &Scores, candidate: &Scores) -> GateResu
 // ---------------------------------------------------------------------------------------------
 // Multiple choice
 
-/// splitmix64, for the deterministic draw of distractors.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0; the modulo bias is negligible for eval-set sizes).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// The distractors of each question: for question `i`, up to `n` indices of *other* questions
 /// whose reference answers (trimmed) differ from `answers[i]` and from each other, drawn with a
 /// splitmix64 stream seeded from `seed` and `i`. Deterministic: the same answers and seed give
@@ -708,55 +690,27 @@ pub fn questions_from_records(records: &[Record]) -> Result<Vec<Question>, Strin
 // ---------------------------------------------------------------------------------------------
 // Rendering and scoring
 
-/// A model's chat template, compiled as the daemon compiles it.
+/// A model's chat template, compiled as the daemon compiles it (the trainer's [`ChatFormat`]).
 struct Renderer {
-    template: ChatTemplate,
-    bos_text: String,
+    format: ChatFormat,
 }
 
 impl Renderer {
     fn of(file: &gguf::GgufFile, path: &Path) -> Result<Self, ToolError> {
-        let source = file.chat_template().ok_or_else(|| {
-            bad(format!(
-                "{}: the model has no chat template; the gate renders its questions with it",
-                path.display()
-            ))
-        })?;
-        let tokens = file.get("tokenizer.ggml.tokens").and_then(|t| t.as_array());
-        let token = |key: &str| -> String {
-            let id = file.get_u64(key);
-            match (tokens, id) {
-                (Some(t), Some(id)) => t
-                    .get(id as usize)
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                _ => String::new(),
-            }
-        };
-        let (bos, eos) = (
-            token("tokenizer.ggml.bos_token_id"),
-            token("tokenizer.ggml.eos_token_id"),
-        );
-        let template = ChatTemplate::new(source, &bos, &eos, TemplateLimits::default())
-            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        Ok(Self {
-            template,
-            bos_text: bos,
-        })
+        let format = chat_format_in(file)
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?
+            .ok_or_else(|| {
+                bad(format!(
+                    "{}: the model has no chat template; the gate renders its questions with it",
+                    path.display()
+                ))
+            })?;
+        Ok(Self { format })
     }
 
     fn render(&self, messages: &[(String, String)], gen_prompt: bool) -> Result<String, ToolError> {
-        let msgs: Vec<ChatMessage> = messages
-            .iter()
-            .map(|(r, c)| ChatMessage::text(r.as_str(), c.as_str()))
-            .collect();
-        self.template
-            .render(&RenderInput {
-                messages: &msgs,
-                tools: &[],
-                add_generation_prompt: gen_prompt,
-                enable_thinking: None,
-            })
+        self.format
+            .render(messages, gen_prompt)
             .map_err(|e| bad(format!("rendering a question: {e}")))
     }
 
@@ -791,7 +745,8 @@ fn item(model: &Model, r: &Renderer, q: &Question, answers: &[&str]) -> Result<I
         let (p, turn) = r.segments(q, a)?;
         if prompt.is_none() {
             // BOS as the model asks, unless the template wrote it already (as the daemon does).
-            let written = !r.bos_text.is_empty() && p.starts_with(&r.bos_text);
+            let bos = r.format.bos_token();
+            let written = !bos.is_empty() && p.starts_with(bos);
             prompt = Some(model.tokenize(&p, !written, true).map_err(failed)?);
         }
         let t = model.tokenize(&turn, false, true).map_err(failed)?;
@@ -1549,8 +1504,7 @@ mod tests {
         let src = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
                    {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
         let r = Renderer {
-            template: ChatTemplate::new(src, "", "<|im_end|>", TemplateLimits::default()).unwrap(),
-            bos_text: String::new(),
+            format: ChatFormat::new(src, "", "<|im_end|>", None).unwrap(),
         };
         let q = Question {
             prompt: vec![("user".into(), "Why?".into())],

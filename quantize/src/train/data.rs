@@ -283,6 +283,11 @@ impl ChatFormat {
 pub fn chat_format_of(model_path: &Path) -> Result<Option<ChatFormat>, ToolError> {
     let f = gguf::open(model_path)
         .map_err(|e| ToolError::BadInput(format!("{}: {e}", model_path.display())))?;
+    chat_format_in(&f)
+}
+
+/// [`chat_format_of`] for a GGUF already open.
+pub fn chat_format_in(f: &gguf::GgufFile) -> Result<Option<ChatFormat>, ToolError> {
     let Some(source) = f.chat_template() else {
         return Ok(None);
     };

@@ -27,6 +27,7 @@
 
 mod ops;
 
+use inhouse_formats::gguf_write::SplitMix64;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -360,25 +361,6 @@ fn get_f32(g: &GgufFile, key: &str) -> Option<f32> {
         Value::F32(v) => Some(*v),
         Value::F64(v) => Some(*v as f32),
         v => v.as_u64().map(|v| v as f32),
-    }
-}
-
-/// splitmix64 (Vigna): the seeded stream of the LoRA `A` initialization.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[-bound, bound)`, from the top 24 bits.
-    fn uniform(&mut self, bound: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u32 << 24) as f32;
-        (unit * 2.0 - 1.0) * bound
     }
 }
 

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Result, Tensor, Var};
+use inhouse_formats::gguf_write::SplitMix64;
 
 /// Which optimizer updates the parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,17 +266,9 @@ impl Schedule {
 /// the ones before it (which is what `--resume` needs).
 pub fn epoch_order(n: usize, seed: u64, epoch: u32) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut state = seed ^ (u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = SplitMix64(seed ^ (u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
+        order.swap(i, rng.below(i + 1));
     }
     order
 }
