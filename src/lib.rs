@@ -24,6 +24,7 @@
 //! - [`wire`]: the admin, models, ps, jobs, history and error bodies, typed once for both ends.
 //! - [`client`]: the socket client used by the `inhouse` CLI and the tests, typed over [`wire`].
 //! - [`cli`]: the `inhouse` command line, one file per command family.
+//! - [`fault`]: named crash points for the fault-matrix tests (inert unless `INHOUSE_FAULT`).
 // `deny`, not `forbid`: the one exception is `engine::ffi` (ggml's CPU-variant registry), which
 // allows it for itself with a SAFETY comment on each block.
 #![deny(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod engine;
+pub mod fault;
 pub mod incoming;
 pub mod jobs;
 pub mod metrics;

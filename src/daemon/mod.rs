@@ -265,6 +265,12 @@ fn listen(
 pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), DaemonError> {
     let _watchdog = systemd::spawn_watchdog(activation.watchdog);
     config.check()?;
+    if let Some(point) = crate::fault::armed_name() {
+        tracing::warn!(
+            point,
+            "INHOUSE_FAULT is set: this process kills itself at that point"
+        );
+    }
     // The key and the database come first: a wrong key must stop the daemon (status 78)
     // before any model is loaded or the socket opened.
     let store = store::open(&config).await?;
