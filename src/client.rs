@@ -553,6 +553,35 @@ impl Client {
         Ok(bytes)
     }
 
+    /// `GET /admin/backup`: streams the archive into `out` (an open file the caller made) and
+    /// returns its size. A body that ends early (the daemon failed or died mid-stream) is an
+    /// error: the archive is then incomplete and must not be kept.
+    pub async fn backup_to(
+        &self,
+        with_models: bool,
+        out: &mut (impl std::io::Write + ?Sized),
+        mut on_bytes: impl FnMut(u64),
+    ) -> Result<u64, ClientError> {
+        let path = format!("/admin/backup?with_models={with_models}");
+        let mut resp = self.send(Method::GET, &path, None).await?;
+        if !resp.status.is_success() {
+            let status = resp.status;
+            let bytes = resp.collect().await?;
+            return check_status(status, &bytes).map(|()| 0);
+        }
+        let mut n = 0u64;
+        while let Some(chunk) = resp.next_chunk().await {
+            let chunk = chunk?;
+            out.write_all(&chunk).map_err(|source| ClientError::File {
+                path: PathBuf::from("the backup file"),
+                source,
+            })?;
+            n += chunk.len() as u64;
+            on_bytes(n);
+        }
+        Ok(n)
+    }
+
     /// Streams a chat completion, calling `on_text` with each piece of the answer; returns the
     /// whole answer and the finish reason.
     pub async fn chat_stream(

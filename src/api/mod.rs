@@ -5,6 +5,7 @@
 
 pub mod aliases;
 pub mod auth;
+pub mod backup;
 pub mod body;
 pub mod card;
 pub mod error;
@@ -133,6 +134,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/admin/models", get(models::list).route_layer(needs(Admin)))
         .route("/admin/ps", get(models::ps).route_layer(needs(Admin)))
+        .route("/admin/backup", get(backup::backup).route_layer(needs(Admin)))
         .route(
             "/admin/models/{name}/promote",
             post(aliases::promote).route_layer(needs(Admin)),

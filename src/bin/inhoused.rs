@@ -42,6 +42,11 @@ struct Args {
     /// Check the configuration, print it and exit.
     #[arg(long)]
     validate_config: bool,
+    /// Restore a backup archive (made by `inhouse admin backup`) into --state-dir, which must
+    /// be empty or absent, with --key-file, then exit (offline: no daemon runs). Nothing
+    /// changes unless every check passes.
+    #[arg(long, value_name = "FILE")]
+    restore: Option<PathBuf>,
 }
 
 /// `--version`: the version, llama.cpp's, and the ggml CPU variant this machine gets (which
@@ -64,10 +69,15 @@ fn long_version() -> String {
 
 fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
     let mut cfg = match &args.config {
-        Some(path) => Config::from_file(path)?,
+        Some(path) => {
+            let cfg = Config::from_file(path)?;
+            inhouse::storage::backup::note_config_file(path);
+            cfg
+        }
         None => {
             let default = PathBuf::from(config::DEFAULT_CONFIG_PATH);
             if default.exists() {
+                inhouse::storage::backup::note_config_file(&default);
                 Config::from_file(&default)?
             } else {
                 Config::default()
@@ -129,6 +139,9 @@ fn main() -> ExitCode {
         println!("{cfg:#?}");
         return ExitCode::SUCCESS;
     }
+    if let Some(archive) = &args.restore {
+        return restore(archive, &args, &cfg);
+    }
     // Before the runtime starts any thread: this reads and unsets systemd's variables.
     let activation = match inhouse::daemon::systemd::Activation::from_env() {
         Ok(a) => a,
@@ -149,6 +162,55 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("inhoused: {e}");
             ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// `--restore FILE`: offline; exit 0 when restored, 78 with the reason otherwise (nothing
+/// changed then).
+fn restore(archive: &std::path::Path, args: &Args, cfg: &Config) -> ExitCode {
+    let config_exit = ExitCode::from(inhouse::daemon::EXIT_CONFIG as u8);
+    if args.state_dir.is_none() {
+        eprintln!("inhoused: --restore needs --state-dir DIR (an empty or absent directory)");
+        return config_exit;
+    }
+    let Some(key_file) = &cfg.key_file else {
+        eprintln!("inhoused: --restore needs --key-file KEY (the master key of the backup)");
+        return config_exit;
+    };
+    let key = match inhouse::crypto::MasterKey::load(key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("inhoused: master key {}: {e}", key_file.display());
+            return config_exit;
+        }
+    };
+    match inhouse::storage::backup::restore(archive, &cfg.state_dir, key) {
+        Ok(r) => {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            eprintln!(
+                "inhoused: restored {} into {}; the first start appends a `restored` audit event",
+                archive.display(),
+                r.state_dir
+            );
+            if let Some(etc) = &r.restored_etc {
+                eprintln!(
+                    "inhoused: the archived configuration and trusted keys are in {etc}: compare \
+                     them with /etc/inhouse and copy what you need"
+                );
+            }
+            for m in &r.models_missing_files {
+                eprintln!(
+                    "inhoused: model {} has no file in the archive: copy it to {}/models/blobs/\
+                     sha256-{} (mode 0440) before serving it",
+                    m.name, r.state_dir, m.digest
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("inhoused: restore refused, nothing was changed: {e}");
+            config_exit
         }
     }
 }

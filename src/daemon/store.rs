@@ -52,7 +52,17 @@ pub async fn open(config: &Config) -> Result<StoreHandle, StoreStartError> {
             format!("state directory {}: {e}", config.state_dir.display()),
         )))
     })?;
+    // Snapshots a killed backup left behind.
+    crate::storage::backup::clean_tmp(&config.state_dir);
     let store = StoreHandle::open(config.state_dir.join(DB_FILE), key)
+        .await
+        .map_err(StoreStartError::Store)?;
+    store.set_backup_sources(crate::storage::backup::Sources {
+        trusted_keys_dir: Some(config.trusted_keys_dir.clone()),
+        config_file: crate::storage::backup::noted_config_file(),
+    });
+    // The first start after `inhoused --restore`: the chain records the restore, once.
+    crate::storage::backup::finish_restore(&store, &config.state_dir)
         .await
         .map_err(StoreStartError::Store)?;
     if let Some(status) = store

@@ -11,9 +11,9 @@
 //! cancelled after it was handed over is still recorded (or its failure still counted).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,6 +38,10 @@ enum Msg {
 pub struct StoreHandle {
     tx: mpsc::Sender<Msg>,
     failed_writes: Arc<AtomicU64>,
+    /// The database file, for the online backup's second connection.
+    db_path: Arc<PathBuf>,
+    /// What a backup archives besides the state directory (set once by the daemon).
+    backup_sources: Arc<OnceLock<super::backup::Sources>>,
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -57,6 +61,7 @@ impl StoreHandle {
         master_key: MasterKey,
     ) -> Result<StoreHandle, StoreError> {
         let path = db_path.into();
+        let abs = db_path_abs(&path);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(DEFAULT_QUEUE_DEPTH);
         std::thread::Builder::new()
@@ -71,24 +76,70 @@ impl StoreHandle {
                 }
             })?;
         ready_rx.await.map_err(|_| StoreError::Closed)??;
-        Ok(StoreHandle::with_sender(tx))
+        Ok(StoreHandle::with_sender(tx, abs))
     }
 
     /// Moves an already opened store onto a new thread. For callers that open the store before
     /// the async runtime runs (the daemon checks the key before anything else) or in tests.
     pub fn spawn(store: Store, queue_depth: usize) -> Result<StoreHandle, StoreError> {
         let (tx, rx) = mpsc::channel(queue_depth.max(1));
+        let path = db_path_abs(store.path());
         std::thread::Builder::new()
             .name("inhouse-store".into())
             .spawn(move || serve(store, rx))?;
-        Ok(StoreHandle::with_sender(tx))
+        Ok(StoreHandle::with_sender(tx, path))
     }
 
-    fn with_sender(tx: mpsc::Sender<Msg>) -> StoreHandle {
+    fn with_sender(tx: mpsc::Sender<Msg>, db_path: PathBuf) -> StoreHandle {
         StoreHandle {
             tx,
             failed_writes: Arc::new(AtomicU64::new(0)),
+            db_path: Arc::new(db_path),
+            backup_sources: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// Sets what backups archive besides the state directory (the configuration file, the
+    /// trusted keys); the first call wins.
+    pub fn set_backup_sources(&self, sources: super::backup::Sources) {
+        let _ = self.backup_sources.set(sources);
+    }
+
+    /// What backups archive besides the state directory.
+    pub fn backup_sources(&self) -> super::backup::Sources {
+        self.backup_sources.get().cloned().unwrap_or_default()
+    }
+
+    /// Takes the online snapshot of a backup (see [`super::backup::snapshot`]) on a blocking
+    /// thread, over its own read-only connection: the storage thread keeps serving meanwhile.
+    pub async fn backup_snapshot(
+        &self,
+    ) -> Result<super::backup::Snapshot, super::backup::BackupError> {
+        let db = self.db_path.as_ref().clone();
+        let tmp = db
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(super::backup::TMP_DIR);
+        tokio::task::spawn_blocking(move || super::backup::snapshot(&db, &tmp))
+            .await
+            .map_err(|e| super::backup::BackupError::Io(format!("the snapshot task failed: {e}")))?
+    }
+
+    /// MACs a backup's manifest with the active key (see [`Store::seal_backup_manifest`]).
+    pub async fn seal_backup_manifest(
+        &self,
+        mut manifest: super::backup::Manifest,
+    ) -> Result<super::backup::Manifest, StoreError> {
+        self.call(move |s| {
+            s.seal_backup_manifest(&mut manifest)?;
+            Ok(manifest)
+        })
+        .await
     }
 
     /// Runs `f` on the storage thread and returns its result. The building block of every
@@ -271,6 +322,11 @@ impl StoreHandle {
             let _ = done_rx.await;
         }
     }
+}
+
+/// `path` made absolute (the store may have been opened with a relative one).
+fn db_path_abs(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The storage thread's loop.

@@ -19,6 +19,7 @@
 //! Times are Unix seconds (UTC) throughout.
 
 mod audit;
+pub mod backup;
 mod error;
 mod handle;
 mod jobs;
