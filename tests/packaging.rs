@@ -5,7 +5,11 @@
 //! group inhouse gets an answer and anyone else is refused, and that no prompt text reaches the
 //! log; then `dpkg -r` keeps the data and `dpkg --purge` removes it. Last, where it can run,
 //! boot a Debian root file system under systemd-nspawn with the package installed and talk to
-//! the service through systemctl and its socket.
+//! the service through systemctl and its socket; and boot another with the previous release's
+//! package (built by scripts/old-deb from a fixed earlier commit), fill it with a model, history,
+//! a finished job and a conffile change, and upgrade it to this one while a client loops
+//! requests on the socket (tests/nspawn/upgrade: no request may fail, everything reads back,
+//! migrations run once, and a downgrade onto the migrated database refuses to start with 78).
 //!
 //! These tests change the machine (a package, system users, /etc, /var/lib): they need root,
 //! leave nothing behind (the package is purged, test users removed, even on failure) and can
@@ -526,23 +530,44 @@ fn rootfs_cache() -> String {
     )
 }
 
-#[test]
-fn nspawn_boot_starts_the_service_through_systemctl() {
-    const NAME: &str = "nspawn_boot_starts_the_service_through_systemctl";
-    if !root_or_explain(NAME) {
-        return;
+/// Can this machine boot the container? `false` (with a printed reason) only outside CI:
+/// under CI these tests must run.
+fn nspawn_or_explain(name: &str) -> bool {
+    if !root_or_explain(name) {
+        return false;
     }
     if let Some(why) = nspawn_unavailable() {
         // The issue asks for this test "where it can run": CI machines can, so there it fails.
         assert!(
             std::env::var_os("CI").is_none(),
-            "{NAME}: cannot run: {why}"
+            "{name}: cannot run: {why}"
         );
-        eprintln!("{NAME}: NOT RUN: {why}");
-        return;
+        eprintln!("{name}: NOT RUN: {why}");
+        return false;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let deb = deb();
+    true
+}
+
+/// What the container is set up with before its boot.
+struct Boot<'a> {
+    /// The .deb installed before the boot (not booted: its postinst makes the accounts,
+    /// directories and the sealed key).
+    install: &'a Path,
+    /// Extra files copied in: (host path, path inside the container).
+    files: Vec<(PathBuf, &'a str)>,
+    /// The script (under tests/nspawn/) run once the system is up, as a oneshot unit.
+    check: &'a str,
+    /// Environment of that unit.
+    env: Vec<(&'a str, String)>,
+    /// The line that says every check of the script held.
+    ok_line: &'a str,
+}
+
+/// Copies the cached Debian image, installs `boot.install` in it with SmolLM2 configured as
+/// `smol` (a line the admin adds to the conffile), a member, an outsider and an auditor, then
+/// boots it under systemd-nspawn; the check unit writes /ci-result and powers off. Returns the
+/// result and the directory holding the container's root (`root/`), to read its files after.
+fn boot_container(boot: Boot<'_>) -> (String, tempfile::TempDir) {
     let model = common::smollm2();
     let made = must(&format!(
         "echo \"ROOTFS=$({}/scripts/nspawn-rootfs | tail -n1)\"",
@@ -558,20 +583,29 @@ fn nspawn_boot_starts_the_service_through_systemctl() {
     let root = work.path().join("root");
     let r = root.display().to_string();
     let started = Instant::now();
-    // A throwaway copy of the cached image, the package installed inside it (not booted: the
-    // postinst makes the accounts, directories and the sealed key), a model configured, and a
-    // check unit that runs once the system is up, writes /ci-result and powers off.
+    let copies: String = boot
+        .files
+        .iter()
+        .map(|(from, to)| format!("cp {} {r}{to}\n", from.display()))
+        .collect();
+    let env: String = boot
+        .env
+        .iter()
+        .map(|(k, v)| format!("Environment={k}={v}\n"))
+        .collect();
     must(&format!(
         "cp -a {rootfs} {r}
          cp {deb} {r}/root/inhouse.deb
          cp {model} {r}/root/model.gguf
          cp {check} {r}/usr/local/sbin/inhouse-ci-check
+         {copies}
          systemd-nspawn --quiet --register=no --keep-unit --pipe -D {r} sh -c '
            dpkg -i /root/inhouse.deb
            install -o inhouse -g inhouse -m 0600 /root/model.gguf /var/lib/inhouse/models/smol.gguf
            echo \"smol = \\\"/var/lib/inhouse/models/smol.gguf\\\"\" >> /etc/inhouse/inhouse.toml
            useradd --system --no-create-home --groups inhouse {MEMBER}
            useradd --system --no-create-home {OUTSIDER}
+           useradd --system --no-create-home --groups inhouse,inhouse-auditor inhouse-ci-auditor
            cat > /etc/systemd/system/inhouse-ci-check.service <<EOF
 [Unit]
 Description=inhouse CI check
@@ -579,14 +613,14 @@ After=multi-user.target inhoused.socket
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/inhouse-ci-check
-StandardOutput=file:/ci-result
+{env}StandardOutput=file:/ci-result
 StandardError=inherit
 [Install]
 WantedBy=multi-user.target
 EOF
            systemctl enable inhouse-ci-check.service'",
-        check = repo().join("tests/nspawn/check").display(),
-        deb = deb.display(),
+        check = repo().join("tests/nspawn").join(boot.check).display(),
+        deb = boot.install.display(),
         model = model.display(),
     ));
     println!(
@@ -594,20 +628,109 @@ EOF
         started.elapsed().as_secs_f64()
     );
     let started = Instant::now();
-    let (ok, boot) = sh(&format!(
-        "timeout 300 systemd-nspawn --quiet --register=no --keep-unit --boot --pipe -D {r} \
+    let (ok, booted) = sh(&format!(
+        "timeout 900 systemd-nspawn --quiet --register=no --keep-unit --boot --pipe -D {r} \
          > {w}/boot.log 2>&1; echo exit=$?",
         w = work.path().display()
     ));
     let result = std::fs::read_to_string(root.join("ci-result")).unwrap_or_default();
     println!(
-        "booted, checked and powered off in {:.1} s ({boot}):\n{result}",
+        "booted, checked and powered off in {:.1} s ({booted}):\n{result}",
         started.elapsed().as_secs_f64()
     );
     let boot_log = std::fs::read_to_string(work.path().join("boot.log")).unwrap_or_default();
-    assert!(ok, "{boot}\n{boot_log}");
+    assert!(ok, "{booted}\n{boot_log}");
     assert!(
-        result.contains("CHECK OK"),
+        result.contains(boot.ok_line),
         "the in-container check failed:\n{result}\n--- boot log:\n{boot_log}"
     );
+    (result, work)
+}
+
+#[test]
+fn nspawn_boot_starts_the_service_through_systemctl() {
+    if !nspawn_or_explain("nspawn_boot_starts_the_service_through_systemctl") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let deb = deb();
+    boot_container(Boot {
+        install: &deb,
+        files: vec![],
+        check: "check",
+        env: vec![],
+        ok_line: "CHECK OK",
+    });
+}
+
+/// The release the upgrade test starts from: the last commit packaged as 0.1.0 (issue 17's
+/// landing). Fixed, so that the test always upgrades across the same migration; CI's clone has
+/// the history (tags may not reach it).
+const OLD_RELEASE: &str = "893bc25e3913151a357c103ec3299c7bdc00231e";
+const OLD_VERSION: &str = "0.1.0-1";
+
+#[test]
+fn nspawn_upgrade_from_the_previous_release_keeps_data_and_every_request() {
+    if !nspawn_or_explain("nspawn_upgrade_from_the_previous_release_keeps_data_and_every_request") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let new = deb();
+    let started = Instant::now();
+    let made = must(&format!(
+        "echo \"OLD=$({}/scripts/old-deb {OLD_RELEASE} | tail -n1)\"",
+        repo().display()
+    ));
+    let old = made
+        .lines()
+        .find_map(|l| l.strip_prefix("OLD="))
+        .map(|p| PathBuf::from(p.trim()))
+        .unwrap_or_else(|| panic!("old-deb named no .deb:\n{made}"));
+    println!(
+        "the {OLD_VERSION} package ({}) in {:.1} s",
+        old.display(),
+        started.elapsed().as_secs_f64()
+    );
+    // The package under test is newer, as an upgrade needs.
+    let new_version = format!("{}-1", env!("CARGO_PKG_VERSION"));
+    assert!(
+        sh(&format!(
+            "dpkg --compare-versions {new_version} gt {OLD_VERSION}"
+        ))
+        .0,
+        "{new_version} must be newer than {OLD_VERSION}"
+    );
+    let (_, work) = boot_container(Boot {
+        install: &old,
+        files: vec![(old.clone(), "/root/old.deb"), (new, "/root/new.deb")],
+        check: "upgrade",
+        env: vec![
+            ("OLD_VERSION", OLD_VERSION.to_string()),
+            ("NEW_VERSION", new_version),
+        ],
+        ok_line: "UPGRADE OK",
+    });
+    // Migrations ran once: schema 6's history has one row per migration this release applied,
+    // written by this release, and the downgraded binary left the schema as it found it.
+    let db = work.path().join("root/var/lib/inhouse/inhouse.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let version: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, inhouse::storage::SCHEMA_VERSION);
+    let rows: Vec<(u32, String)> = conn
+        .prepare("SELECT version, inhouse_version FROM schema_history ORDER BY version")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected: Vec<(u32, String)> = (6..=inhouse::storage::SCHEMA_VERSION)
+        .map(|v| (v, env!("CARGO_PKG_VERSION").to_string()))
+        .collect();
+    assert_eq!(rows, expected);
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
 }

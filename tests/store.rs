@@ -304,6 +304,34 @@ fn a_wrong_or_exposed_key_stops_the_daemon_with_status_78() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("gen-key"));
 }
 
+/// A downgrade: a database a later release migrated is refused with status 78, before any
+/// socket, by a message naming the release it needs; the file is left as it was.
+#[test]
+fn a_database_from_a_newer_release_stops_the_daemon_with_78_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = new_key(dir.path(), "k.key");
+    let mut d = Daemon::start_in(dir.path(), &key, &[("smol", &smollm2())], &[]);
+    assert!(d.terminate().success());
+    let next = inhouse::storage::SCHEMA_VERSION + 1;
+    {
+        // What a later release leaves behind: one more schema step, in the history.
+        let conn = sql(dir.path());
+        conn.execute("INSERT INTO schema_history VALUES (?1, 0, '9.4.1')", [next])
+            .unwrap();
+        conn.pragma_update(None, "user_version", next).unwrap();
+    }
+    let out = run_inhoused(dir.path(), &key, &format!("smol={}", smollm2().display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("install inhouse 9.4.1 or newer"), "{err}");
+    assert!(err.contains(&format!("schema version {next}")), "{err}");
+    assert!(!dir.path().join("s.sock").exists(), "no socket for a refused store");
+    let version: u32 = sql(dir.path())
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, next, "the newer database is left untouched");
+}
+
 #[test]
 fn rotation_then_restart_with_only_the_new_key_reads_everything() {
     let dir = tempfile::tempdir().unwrap();

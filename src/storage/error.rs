@@ -53,14 +53,18 @@ pub enum StoreError {
     },
     /// The database schema is newer than this binary knows.
     #[error(
-        "the database has schema version {found}, newer than this build of inhouse supports \
-         (up to {supported}); run the newer inhouse, or restore a backup made by this version"
+        "the database has schema version {found}, newer than this build of inhouse ({}) \
+         supports (up to {supported}); {}, or restore a backup made by this version",
+        env!("CARGO_PKG_VERSION"),
+        needs_hint(.needs)
     )]
     TooNew {
         /// `PRAGMA user_version` of the file.
         found: u32,
         /// The newest schema version this binary has migrations for.
         supported: u32,
+        /// The release that last migrated the file, from its `schema_history` (schema 6+).
+        needs: Option<String>,
     },
     /// A key rotation request that conflicts with the rotation state.
     #[error("key rotation: {0}")]
@@ -124,5 +128,13 @@ impl From<std::io::Error> for StoreError {
         } else {
             StoreError::Io(e)
         }
+    }
+}
+
+/// What [`StoreError::TooNew`] tells the admin to install.
+fn needs_hint(needs: &Option<String>) -> String {
+    match needs {
+        Some(v) => format!("it was written by inhouse {v}: install inhouse {v} or newer"),
+        None => "run the newer inhouse that wrote it".to_string(),
     }
 }

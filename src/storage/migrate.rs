@@ -60,17 +60,45 @@ pub const MIGRATIONS: &[Migration] = &[
             "/migrations/0005_synth_jobs.sql"
         )),
     },
+    Migration {
+        version: 6,
+        sql: include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/0006_schema_history.sql"
+        )),
+    },
 ];
+
+/// The first schema version with the `schema_history` table (migration 6): from it on, every
+/// migration records the release that applied it.
+const HISTORY_FROM: u32 = 6;
 
 /// The schema version this binary writes and the newest it accepts.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The refusal of a database newer than this binary, naming the release that wrote it when
+/// the database says (schema 6 and later keep a `schema_history`).
+fn too_new(conn: &Connection, found: u32, supported: u32) -> StoreError {
+    let needs = conn
+        .query_row(
+            "SELECT inhouse_version FROM schema_history ORDER BY version DESC LIMIT 1",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .ok();
+    StoreError::TooNew {
+        found,
+        supported,
+        needs,
+    }
+}
 
 /// Brings the database up to the last of `migrations`; returns the version it found.
 pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<u32, StoreError> {
     let supported = migrations.last().map_or(0, |m| m.version);
     let found: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if found > supported {
-        return Err(StoreError::TooNew { found, supported });
+        return Err(too_new(conn, found, supported));
     }
     if found == supported {
         return Ok(found);
@@ -81,13 +109,23 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result
     // Re-read under the lock: another process may have migrated meanwhile.
     let found: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if found > supported {
-        return Err(StoreError::TooNew { found, supported });
+        return Err(too_new(&tx, found, supported));
     }
+    let now = super::now_unix();
     for m in migrations.iter().filter(|m| m.version > found) {
         tx.execute_batch(m.sql)?;
+        if m.version >= HISTORY_FROM {
+            tx.execute(
+                "INSERT INTO schema_history (version, applied_at, inhouse_version) \
+                 VALUES (?1, ?2, ?3)",
+                rusqlite::params![m.version, now, env!("CARGO_PKG_VERSION")],
+            )?;
+        }
     }
     tx.pragma_update(None, "user_version", supported)?;
     tx.commit()?;
+    // Once per migration, so the journal shows it ran exactly once (the upgrade test counts it).
+    tracing::info!(from = found, to = supported, "database schema migrated");
     Ok(found)
 }
 
@@ -136,9 +174,52 @@ mod tests {
             .unwrap();
         let err = migrate(&mut conn, MIGRATIONS).unwrap_err();
         assert!(
-            matches!(err, StoreError::TooNew { found, supported } if found == SCHEMA_VERSION + 7 && supported == SCHEMA_VERSION)
+            matches!(err, StoreError::TooNew { found, supported, .. } if found == SCHEMA_VERSION + 7 && supported == SCHEMA_VERSION)
         );
         assert_eq!(err.kind(), "too_new");
         assert!(err.to_string().contains("newer than this build"), "{err}");
+    }
+
+    #[test]
+    fn each_migration_from_six_is_recorded_once_with_its_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        // A database of the previous release (schema 5), then this one.
+        migrate(&mut conn, &MIGRATIONS[..5]).unwrap();
+        assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), 5);
+        assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), SCHEMA_VERSION);
+        let rows: Vec<(u32, String)> = conn
+            .prepare("SELECT version, inhouse_version FROM schema_history ORDER BY version")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let expected: Vec<(u32, String)> = (HISTORY_FROM..=SCHEMA_VERSION)
+            .map(|v| (v, env!("CARGO_PKG_VERSION").to_string()))
+            .collect();
+        assert_eq!(rows, expected);
+    }
+
+    #[test]
+    fn a_newer_database_names_the_release_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        // What a later release would leave: a higher version, recorded in the history.
+        conn.execute(
+            "INSERT INTO schema_history VALUES (?1, 0, '9.4.1')",
+            [SCHEMA_VERSION + 1],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = migrate(&mut conn, MIGRATIONS).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("inhouse 9.4.1 or newer"), "{text}");
+        assert!(
+            text.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+            "{text}"
+        );
     }
 }

@@ -447,7 +447,7 @@ fn newer_schema_is_refused_on_open() {
         .unwrap();
     let err = Store::open(&fx.db, key(1)).unwrap_err();
     assert!(
-        matches!(err, StoreError::TooNew { found: 99, supported } if supported == SCHEMA_VERSION)
+        matches!(err, StoreError::TooNew { found: 99, supported, .. } if supported == SCHEMA_VERSION)
     );
 }
 
@@ -1354,6 +1354,7 @@ fn error_kinds_are_stable() {
             StoreError::TooNew {
                 found: 3,
                 supported: 2,
+                needs: None,
             },
             "too_new",
         ),
