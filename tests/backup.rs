@@ -402,3 +402,86 @@ fn a_restore_killed_before_its_rename_changes_nothing_and_the_restored_event_sur
     assert!(!target.join("restore-pending.json").exists());
     assert!(rt().block_on(r.client().audit_verify()).unwrap().ok);
 }
+
+/// Starts `inhoused` in `dir` armed with `fault`; returns once its socket accepts.
+fn start_armed(dir: &Path, key: &Path, fault: &str) -> std::process::Child {
+    let socket = dir.join("inhouse.sock");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inhoused"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("--key-file")
+        .arg(key)
+        .env("INHOUSE_FAULT", fault)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "inhoused exited early");
+        assert!(std::time::Instant::now() < deadline, "inhoused not ready");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn a_backup_killed_at_any_of_its_points_leaves_no_file_and_the_daemon_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("master.key");
+    new_key(&key);
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    drop(Daemon::start_in(&state, &key, &[], &[]));
+    for point in [
+        "backup.after_snapshot",
+        "backup.mid_stream",
+        "backup.before_audit",
+    ] {
+        assert!(inhouse::storage::backup::POINTS.contains(&point));
+        let mut child = start_armed(&state, &key, point);
+        let archive = tmp.path().join(format!("{point}.tar"));
+        let err = failed(&inhouse_at(
+            &state.join("inhouse.sock"),
+            &["admin", "backup", "--out", archive.to_str().unwrap()],
+        ));
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{point}: {err}"
+        );
+        assert!(!archive.exists(), "{point}");
+        assert!(
+            !Path::new(&format!("{}.partial", archive.display())).exists(),
+            "{point}"
+        );
+        // The next start clears the snapshot left behind, the chain verifies, no `backup`
+        // event was appended, and a backup works.
+        let d = Daemon::start_in(&state, &key, &[], &[]);
+        assert!(!state.join(".backup-tmp").exists(), "{point}");
+        let c = d.client();
+        assert!(rt().block_on(c.audit_verify()).unwrap().ok, "{point}");
+        let backups = audit_rows(&c)
+            .iter()
+            .filter(|r| r["kind"] == "backup")
+            .count();
+        assert_eq!(backups, 0, "{point}");
+        drop(d);
+    }
+    let d = Daemon::start_in(&state, &key, &[], &[]);
+    let archive = tmp.path().join("ok.tar");
+    ok(&cli(
+        &d,
+        &["admin", "backup", "--out", archive.to_str().unwrap()],
+    ));
+    assert!(archive.is_file());
+}
