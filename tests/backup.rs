@@ -108,6 +108,36 @@ fn a_backup_taken_while_serving_restores_every_record_model_and_audit_event() {
         }
     });
 
+    // A finished job (its row, state and result are in the database).
+    let job_id = {
+        let f = tmp.path().join("docs.jsonl");
+        let text: String = (0..30)
+            .map(|i| {
+                json!({"text": format!("Document {i}: the ledger of harbour {i}.")}).to_string()
+                    + "\n"
+            })
+            .collect();
+        std::fs::write(&f, text).unwrap();
+        let v = rt()
+            .block_on(c.upload("/admin/jobs/data?format=jsonl", &f, &[]))
+            .unwrap();
+        let data = v["dataset"]["id"].as_str().unwrap().to_string();
+        let (status, v) = rt().block_on(post(
+            &c,
+            "/admin/jobs",
+            &json!({"kind": "prepare", "data": data}).to_string(),
+        ));
+        assert_eq!(status, 202, "{v}");
+        let id = v["job"]["id"].as_i64().unwrap();
+        wait_until(60, "the prepare job to finish", || {
+            let j = rt().block_on(get_json(&c, &format!("/admin/jobs/{id}")));
+            !matches!(j["job"]["state"].as_str(), Some("queued" | "running"))
+        });
+        id
+    };
+    let job_before = rt().block_on(get_json(&c, &format!("/admin/jobs/{job_id}")));
+    assert_eq!(job_before["job"]["state"], "succeeded", "{job_before}");
+
     // Requests in flight during the whole backup.
     let stop = Arc::new(AtomicBool::new(false));
     let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -145,6 +175,10 @@ fn a_backup_taken_while_serving_restores_every_record_model_and_audit_event() {
         "requests failed during the backup"
     );
     let made: Value = serde_json::from_str(&out).unwrap();
+    // The model file is inside.
+    assert!(
+        std::fs::metadata(&archive).unwrap().len() > std::fs::metadata(smollm2()).unwrap().len()
+    );
     assert!(!Path::new(&format!("{}.partial", archive.display())).exists());
 
     let verified = ok(&inhouse_at(
@@ -230,6 +264,11 @@ fn a_backup_taken_while_serving_restores_every_record_model_and_audit_event() {
         first.iter().all(|id| restored_ids.contains(id)),
         "{first:?} {restored_ids:?}"
     );
+    // The job is back as it was.
+    let job_after = rt().block_on(get_json(&rc, &format!("/admin/jobs/{job_id}")));
+    assert_eq!(job_after["job"]["state"], job_before["job"]["state"]);
+    assert_eq!(job_after["job"]["result"], job_before["job"]["result"]);
+    assert_eq!(job_after["job"]["params"], job_before["job"]["params"]);
     // The stored model is back, file included, and serves.
     let models = ok(&cli(&r, &["models", "list", "--json"]));
     assert!(models.contains("stored"), "{models}");
