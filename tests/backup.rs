@@ -524,3 +524,96 @@ fn a_backup_killed_at_any_of_its_points_leaves_no_file_and_the_daemon_recovers()
     ));
     assert!(archive.is_file());
 }
+
+#[test]
+fn without_models_the_files_are_listed_by_digest_and_the_config_and_trusted_keys_come_back_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("master.key");
+    new_key(&key);
+    let trusted = tmp.path().join("trusted");
+    std::fs::create_dir(&trusted).unwrap();
+    ok(&inhouse_at(
+        Path::new("/nonexistent/inhouse.sock"),
+        &[
+            "models",
+            "keygen",
+            "--dir",
+            trusted.to_str().unwrap(),
+            "--name",
+            "publisher",
+        ],
+    ));
+    std::fs::remove_file(trusted.join("publisher.key")).unwrap();
+    let cfg = tmp.path().join("inhouse.toml");
+    let cfg_text = format!("trusted-keys-dir = {:?}\n", trusted.to_str().unwrap());
+    std::fs::write(&cfg, &cfg_text).unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mut d = Daemon::start_in(&state, &key, &[], &["--config", cfg.to_str().unwrap()]);
+    ok(&cli(
+        &d,
+        &[
+            "models",
+            "import",
+            smollm2().to_str().unwrap(),
+            "--name",
+            "stored",
+        ],
+    ));
+    let archive = tmp.path().join("lean.tar");
+    ok(&cli(
+        &d,
+        &["admin", "backup", "--out", archive.to_str().unwrap()],
+    ));
+    d.terminate();
+    assert!(
+        std::fs::metadata(&archive).unwrap().len() < std::fs::metadata(smollm2()).unwrap().len()
+    );
+    let listing = Command::new("tar")
+        .arg("tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert_eq!(listing.lines().last(), Some("MANIFEST.json"), "{listing}");
+    for want in [
+        "state/inhouse.db",
+        "state/models/manifests/stored.json",
+        "etc/inhouse.toml",
+        "etc/trusted-keys/publisher.pub",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == want),
+            "{want} not in {listing}"
+        );
+    }
+    assert!(!listing.contains("blobs/"), "{listing}");
+
+    let target = tmp.path().join("restored");
+    let out = restore(&archive, &target, &key);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let missing = &report["models_missing_files"][0];
+    assert_eq!(missing["name"], "stored", "{report}");
+    assert!(err.contains(missing["digest"].as_str().unwrap()), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(target.join("restored-etc/inhouse.toml")).unwrap(),
+        cfg_text
+    );
+    assert_eq!(
+        std::fs::read(target.join("restored-etc/trusted-keys/publisher.pub")).unwrap(),
+        std::fs::read(trusted.join("publisher.pub")).unwrap()
+    );
+    // With the file copied where the manifest says, the model serves again.
+    let digest = missing["digest"].as_str().unwrap();
+    let blob = target.join(format!("models/blobs/sha256-{digest}"));
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    std::fs::copy(smollm2(), &blob).unwrap();
+    let r = Daemon::start_in(&target, &key, &[], &["--config", cfg.to_str().unwrap()]);
+    rt().block_on(async {
+        let body = chat_body("stored", "Say hi.", json!({"max_tokens": 4}));
+        let (status, v) = post(&r.client(), "/v1/chat/completions", &body.to_string()).await;
+        assert_eq!(status, 200, "{v}");
+    });
+}
