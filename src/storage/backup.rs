@@ -45,8 +45,7 @@
 //! - `backup.before_audit`: the whole tar streamed but its end not signalled, no `backup` audit
 //!   event; the client keeps no `FILE`.
 //! - `restore.half_extracted`: the database (the first entry) extracted into the temporary
-//!   directory, the rest not; the
-//!   target is unchanged.
+//!   directory, the rest not; the target is unchanged.
 //! - `restore.before_rename`: everything verified, the target unchanged.
 //! - `restore.after_rename`: the state is in place with its marker; the next start appends
 //!   `restored`.
@@ -1053,6 +1052,19 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), BackupError> {
     Ok(())
 }
 
+/// Gives every directory below `dir` mode 0750, as the model store makes its own.
+fn dir_modes(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o750));
+                dir_modes(&p);
+            }
+        }
+    }
+}
+
 fn sync_tree(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -1155,6 +1167,7 @@ pub fn restore(archive: &Path, state_dir: &Path, key: MasterKey) -> Result<Resto
                 (md.uid(), md.gid(), 0o750)
             }
         };
+        dir_modes(&tmp);
         if nix::unistd::geteuid().is_root() {
             chown_tree(&tmp, uid, gid)?;
         }
