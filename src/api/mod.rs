@@ -134,7 +134,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/admin/models", get(models::list).route_layer(needs(Admin)))
         .route("/admin/ps", get(models::ps).route_layer(needs(Admin)))
-        .route("/admin/backup", get(backup::backup).route_layer(needs(Admin)))
+        .route(
+            "/admin/backup",
+            get(backup::backup).route_layer(needs(Admin)),
+        )
         .route(
             "/admin/models/{name}/promote",
             post(aliases::promote).route_layer(needs(Admin)),
