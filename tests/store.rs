@@ -325,7 +325,10 @@ fn a_database_from_a_newer_release_stops_the_daemon_with_78_naming_it() {
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("install inhouse 9.4.1 or newer"), "{err}");
     assert!(err.contains(&format!("schema version {next}")), "{err}");
-    assert!(!dir.path().join("s.sock").exists(), "no socket for a refused store");
+    assert!(
+        !dir.path().join("s.sock").exists(),
+        "no socket for a refused store"
+    );
     let version: u32 = sql(dir.path())
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
