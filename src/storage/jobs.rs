@@ -172,7 +172,9 @@ impl Store {
         let detail = json!({"id": id, "kind": kind, "params": params});
         audit_job(&tx, &key, "job_submitted", Some(uid), &detail)?;
         let row = Store::job_in(&tx, id)?;
+        crate::fault::point("job_submit.before_commit");
         tx.commit()?;
+        crate::fault::point("job_submit.after_commit");
         Ok(row)
     }
 
@@ -271,7 +273,9 @@ impl Store {
             actor,
             &detail,
         )?;
+        crate::fault::point("job_complete.before_commit");
         tx.commit()?;
+        crate::fault::point("job_complete.after_commit");
         Ok(Some(row))
     }
 

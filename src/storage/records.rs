@@ -162,7 +162,9 @@ impl Store {
         if let Some(link) = link {
             super::responses::link_in(&tx, &self.keys.active.audit_key(), rec, id, link)?;
         }
+        crate::fault::point("record.before_commit");
         tx.commit()?;
+        crate::fault::point("record.after_commit");
         Ok(id)
     }
 
@@ -277,9 +279,12 @@ impl Store {
             None,
             &detail.to_string(),
         )?;
+        crate::fault::point("erase.before_commit");
         tx.commit()?;
+        crate::fault::point("erase.after_key_destroyed");
 
         let requests_deleted = self.purge_uid_rows(uid)?;
+        crate::fault::point("erase.after_rows_purged");
         // The erase itself is committed; a failed checkpoint only means the WAL is truncated
         // later, which the report says.
         let wal_truncated = self.checkpoint_truncate().unwrap_or(false);
@@ -368,7 +373,9 @@ impl Store {
                 None,
                 &detail.to_string(),
             )?;
+            crate::fault::point("purge.before_commit");
             tx.commit()?;
+            crate::fault::point("purge.after_batch");
             total += n as u64;
             if (n as i64) < PURGE_BATCH {
                 break;

@@ -149,6 +149,7 @@ impl Store {
             &detail.to_string(),
         )?;
         tx.commit()?;
+        crate::fault::point("rotate.after_begin");
         self.keys.incoming = Some(new_master);
         self.current_rotation()
     }
@@ -196,7 +197,9 @@ impl Store {
             "UPDATE key_rotation SET rewrapped = rewrapped + ?1 WHERE id = 1",
             [batch.len() as i64],
         )?;
+        crate::fault::point("rotate.before_batch_commit");
         tx.commit()?;
+        crate::fault::point("rotate.after_batch");
         if count_wrapped_by(&self.conn, old_kek.id())? == 0 {
             return self.finish_rotation();
         }
