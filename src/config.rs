@@ -223,6 +223,172 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Toolchain jobs (`/admin/jobs`): fine-tuning, quantizing, evaluating, data preparation.
     pub jobs: JobsConfig,
+    /// Models served by another OpenAI-compatible server on a Unix socket (vLLM, llama-server,
+    /// another inhoused), behind this daemon's roles, limits, records and audit log.
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Default of `max-answer-bytes`, and what `"auto"` means there: the most bytes one upstream
+/// answer may send before it is cut off.
+pub const DEFAULT_UPSTREAM_MAX_ANSWER_BYTES: u64 = 16 << 20;
+
+/// One `[[upstreams]]` entry: a model that another server runs, reached over its Unix socket
+/// only (see [`crate::upstream`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UpstreamConfig {
+    /// The model name callers use (the same rule as local model names).
+    pub name: String,
+    /// The upstream's Unix socket: an absolute path. A TCP address is refused.
+    pub socket: String,
+    /// The upstream's own model id, sent to it in place of `name`.
+    pub model: String,
+    /// Requests in flight to the upstream at once; more wait in line (at most `queue-size`).
+    #[serde(default = "UpstreamConfig::default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Seconds to connect to the socket.
+    #[serde(default = "UpstreamConfig::default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Seconds from sending the request to the answer's first event (a long prompt on a busy
+    /// engine takes a while to read).
+    #[serde(default = "UpstreamConfig::default_first_byte_timeout")]
+    pub first_byte_timeout_secs: u64,
+    /// Seconds of silence allowed between two pieces of an answer.
+    #[serde(default = "UpstreamConfig::default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Seconds one answer may take in all.
+    #[serde(default = "UpstreamConfig::default_total_timeout")]
+    pub total_timeout_secs: u64,
+    /// Most bytes one answer may send, bytes or with a unit.
+    #[serde(default = "UpstreamConfig::default_max_answer_bytes")]
+    pub max_answer_bytes: ByteSize,
+    /// Consecutive failures that open the circuit breaker (requests then fail at once).
+    #[serde(default = "UpstreamConfig::default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Seconds the breaker stays open before one request probes the upstream again.
+    #[serde(default = "UpstreamConfig::default_cool_down")]
+    pub cool_down_secs: u64,
+}
+
+impl UpstreamConfig {
+    fn default_max_concurrency() -> u32 {
+        16
+    }
+    fn default_connect_timeout() -> u64 {
+        5
+    }
+    fn default_first_byte_timeout() -> u64 {
+        300
+    }
+    fn default_idle_timeout() -> u64 {
+        60
+    }
+    fn default_total_timeout() -> u64 {
+        1800
+    }
+    fn default_max_answer_bytes() -> ByteSize {
+        ByteSize::Bytes(DEFAULT_UPSTREAM_MAX_ANSWER_BYTES)
+    }
+    fn default_failure_threshold() -> u32 {
+        5
+    }
+    fn default_cool_down() -> u64 {
+        30
+    }
+
+    /// An upstream with every optional key at its default.
+    pub fn new(name: &str, socket: &str, model: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            socket: socket.into(),
+            model: model.into(),
+            max_concurrency: Self::default_max_concurrency(),
+            connect_timeout_secs: Self::default_connect_timeout(),
+            first_byte_timeout_secs: Self::default_first_byte_timeout(),
+            idle_timeout_secs: Self::default_idle_timeout(),
+            total_timeout_secs: Self::default_total_timeout(),
+            max_answer_bytes: Self::default_max_answer_bytes(),
+            failure_threshold: Self::default_failure_threshold(),
+            cool_down_secs: Self::default_cool_down(),
+        }
+    }
+
+    /// Most bytes one answer may send.
+    pub fn answer_limit(&self) -> u64 {
+        self.max_answer_bytes
+            .resolve(|| DEFAULT_UPSTREAM_MAX_ANSWER_BYTES)
+    }
+
+    /// Checks one entry; the message names it and the key to fix.
+    fn check(&self) -> Result<(), String> {
+        let name = &self.name;
+        if !valid_model_name(name) {
+            return Err(format!(
+                "upstreams: name {name:?} must match ^[a-z0-9][a-z0-9._:-]{{0,63}}$"
+            ));
+        }
+        if let Some(why) = not_a_unix_socket_path(&self.socket) {
+            return Err(format!(
+                "upstreams.{name}: socket = {:?} {why}; inhouse never opens a network \
+                 connection: give the absolute path of the upstream's Unix socket (e.g. \
+                 /run/vllm/vllm.sock), and bring a remote one in with an SSH or stunnel \
+                 forwarded socket (see docs/ADMIN.md, \"Upstreams\")",
+                self.socket
+            ));
+        }
+        if self.model.is_empty()
+            || self.model.len() > 256
+            || self.model.chars().any(|c| c.is_control())
+        {
+            return Err(format!(
+                "upstreams.{name}: model must be the upstream's model id (1 to 256 printable \
+                 characters)"
+            ));
+        }
+        if !(1..=4096).contains(&self.max_concurrency) {
+            return Err(format!(
+                "upstreams.{name}: max-concurrency = {} (must be 1..=4096)",
+                self.max_concurrency
+            ));
+        }
+        for (key, v) in [
+            ("connect-timeout-secs", self.connect_timeout_secs),
+            ("first-byte-timeout-secs", self.first_byte_timeout_secs),
+            ("idle-timeout-secs", self.idle_timeout_secs),
+            ("total-timeout-secs", self.total_timeout_secs),
+            ("failure-threshold", u64::from(self.failure_threshold)),
+            ("cool-down-secs", self.cool_down_secs),
+        ] {
+            if v == 0 || v > 86_400 {
+                return Err(format!("upstreams.{name}: {key} = {v} (must be 1..=86400)"));
+            }
+        }
+        if self.answer_limit() < 4096 {
+            return Err(format!(
+                "upstreams.{name}: max-answer-bytes must be at least 4KiB"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why `socket` is not the absolute path of a Unix socket, when it is not: a URL, a
+/// `host:port`, or a relative path.
+pub fn not_a_unix_socket_path(socket: &str) -> Option<&'static str> {
+    let looks_like_host_port = socket.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+    });
+    if socket.contains("://") {
+        Some("is a URL, not a Unix socket path")
+    } else if !socket.starts_with('/') && looks_like_host_port {
+        Some("looks like a TCP address (host:port)")
+    } else if !socket.starts_with('/') {
+        Some("is not an absolute path")
+    } else if socket.contains('\0') || socket.len() > 107 {
+        Some("is not a usable socket path (NUL, or longer than 107 bytes)")
+    } else {
+        None
+    }
 }
 
 /// How the daemon runs toolchain jobs (see [`crate::jobs`]).
@@ -388,6 +554,7 @@ impl Default for Config {
             socket_group: None,
             limits: LimitsConfig::default(),
             jobs: JobsConfig::default(),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -600,6 +767,20 @@ impl Config {
                 ));
             }
         }
+        let mut upstream_names = std::collections::BTreeSet::new();
+        for u in &self.upstreams {
+            u.check().map_err(ConfigError::Invalid)?;
+            if self.models.contains_key(&u.name) {
+                return bad(format!(
+                    "upstreams.{0}: the name {0:?} is also a local model in [models]; an \
+                     upstream needs a name of its own",
+                    u.name
+                ));
+            }
+            if !upstream_names.insert(u.name.as_str()) {
+                return bad(format!("upstreams: the name {:?} is used twice", u.name));
+            }
+        }
         Ok(())
     }
 }
@@ -643,6 +824,79 @@ mod tests {
         assert_eq!(c.roles.admin_uids, vec![0]);
         assert_eq!(c.jobs.max_concurrent, JobsConfig::default().max_concurrent);
         assert!(!c.jobs.keep_data);
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(
+            c.upstreams[0],
+            UpstreamConfig::new(
+                "big",
+                "/run/vllm/vllm.sock",
+                "meta-llama/Llama-3.1-70B-Instruct"
+            )
+        );
+    }
+
+    #[test]
+    fn upstreams_parse_with_defaults_and_are_checked() {
+        let c = Config::from_toml(
+            "[[upstreams]]\nname = \"big\"\nsocket = \"/run/v/v.sock\"\nmodel = \"org/M\"\n\
+             max-concurrency = 64\nidle-timeout-secs = 5\nmax-answer-bytes = \"1MiB\"\n",
+        )
+        .unwrap();
+        c.check().unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!((u.max_concurrency, u.idle_timeout_secs), (64, 5));
+        assert_eq!(u.answer_limit(), 1 << 20);
+        assert_eq!(u.connect_timeout_secs, 5);
+        assert_eq!(u.failure_threshold, 5);
+
+        let with = |u: UpstreamConfig| Config {
+            upstreams: vec![u],
+            ..Config::default()
+        };
+        for socket in [
+            "10.0.0.1:8000",
+            "gpu-1:8000",
+            "http://x/v1",
+            "tcp://x:1",
+            "rel.sock",
+        ] {
+            let err = with(UpstreamConfig::new("big", socket, "m"))
+                .check()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("upstreams.big") && err.contains("Unix socket"),
+                "{err}"
+            );
+        }
+        let mut u = UpstreamConfig::new("big", "/run/a:b.sock", "m");
+        with(u.clone()).check().unwrap();
+        u.max_concurrency = 0;
+        assert!(with(u)
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("max-concurrency"));
+        let mut clash = with(UpstreamConfig::new("smol", "/run/a.sock", "m"));
+        clash.models.insert("smol".into(), PathBuf::from("/m.gguf"));
+        assert!(clash
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("also a local model"));
+        let twice = Config {
+            upstreams: vec![
+                UpstreamConfig::new("big", "/run/a.sock", "m"),
+                UpstreamConfig::new("big", "/run/b.sock", "m"),
+            ],
+            ..Config::default()
+        };
+        assert!(twice.check().unwrap_err().to_string().contains("twice"));
+        let err = Config::from_toml(
+            "[[upstreams]]\nname = \"big\"\nsocket = \"/a.sock\"\nmodel = \"m\"\nport = 1\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! - [`engine`]: the [`engine::Engine`] seam; the only code that touches llama.cpp, one OS
 //!   thread per model; continuous batching; the pool of resident models (load on demand, memory
 //!   budget, eviction, keep-alive); a scripted fake for the API's tests.
+//! - [`upstream`]: models another server runs (vLLM, llama-server, another inhoused), forwarded
+//!   over its Unix socket behind the same roles, limits, records and audit: an [`engine::Engine`]
+//!   in front of the local one, with timeouts, an answer cap and a circuit breaker.
 //! - [`models`]: the content-addressed model store: import, verify, sign-check, manifests.
 //! - [`incoming`]: received files (model imports, dataset uploads) written hashed and
 //!   size-limited.
@@ -43,4 +46,5 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod storage;
+pub mod upstream;
 pub mod wire;

@@ -73,6 +73,7 @@ impl From<BackupError> for ApiError {
                 code: "backup_refused",
                 message: m,
                 param: None,
+                retry_after: None,
             },
             e => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,6 +81,7 @@ impl From<BackupError> for ApiError {
                 code: "backup_failed",
                 message: format!("backup failed: {e}"),
                 param: None,
+                retry_after: None,
             },
         }
     }

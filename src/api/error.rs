@@ -22,6 +22,8 @@ pub struct ApiError {
     pub message: String,
     /// Which request field was wrong, when one was.
     pub param: Option<String>,
+    /// Seconds for a `Retry-After` header, when a retry later may succeed.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -33,6 +35,7 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after: None,
         }
     }
 
@@ -55,6 +58,7 @@ impl ApiError {
                 role.name()
             ),
             param: None,
+            retry_after: None,
         }
     }
 
@@ -66,6 +70,7 @@ impl ApiError {
             code: "unknown_url",
             message: "no such endpoint".into(),
             param: None,
+            retry_after: None,
         }
     }
 
@@ -77,6 +82,7 @@ impl ApiError {
             code: "method_not_allowed",
             message: "this endpoint does not accept that method".into(),
             param: None,
+            retry_after: None,
         }
     }
 
@@ -116,6 +122,7 @@ impl ApiError {
             code: "rate_limited",
             message,
             param: None,
+            retry_after: None,
         }
     }
 
@@ -161,6 +168,7 @@ impl ApiError {
             code: "internal_error",
             message: format!("internal error: {what}"),
             param: None,
+            retry_after: None,
         }
     }
 
@@ -179,7 +187,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut resp = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        resp
     }
 }
 
@@ -279,6 +294,27 @@ impl From<EngineError> for ApiError {
                 "server_error",
                 "inference_failed",
             ),
+            EngineError::Upstream { failure, .. } => {
+                use crate::engine::UpstreamFailure as F;
+                let status = match failure {
+                    F::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                    F::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                    F::BadResponse | F::TooLarge => StatusCode::BAD_GATEWAY,
+                    F::Rejected | F::Unsupported => StatusCode::BAD_REQUEST,
+                };
+                let kind = match failure {
+                    F::Rejected | F::Unsupported => "invalid_request_error",
+                    _ => "server_error",
+                };
+                (status, kind, failure.code())
+            }
+        };
+        let retry_after = match &e {
+            EngineError::Upstream {
+                failure: crate::engine::UpstreamFailure::Unavailable { retry_after_secs },
+                ..
+            } => Some((*retry_after_secs).max(1)),
+            _ => None,
         };
         let param = match &e {
             EngineError::LogitBias { .. } => Some("logit_bias".to_string()),
@@ -292,6 +328,7 @@ impl From<EngineError> for ApiError {
             code,
             message,
             param,
+            retry_after,
         }
     }
 }
@@ -374,6 +411,7 @@ impl From<crate::models::ModelStoreError> for ApiError {
             code,
             message: e.to_string(),
             param: None,
+            retry_after: None,
         }
     }
 }
@@ -409,6 +447,7 @@ impl From<crate::storage::StoreError> for ApiError {
             code: kind,
             message: e.to_string(),
             param: None,
+            retry_after: None,
         }
     }
 }
@@ -493,6 +532,7 @@ impl From<crate::jobs::JobError> for ApiError {
             code,
             message: e.to_string(),
             param,
+            retry_after: None,
         }
     }
 }

@@ -444,8 +444,13 @@ impl Generation {
                     choice,
                     reason,
                     completion_tokens,
-                    ..
+                    prompt_tokens,
                 } => {
+                    // An upstream model tells its prompt's size only at the end.
+                    if prompt_tokens > self.prompt_tokens {
+                        self.prompt_tokens = prompt_tokens;
+                        self.recorder.set_prompt_tokens(prompt_tokens);
+                    }
                     let Some(c) = self.choices.get_mut(choice as usize) else {
                         continue;
                     };
@@ -577,6 +582,12 @@ impl Recorder {
     fn push(&mut self, text: &str) {
         if let Some(r) = &mut self.record {
             r.response_text.push_str(text);
+        }
+    }
+
+    fn set_prompt_tokens(&mut self, n: u32) {
+        if let Some(r) = &mut self.record {
+            r.prompt_tokens = n;
         }
     }
 

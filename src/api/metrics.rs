@@ -14,7 +14,11 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// `GET /metrics`.
 pub async fn metrics(State(s): State<AppState>) -> Response {
     match s.engine.metrics() {
-        Some(m) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], m.render()).into_response(),
+        Some(m) => {
+            let mut text = m.render();
+            text.push_str(&crate::upstream::render_metrics(&s.engine.upstreams()));
+            ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "this engine keeps no metrics\n").into_response(),
     }
 }

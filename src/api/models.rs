@@ -175,6 +175,10 @@ fn import_request(
 ) -> Result<(Arc<models::ModelStore>, ImportRequest), ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid_query(e.body_text()))?;
     models::check_name(name)?;
+    // An upstream's name is taken: the request for it would never reach the stored model.
+    if s.engine.upstreams().iter().any(|u| u.name == name) {
+        return Err(ModelStoreError::Exists(name.to_string()).into());
+    }
     if let Some(b) = &q.adapter_for {
         models::check_name(b)?;
     }

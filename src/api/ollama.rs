@@ -79,7 +79,15 @@ pub async fn version() -> Json<Value> {
 /// `GET /api/tags`: the models served.
 pub async fn tags(State(s): State<AppState>) -> Json<Value> {
     let served = s.engine.models();
-    let mut models: Vec<Value> = served.iter().map(model_entry).collect();
+    let upstreams = s.engine.upstreams();
+    let mut models: Vec<Value> = served
+        .iter()
+        .map(|m| {
+            let mut e = model_entry(m);
+            super::openai::note_upstream(&mut e, &m.name, &upstreams);
+            e
+        })
+        .collect();
     for (alias, target) in super::aliases::served(&s) {
         if let Some(m) = served.iter().find(|m| m.name == target) {
             let mut e = model_entry(m);

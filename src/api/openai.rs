@@ -47,6 +47,13 @@ pub async fn health(State(s): State<AppState>) -> Json<Value> {
             "throughput"
         }),
         "models": s.engine.models().iter().map(|m| &m.name).collect::<Vec<_>>(),
+        "upstreams": s.engine.upstreams().iter().map(|u| json!({
+            "name": u.name,
+            "model": u.model,
+            "state": u.state,
+            "in_flight": u.in_flight,
+            "max_concurrency": u.max_concurrency,
+        })).collect::<Vec<_>>(),
         "loaded": s.engine.loaded().iter().map(|l| json!({
             "name": l.info.name,
             "placement": l.placement,
@@ -74,10 +81,29 @@ fn alias_object(alias: &str, target: &crate::engine::ModelInfo) -> Value {
     v
 }
 
+/// Adds `"upstream": {model, state}` to an upstream model's entry.
+pub(crate) fn note_upstream(
+    v: &mut Value,
+    name: &str,
+    upstreams: &[crate::upstream::UpstreamStatus],
+) {
+    if let Some(u) = upstreams.iter().find(|u| u.name == name) {
+        v["upstream"] = json!({"model": u.model, "state": u.state});
+    }
+}
+
 /// `GET /v1/models`: every model served, then every alias whose target is served.
 pub async fn list_models(State(s): State<AppState>) -> Json<Value> {
     let models = s.engine.models();
-    let mut data: Vec<Value> = models.iter().map(model_object).collect();
+    let upstreams = s.engine.upstreams();
+    let mut data: Vec<Value> = models
+        .iter()
+        .map(|m| {
+            let mut v = model_object(m);
+            note_upstream(&mut v, &m.name, &upstreams);
+            v
+        })
+        .collect();
     for (alias, target) in super::aliases::served(&s) {
         if let Some(m) = models.iter().find(|m| m.name == target) {
             data.push(alias_object(&alias, m));
@@ -99,7 +125,11 @@ pub async fn get_model(
         .find(|m| m.name == name)
         .map(|m| match &target {
             Some(_) => Json(alias_object(&id, m)),
-            None => Json(model_object(m)),
+            None => {
+                let mut v = model_object(m);
+                note_upstream(&mut v, &m.name, &s.engine.upstreams());
+                Json(v)
+            }
         })
         .ok_or_else(|| crate::engine::EngineError::UnknownModel(id).into())
 }
@@ -316,14 +346,12 @@ async fn generate(
         let id = new_id(flavor.id_prefix());
         let created = now();
         if valid.stream {
-            let prompt_tokens = generation.prompt_tokens;
             let meta = StreamMeta {
                 id,
                 created,
                 model: model.clone(),
                 flavor,
                 include_usage: valid.include_usage,
-                prompt_tokens,
                 n,
             };
             return Ok(stream_response(generation, meta));
@@ -368,7 +396,6 @@ struct StreamMeta {
     model: String,
     flavor: Flavor,
     include_usage: bool,
-    prompt_tokens: u32,
     n: u32,
 }
 
@@ -467,6 +494,7 @@ fn stream_response(generation: Generation, meta: StreamMeta) -> Response {
                         Some((vec![], (g, meta, StreamState::Running { ends, offsets })))
                     }
                     Step::Finished {
+                        prompt_tokens,
                         completion_tokens,
                         record_id,
                         ..
@@ -476,10 +504,12 @@ fn stream_response(generation: Generation, meta: StreamMeta) -> Response {
                         }
                         let mut out: Vec<Bytes> = ends.into_iter().map(sse).collect();
                         if meta.include_usage {
-                            out.push(meta.chunk(
-                                json!([]),
-                                Some(usage(meta.prompt_tokens, completion_tokens)),
-                            ));
+                            out.push(
+                                meta.chunk(
+                                    json!([]),
+                                    Some(usage(prompt_tokens, completion_tokens)),
+                                ),
+                            );
                         }
                         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
                         Some((out, (g, meta, StreamState::Done)))

@@ -289,13 +289,39 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         stored = model_store.list().len(),
         "model pool"
     );
+    // An upstream shadows nothing: a stored model under an upstream's name is a conflict the
+    // admin must resolve (rename one of them), like a name used twice in the file.
+    if let Some(m) = model_store
+        .list()
+        .into_iter()
+        .find(|m| config.upstreams.iter().any(|u| u.name == m.name))
+    {
+        return Err(crate::config::ConfigError::Invalid(format!(
+            "upstreams.{0}: the name {0:?} is also a model in the store; an upstream needs a \
+             name of its own (rename it, or remove the stored model)",
+            m.name
+        ))
+        .into());
+    }
     let pool = ModelPool::new(pool_cfg, config.models.clone(), Some(model_store.clone()))?;
     let (jobs, sweeper) = start_jobs(&config, &store, model_store).await?;
     systemd::notify_status(&format!("loading {} model(s)", config.models.len()));
     pool.preload().await?;
     let reaper = pool.reaper();
-    let state = AppState::new(&config, pool.clone(), store.clone(), Some(jobs.clone()));
-    let n_models = crate::engine::Engine::models(pool.as_ref()).len();
+    let engine: Arc<dyn crate::engine::Engine> = if config.upstreams.is_empty() {
+        pool.clone() as Arc<dyn crate::engine::Engine>
+    } else {
+        for u in &config.upstreams {
+            tracing::info!(upstream = %u.name, socket = %u.socket, model = %u.model, "upstream model");
+        }
+        Arc::new(crate::upstream::UpstreamEngine::new(
+            pool.clone(),
+            &config.upstreams,
+            config.queue_size,
+        ))
+    };
+    let state = AppState::new(&config, engine, store.clone(), Some(jobs.clone()));
+    let n_models = crate::engine::Engine::models(pool.as_ref()).len() + config.upstreams.len();
     let (listener, bound) = listen(activation.listener, &config)?;
     systemd::notify_ready(&format!("serving {n_models} model(s)"));
     let shutdown = async {

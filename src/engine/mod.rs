@@ -253,6 +253,17 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// An upstream model's server (see [`crate::upstream`]) is unreachable, failed, or sent an
+    /// answer that was cut off.
+    #[error("upstream model {name:?}: {message}")]
+    Upstream {
+        /// The model name callers use.
+        name: String,
+        /// What went wrong, with its stable code.
+        failure: UpstreamFailure,
+        /// What happened, for the caller (never the upstream's raw answer).
+        message: String,
+    },
     /// A model could not be loaded at start-up.
     #[error("cannot load model {name:?} from {path}: {reason}")]
     Load {
@@ -263,6 +274,45 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+}
+
+/// How an upstream request failed; each kind has one stable error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Down, refusing, failing (5xx), or its circuit breaker is open: retry after this many
+    /// seconds. `upstream_unavailable`.
+    Unavailable {
+        /// Seconds until a retry may succeed (the breaker's remaining cool-down, or 1).
+        retry_after_secs: u64,
+    },
+    /// It did not answer within the connect, first-byte, idle or total timeout.
+    /// `upstream_timeout`.
+    Timeout,
+    /// Its answer is not the JSON or server-sent events asked for. `upstream_bad_response`.
+    BadResponse,
+    /// Its answer is over `max-answer-bytes`, or longer than `max_tokens` allows.
+    /// `upstream_too_large`.
+    TooLarge,
+    /// It refused the request itself (a 4xx such as a prompt over its context).
+    /// `upstream_rejected`.
+    Rejected,
+    /// The request asks for something inhouse does not forward to upstreams (tools).
+    /// `upstream_unsupported`.
+    Unsupported,
+}
+
+impl UpstreamFailure {
+    /// The stable error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            UpstreamFailure::Unavailable { .. } => "upstream_unavailable",
+            UpstreamFailure::Timeout => "upstream_timeout",
+            UpstreamFailure::BadResponse => "upstream_bad_response",
+            UpstreamFailure::TooLarge => "upstream_too_large",
+            UpstreamFailure::Rejected => "upstream_rejected",
+            UpstreamFailure::Unsupported => "upstream_unsupported",
+        }
+    }
 }
 
 /// A boxed future, so that [`Engine`] stays object-safe.
@@ -383,5 +433,10 @@ pub trait Engine: Send + Sync + 'static {
     /// daemon has no model store).
     fn pool(&self) -> Option<&pool::ModelPool> {
         None
+    }
+    /// The upstream models (served by other servers over Unix sockets) and their state; none by
+    /// default.
+    fn upstreams(&self) -> Vec<crate::upstream::UpstreamStatus> {
+        Vec::new()
     }
 }
