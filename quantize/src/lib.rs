@@ -17,6 +17,8 @@
 //! - [`bias`]: demographic term counts per axis (the bias report) and counterfactual copies.
 //! - [`llama`]: the crate's only `unsafe`: llama.cpp calls (backends, models, contexts,
 //!   training, quantizing) behind small owning types.
+//! - [`hf`]: `import-hf`, a Hugging Face checkpoint (safetensors, `config.json`,
+//!   `tokenizer.json`) converted to GGUF in Rust; BERT encoders with their WordPiece vocabulary.
 //! - [`quantize`]: `quantize`, a model to another tensor type (`llama_model_quantize`).
 //! - [`finetune`]: `finetune`, full fine-tuning with `llama_opt_*`, checkpoints and resume.
 //! - [`eval`]: `eval`, perplexity and a counterfactual bias probe for models side by side.
@@ -40,6 +42,7 @@ pub mod bias;
 pub mod eval;
 pub mod finetune;
 pub mod gate;
+pub mod hf;
 pub mod llama;
 pub mod prepare;
 pub mod quantize;

@@ -20,7 +20,7 @@ use inhouse_formats::gguf::{self, GgufError};
 use inhouse_formats::inspect;
 use inhouse_formats::progress::{Format, Reporter, ToolError};
 use inhouse_quantize::prepare::{self, Augment, Config, OnError, PrepareError};
-use inhouse_quantize::{eval, finetune, gate, quantize, synth, train};
+use inhouse_quantize::{eval, finetune, gate, hf, quantize, synth, train};
 
 /// Exit status for a file that is missing, unreadable or not a valid GGUF model.
 const EXIT_BAD_FILE: u8 = 2;
@@ -58,9 +58,37 @@ enum Command {
     /// (CrowS-Pairs style), for models side by side; with --gate, the evaluation gate: a
     /// candidate judged against a baseline under a policy, blessed or refused.
     Eval(EvalArgs),
+    /// Convert a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)
+    /// to a GGUF model llama.cpp loads; BERT encoders (sentence embeddings) so far.
+    ImportHf(ImportHfArgs),
     /// Generate grounded question/answer conversations from documents with a teacher model:
     /// DIR/train.jsonl, DIR/eval.jsonl, DIR/chunks.jsonl and DIR/report.json.
     Synth(SynthArgs),
+}
+
+/// `import-hf --type` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutTypeArg {
+    F32,
+    F16,
+}
+
+#[derive(clap::Args)]
+struct ImportHfArgs {
+    /// The checkpoint directory.
+    dir: PathBuf,
+    /// The GGUF file to write.
+    #[arg(long, value_name = "FILE.gguf")]
+    out: PathBuf,
+    /// Type of the weight matrices (norms and biases stay F32).
+    #[arg(long = "type", value_enum, default_value = "f16")]
+    out_type: OutTypeArg,
+    /// The model's name in the file [default: the directory's name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Progress output: text (stderr) or json (one object per line on stdout).
+    #[arg(long, value_enum, default_value = "text")]
+    progress: ProgressArg,
 }
 
 /// `--style` values.
@@ -439,6 +467,22 @@ fn main() -> ExitCode {
                 threads: a.common.threads(),
             };
             finish("quantize", reporter, quantize::run(&opts, reporter))
+        }
+        Command::ImportHf(a) => {
+            let reporter = Reporter::new(match a.progress {
+                ProgressArg::Text => Format::Text,
+                ProgressArg::Json => Format::Json,
+            });
+            let opts = hf::Options {
+                dir: a.dir,
+                out: a.out,
+                out_type: match a.out_type {
+                    OutTypeArg::F32 => hf::OutType::F32,
+                    OutTypeArg::F16 => hf::OutType::F16,
+                },
+                name: a.name,
+            };
+            finish("import-hf", reporter, hf::run(&opts, reporter))
         }
         Command::Finetune(a) => {
             let reporter = a.common.reporter();
