@@ -211,6 +211,27 @@ fn the_front_answers_as_the_upstream_does_and_records_it() {
         .contains("\"model\":\"big\""));
     assert_eq!(event["actor_uid"], rec.meta.uid);
 
+    // A request the upstream itself refuses (a prompt over its context) is the caller's 400.
+    let long = "the cat sat on the mat. ".repeat(800);
+    let (status, err) = post_json(
+        &f,
+        "/v1/chat/completions",
+        &chat("big", &long, 8, json!({})),
+    );
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("upstream_rejected")),
+        "{err}"
+    );
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context"),
+        "{err}"
+    );
+    assert_eq!(newest_record(&f).meta.status.as_str(), "error");
+
     // Plain completions and embeddings go through too, and so does Ollama's chat.
     let body =
         json!({"model": "smollm2", "prompt": "The sky is", "max_tokens": 8, "temperature": 0});
@@ -458,6 +479,8 @@ struct FakeLog {
     huge_written: AtomicU64,
     /// The endless stream's connection was closed by the front.
     endless_closed: AtomicBool,
+    /// The slow stream's connection was closed by the front (its client left).
+    drip_closed: AtomicBool,
 }
 
 /// A misbehaving OpenAI server on a Unix socket: what it does depends on the model asked for.
@@ -547,6 +570,16 @@ fn fake_answer(mut conn: std::os::unix::net::UnixStream, log: &FakeLog) {
                 log.huge_written.store(written, Ordering::SeqCst);
             }
         }
+        "drip" => {
+            let _ = conn.write_all(sse.as_bytes());
+            loop {
+                if conn.write_all(piece.as_bytes()).is_err() {
+                    log.drip_closed.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         "silent" => std::thread::sleep(Duration::from_secs(30)),
         "stall" => {
             let _ = conn.write_all(format!("{sse}{piece}").as_bytes());
@@ -581,7 +614,7 @@ fn a_misbehaving_upstream_is_cut_off_with_a_stable_code() {
     let log = fake_upstream(&socket);
     let mut toml = String::new();
     for model in [
-        "garbage", "not-json", "endless", "huge", "silent", "stall", "fail",
+        "garbage", "not-json", "endless", "huge", "silent", "stall", "fail", "drip",
     ] {
         toml.push_str(&upstream_toml(
             &format!("f-{model}"),
@@ -668,6 +701,46 @@ fn a_misbehaving_upstream_is_cut_off_with_a_stable_code() {
     assert!(
         log.huge_written.load(Ordering::SeqCst) < 90 << 20,
         "the front kept reading"
+    );
+
+    // A client that leaves cancels the upstream request: the connection to it is closed, and
+    // the record is stored as aborted with what had arrived.
+    assert!(!log.drip_closed.load(Ordering::SeqCst));
+    rt().block_on(async {
+        let body = chat("f-drip", "hi", 2000, json!({"stream": true}));
+        let mut resp = f
+            .send(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(bytes::Bytes::from(body.to_string())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        let mut parser = inhouse::client::SseParser::default();
+        let mut events = Vec::new();
+        while streamed_text(&events).len() < 3 {
+            events.extend(parser.push(&resp.next_chunk().await.unwrap().unwrap()));
+        }
+        // Dropping the response closes the client's connection.
+    });
+    wait_until(
+        5,
+        "the upstream connection closed after the client left",
+        || log.drip_closed.load(Ordering::SeqCst),
+    );
+    wait_until(5, "the aborted record", || {
+        newest_record(&f).meta.model == "f-drip"
+    });
+    let rec = newest_record(&f);
+    assert_eq!(rec.meta.status.as_str(), "aborted");
+    assert!(rec.response.starts_with("xxx"), "{:?}", rec.response);
+    let metrics = rt().block_on(metrics_text(&f));
+    assert!(
+        metrics.contains(
+            "inhouse_upstream_requests_total{upstream=\"f-drip\",outcome=\"cancelled\"} 1"
+        ),
+        "{metrics}"
     );
 
     // Healthy: /health answers, the local model serves.
@@ -766,4 +839,52 @@ fn a_tcp_upstream_is_refused_at_config_check() {
     );
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}
+
+/// `systemd-analyze security --offline=true`'s overall exposure of `unit` (with its `.d/`).
+fn exposure(unit: &Path) -> f64 {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(unit)
+        .current_dir(unit.parent().unwrap())
+        .output()
+        .expect("systemd-analyze");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .and_then(|l| l.split(':').nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"))
+}
+
+#[test]
+fn the_upstreams_drop_in_keeps_the_sandbox_at_half_and_opens_no_network() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("inhoused.service");
+    std::fs::copy(repo.join("systemd/inhoused.service"), &unit).unwrap();
+    let bare = exposure(&unit);
+    let dropins = dir.path().join("inhoused.service.d");
+    std::fs::create_dir(&dropins).unwrap();
+    // As an admin would use it: the group, and the optional bind uncommented.
+    let text = std::fs::read_to_string(repo.join("packaging/dropins/upstreams.conf")).unwrap();
+    let text = text.replace("#BindReadOnlyPaths=", "BindReadOnlyPaths=");
+    assert!(text.contains("\nBindReadOnlyPaths=") && text.contains("\nSupplementaryGroups="));
+    for key in [
+        "PrivateNetwork",
+        "IPAddress",
+        "RestrictAddressFamilies",
+        "ReadWritePaths",
+    ] {
+        assert!(
+            !text.lines().any(|l| l.starts_with(key)),
+            "the drop-in changes {key}"
+        );
+    }
+    std::fs::write(dropins.join("upstreams.conf"), text).unwrap();
+    let with = exposure(&unit);
+    assert!(
+        with <= 0.5,
+        "exposure with the upstreams drop-in: {with} (bare {bare})"
+    );
 }
