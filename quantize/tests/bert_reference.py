@@ -1,13 +1,13 @@
 """An independent BERT sentence-embedding reference for quantize/tests/import_hf.rs.
 
-Usage: python bert_reference.py CHECKPOINT_DIR < sentences.json > reference.json
+Usage: python bert_reference.py CHECKPOINT_DIR [mean|cls] < sentences.json > reference.json
 
 Reads the Hugging Face checkpoint directly (model.safetensors, config.json, tokenizer.json),
 tokenizes each sentence with a WordPiece written here from BERT's published algorithm (basic
 tokenizer: clean, CJK spacing, lower-case, strip accents, split on whitespace and punctuation;
 then greedy longest-match pieces with "##"), runs the encoder forward in NumPy (float64, exact
-erf GELU) and pools by mean over the tokens, L2-normalized: what sentence-transformers computes
-for all-MiniLM-L6-v2. Nothing here comes from llama.cpp or from the Rust converter under test.
+erf GELU) and pools by mean over the tokens (or takes the CLS token's state), L2-normalized: what
+sentence-transformers computes for all-MiniLM-L6-v2. Nothing here comes from llama.cpp or from the Rust converter under test.
 
 Prints {"ids": [[...]...], "vectors": [[...]...]}.
 """
@@ -127,7 +127,7 @@ def gelu(x):
     return 0.5 * x * (1.0 + ERF(x / math.sqrt(2.0)))
 
 
-def forward(t, cfg, ids):
+def forward(t, cfg, ids, pooling):
     p = "bert." if "bert.embeddings.word_embeddings.weight" in t else ""
     eps = cfg.get("layer_norm_eps", 1e-12)
     n = len(ids)
@@ -156,12 +156,14 @@ def forward(t, cfg, ids):
         h = gelu(lin("intermediate.dense", x))
         x = layer_norm(lin("output.dense", h) + x, t[L + "output.LayerNorm.weight"],
                        t[L + "output.LayerNorm.bias"], eps)
-    v = x.mean(0)
+    v = x.mean(0) if pooling == "mean" else x[0]
     return v / np.linalg.norm(v)
 
 
 def main():
     ckpt = sys.argv[1]
+    pooling = sys.argv[2] if len(sys.argv) > 2 else "mean"
+    assert pooling in ("mean", "cls"), pooling
     sentences = json.load(sys.stdin)
     cfg = json.load(open(f"{ckpt}/config.json"))
     tok = json.load(open(f"{ckpt}/tokenizer.json"))
@@ -183,7 +185,7 @@ def main():
             ids += wordpiece(w, vocab, unk, prefix, max_chars)
         ids.append(sep)
         out["ids"].append(ids)
-        out["vectors"].append(forward(tensors, cfg, ids).tolist())
+        out["vectors"].append(forward(tensors, cfg, ids, pooling).tolist())
     json.dump(out, sys.stdout)
 
 

@@ -1201,8 +1201,17 @@ fn load(
         .meta_val_str("general.architecture")
         .unwrap_or_else(|_| "unknown".into());
     let vocab = model.vocab();
-    let token_text =
-        |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+    // A model may have no BOS or EOS (a BERT encoder has no EOS): llama.cpp answers -1 then, and
+    // asking for the text of -1 throws a C++ exception, which aborts the process. No token, no
+    // text.
+    let n_vocab = model.n_vocab();
+    let token_text = |t: LlamaToken| {
+        if (0..n_vocab).contains(&t.0) {
+            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+        } else {
+            String::new()
+        }
+    };
     let (bos_text, eos_text) = (token_text(vocab.bos()), token_text(vocab.eos()));
     let source = model
         .chat_template(None)
@@ -1387,8 +1396,20 @@ fn embed(
     inputs: &[String],
 ) -> Result<Embeddings, EngineError> {
     let n_ctx = l.info.n_ctx;
-    // A separate embedding context (mean pooling over the sequence); created per request because
-    // embedding calls are rare next to chat, and it keeps the chat context's settings simple.
+    // An embedding model names its pooling (`{arch}.pooling_type`: mean, CLS, …, as
+    // `inhouse-quantize import-hf` writes it), which llama.cpp applies when the context asks for
+    // none in particular; a generative model names none and is pooled by mean.
+    let own_pooling = l
+        .model
+        .meta_val_str(&format!("{}.pooling_type", l.info.architecture))
+        .is_ok();
+    let pooling = if own_pooling {
+        LlamaPoolingType::Unspecified
+    } else {
+        LlamaPoolingType::Mean
+    };
+    // A separate embedding context; created per request because embedding calls are rare next
+    // to chat, and it keeps the chat context's settings simple.
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(n_ctx)
@@ -1396,7 +1417,7 @@ fn embed(
         .with_n_threads(cfg.threads as i32)
         .with_n_threads_batch(cfg.threads as i32)
         .with_embeddings(true)
-        .with_pooling_type(LlamaPoolingType::Mean);
+        .with_pooling_type(pooling);
     let mut ctx = l
         .model
         .new_context(backend, params)
