@@ -16,6 +16,7 @@
 //! the socket close and stops generating.
 
 pub mod breaker;
+pub mod places;
 pub mod sse;
 pub mod wire;
 
@@ -30,11 +31,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 /// Most bytes of an upstream's error body that are read (for its message).
 const ERROR_BODY_LIMIT: u64 = 64 << 10;
@@ -66,9 +66,7 @@ pub struct UpstreamStatus {
 struct Upstream {
     cfg: UpstreamConfig,
     breaker: Mutex<breaker::Breaker>,
-    places: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    queue_size: usize,
+    places: Arc<places::Places>,
     outcomes: Mutex<BTreeMap<&'static str, u64>>,
     info: ModelInfo,
 }
@@ -219,9 +217,7 @@ impl Upstream {
                 cfg.failure_threshold,
                 Duration::from_secs(cfg.cool_down_secs),
             )),
-            places: Arc::new(Semaphore::new(cfg.max_concurrency as usize)),
-            waiting: AtomicUsize::new(0),
-            queue_size,
+            places: places::Places::new(cfg.max_concurrency, queue_size),
             outcomes: Mutex::new(BTreeMap::new()),
             info,
             cfg,
@@ -280,28 +276,13 @@ impl Upstream {
         }
     }
 
-    /// Waits for one of the `max-concurrency` places (at most `queue-size` wait).
-    async fn place(&self) -> Result<tokio::sync::OwnedSemaphorePermit, EngineError> {
-        if let Ok(p) = self.places.clone().try_acquire_owned() {
-            return Ok(p);
-        }
-        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let _w = Waiting(&self.waiting);
-        if waiting >= self.queue_size {
+    /// Waits for one of the `max-concurrency` places, in turn with other uids (at most
+    /// `queue-size` wait).
+    async fn place(&self, uid: u32) -> Result<places::Place, EngineError> {
+        self.places.acquire(uid).await.map_err(|places::Full(n)| {
             self.count("queue_full");
-            return Err(EngineError::QueueFull(waiting));
-        }
-        self.places
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| EngineError::ShuttingDown)
+            EngineError::QueueFull(n)
+        })
     }
 
     /// Connects and sends `body` to `path`; the answer's head, its body reader, and the
@@ -497,7 +478,7 @@ impl Upstream {
         tx: mpsc::UnboundedSender<Event>,
     ) {
         let place = tokio::select! {
-            p = self.place() => p,
+            p = self.place(req.owner_uid) => p,
             _ = tx.closed() => {
                 self.count("cancelled");
                 return;
@@ -536,7 +517,8 @@ impl Upstream {
     /// Embeds `inputs` on the upstream.
     async fn embed(self: Arc<Self>, inputs: Vec<String>) -> Result<Embeddings, EngineError> {
         let ticket = self.admit()?;
-        let _place = self.place().await?;
+        // Embeddings carry no owner down here: they take their turns together.
+        let _place = self.place(u32::MAX).await?;
         let body = wire::embeddings_body(&inputs, &self.cfg.model);
         let limit = self.cfg.answer_limit();
         let result = async {
@@ -573,8 +555,8 @@ impl Upstream {
             state: b.state(Instant::now()).name(),
             failures: b.failures(),
             circuit_opened: b.times_opened(),
-            in_flight: max.saturating_sub(self.places.available_permits() as u32),
-            waiting: self.waiting.load(Ordering::SeqCst) as u32,
+            in_flight: self.places.in_flight(),
+            waiting: self.places.waiting() as u32,
             max_concurrency: max,
             requests: self
                 .outcomes
