@@ -301,6 +301,7 @@ pub fn plan(ck: &Checkpoint, name: &str) -> Result<Plan, ImportError> {
             gguf_name: gguf,
             shape: info.shape.clone(),
             matrix,
+            permute_heads: None,
         });
     }
     // Every tensor llama.cpp requires must be there (it would refuse the file otherwise, later

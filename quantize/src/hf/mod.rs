@@ -8,14 +8,17 @@
 //! file, re-read by the one GGUF reader, renamed into place). So a checkpoint this does not
 //! understand is refused with the tensor or key at fault before anything is written.
 //!
-//! Architectures: BERT encoders ([`bert`]), with their WordPiece tokenizer ([`wordpiece`]).
-//! Decoders (llama, qwen2) are not converted yet.
+//! Architectures: BERT encoders ([`bert`]), with their WordPiece tokenizer ([`wordpiece`]);
+//! Llama and Qwen2 decoders ([`decoder`]), with their byte-level BPE tokenizer ([`bpe`]) and
+//! chat template.
 //!
 //! Only safetensors are read: PyTorch's `.bin` checkpoints are pickles, and unpickling runs
 //! code.
 
 pub mod bert;
+pub mod bpe;
 pub mod checkpoint;
+pub mod decoder;
 pub mod wordpiece;
 
 use std::path::PathBuf;
@@ -112,6 +115,9 @@ pub struct PlannedTensor {
     pub shape: Vec<usize>,
     /// Whether it is a matrix that may be stored in 16 bits.
     pub matrix: bool,
+    /// For a Llama Q or K projection: its head count, to reorder its rows for llama.cpp's
+    /// rotary layout ([`decoder::permute_rows`]).
+    pub permute_heads: Option<u32>,
 }
 
 /// What a conversion will write, decided before any weight is decoded.
@@ -172,8 +178,10 @@ pub fn plan(ck: &Checkpoint, name: &str) -> Result<Plan, ImportError> {
         .unwrap_or("");
     match model_type {
         "bert" => bert::plan(ck, name),
+        "llama" => decoder::plan(ck, name, decoder::Kind::Llama),
+        "qwen2" => decoder::plan(ck, name, decoder::Kind::Qwen2),
         other => Err(ImportError::Unsupported(format!(
-            "{}: model_type {other:?}; supported: bert",
+            "{}: model_type {other:?}; supported: bert, llama, qwen2",
             ck.dir.join("config.json").display()
         ))),
     }
@@ -210,7 +218,11 @@ pub fn import(opts: &Options) -> Result<Summary, ImportError> {
     w.set("general.file_type", Value::U32(opts.out_type.file_type()))?;
     let mut parameters = 0u64;
     for t in &plan.tensors {
-        let data = ck.tensor_f32(&t.hf_name)?;
+        let mut data = ck.tensor_f32(&t.hf_name)?;
+        if let Some(heads) = t.permute_heads {
+            let cols = if t.shape.len() == 2 { t.shape[1] } else { 1 };
+            data = decoder::permute_rows(&data, heads as usize, cols);
+        }
         parameters += data.len() as u64;
         // ggml lists dimensions innermost first: PyTorch's [rows, cols] is ggml's [cols, rows],
         // with the same bytes.
