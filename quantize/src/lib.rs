@@ -18,7 +18,8 @@
 //! - [`llama`]: the crate's only `unsafe`: llama.cpp calls (backends, models, contexts,
 //!   training, quantizing) behind small owning types.
 //! - [`hf`]: `import-hf`, a Hugging Face checkpoint (safetensors, `config.json`,
-//!   `tokenizer.json`) converted to GGUF in Rust; BERT encoders with their WordPiece vocabulary.
+//!   `tokenizer.json`) converted to GGUF in Rust: BERT encoders with their WordPiece vocabulary,
+//!   Llama and Qwen2 decoders with their byte-level BPE vocabulary.
 //! - [`quantize`]: `quantize`, a model to another tensor type (`llama_model_quantize`).
 //! - [`finetune`]: `finetune`, full fine-tuning with `llama_opt_*`, checkpoints and resume.
 //! - [`eval`]: `eval`, perplexity and a counterfactual bias probe for models side by side.

@@ -59,7 +59,8 @@ enum Command {
     /// candidate judged against a baseline under a policy, blessed or refused.
     Eval(EvalArgs),
     /// Convert a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)
-    /// to a GGUF model llama.cpp loads; BERT encoders (sentence embeddings) so far.
+    /// to a GGUF model llama.cpp loads: BERT encoders (sentence embeddings), Llama and Qwen2
+    /// decoders.
     ImportHf(ImportHfArgs),
     /// Generate grounded question/answer conversations from documents with a teacher model:
     /// DIR/train.jsonl, DIR/eval.jsonl, DIR/chunks.jsonl and DIR/report.json.
