@@ -264,7 +264,54 @@ fn the_front_answers_as_the_upstream_does_and_records_it() {
     let (status, o) = post_json(&f, "/api/chat", &ollama);
     assert_eq!(status, 200, "{o}");
     assert_eq!(o["message"]["content"], direct["message"]["content"]);
+    let direct_ollama_text = direct["message"]["content"].as_str().unwrap().to_string();
     assert!(!o["message"]["content"].as_str().unwrap().is_empty());
+
+    // The Responses API, and Ollama's chat streamed (NDJSON), go through too.
+    let responses = |model: &str| json!({"model": model, "input": prompt, "temperature": 0, "max_output_tokens": 24});
+    let (status, direct) = post_json(&u, "/v1/responses", &responses("smollm2"));
+    assert_eq!(status, 200, "{direct}");
+    let (status, via) = post_json(&f, "/v1/responses", &responses("big"));
+    assert_eq!(status, 200, "{via}");
+    let output_text = |v: &Value| -> String {
+        v["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["type"] == "message")
+            .flat_map(|i| i["content"].as_array().unwrap().iter())
+            .filter_map(|p| p["text"].as_str())
+            .collect()
+    };
+    assert_eq!(output_text(&via), output_text(&direct));
+    assert!(!output_text(&via).is_empty());
+    ollama["stream"] = json!(true);
+    let (status, lines) = rt().block_on(async {
+        let resp = f
+            .send(
+                Method::POST,
+                "/api/chat",
+                Some(bytes::Bytes::from(ollama.to_string())),
+            )
+            .await
+            .unwrap();
+        let status = resp.status.as_u16();
+        (
+            status,
+            String::from_utf8(resp.collect().await.unwrap().to_vec()).unwrap(),
+        )
+    });
+    assert_eq!(status, 200, "{lines}");
+    let pieces: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(pieces.last().unwrap()["done"], true, "{lines}");
+    let streamed: String = pieces
+        .iter()
+        .filter_map(|p| p["message"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, direct_ollama_text);
 
     // Listed with its state everywhere a model is.
     let models = get_json(&f, "/v1/models");
@@ -294,7 +341,7 @@ fn the_front_answers_as_the_upstream_does_and_records_it() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("inhouse_upstream_requests_total{upstream=\"big\",outcome=\"ok\"} 5"),
+        metrics.contains("inhouse_upstream_requests_total{upstream=\"big\",outcome=\"ok\"} 7"),
         "{metrics}"
     );
 }
