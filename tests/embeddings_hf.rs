@@ -6,7 +6,8 @@
 //! `quantize/tests/bert_reference.py` (the same reference the converter's own test uses):
 //! cosine ≥ 0.99 per sentence, unit length, and paraphrases closer than unrelated sentences.
 //! A copy of the checkpoint that declares CLS pooling is served with CLS pooling: the daemon
-//! pools as the GGUF says.
+//! pools as the GGUF says. The inputs of one request are decoded together; each gets the vector
+//! it gets alone.
 
 mod common;
 
@@ -91,11 +92,11 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     dot / (na * nb)
 }
 
-/// The daemon's vectors for `SENTENCES` from the model `name`.
-fn served(d: &Daemon, name: &str) -> Vec<Vec<f64>> {
+/// The daemon's vectors for `texts` (one request) from the model `name`.
+fn served_texts(d: &Daemon, name: &str, texts: &[&str]) -> Vec<Vec<f64>> {
     rt().block_on(async {
         let c = d.client();
-        let body = json!({"model": name, "input": SENTENCES});
+        let body = json!({"model": name, "input": texts});
         let (st, v) = post(&c, "/v1/embeddings", &body.to_string()).await;
         assert_eq!(st, 200, "{v}\n{}", d.log());
         v["data"]
@@ -105,6 +106,11 @@ fn served(d: &Daemon, name: &str) -> Vec<Vec<f64>> {
             .map(|e| serde_json::from_value(e["embedding"].clone()).unwrap())
             .collect()
     })
+}
+
+/// The daemon's vectors for `SENTENCES`, in one request (decoded together).
+fn served(d: &Daemon, name: &str) -> Vec<Vec<f64>> {
+    served_texts(d, name, SENTENCES)
 }
 
 fn assert_close(what: &str, got: &[Vec<f64>], want: &[Vec<f64>]) {
@@ -148,6 +154,23 @@ fn a_converted_bert_serves_the_reference_embeddings_with_its_own_pooling() {
         para.iter().all(|p| unrel.iter().all(|u| p > u)),
         "paraphrases {para:?} vs unrelated {unrel:?}"
     );
+    // Decoded together or alone, an input gets the same vector.
+    for (i, text) in SENTENCES.iter().enumerate() {
+        let alone = served_texts(&d, "minilm", &[text]);
+        let c = cosine(&alone[0], &mean[i]);
+        assert!(c > 0.9999, "{text:?}: alone vs in a batch: cosine {c}");
+    }
+    // More inputs than one batch takes (32): split across batches, still in order.
+    let many: Vec<&str> = SENTENCES.iter().copied().cycle().take(45).collect();
+    let got = served_texts(&d, "minilm", &many);
+    assert_eq!(got.len(), 45);
+    for (i, g) in got.iter().enumerate() {
+        let c = cosine(g, &mean[i % SENTENCES.len()]);
+        assert!(
+            c > 0.9999,
+            "input {i} of 45: cosine {c} to the same sentence alone"
+        );
+    }
     let cls = served(&d, "minilm-cls");
     assert_close("cls", &cls, &reference(&checkpoint(), "cls", SENTENCES));
     // CLS and mean pooling are different vectors: the pooling really followed the file.

@@ -1409,22 +1409,10 @@ fn embed(
         LlamaPoolingType::Mean
     };
     // A separate embedding context; created per request because embedding calls are rare next
-    // to chat, and it keeps the chat context's settings simple.
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_ctx)
-        .with_n_ubatch(n_ctx)
-        .with_n_threads(cfg.threads as i32)
-        .with_n_threads_batch(cfg.threads as i32)
-        .with_embeddings(true)
-        .with_pooling_type(pooling);
-    let mut ctx = l
-        .model
-        .new_context(backend, params)
-        .map_err(|e| EngineError::CannotEmbed(format!("{}: {e}", l.info.name)))?;
-    l.apply_adapter(&mut ctx)?;
-    let mut vectors = Vec::with_capacity(inputs.len());
-    let mut total = 0u32;
+    // to chat, and it keeps the chat context's settings simple. Inputs are decoded together, as
+    // many sequences at once as fit (`pack_embedding_batches`); one KV cache shared by the
+    // sequences of a batch, so a long input can use all of it.
+    let mut tokenized = Vec::with_capacity(inputs.len());
     for input in inputs {
         let tokens = tokenize(l, input);
         if tokens.is_empty() {
@@ -1436,26 +1424,104 @@ fn embed(
                 n_ctx,
             });
         }
-        total += tokens.len() as u32;
+        tokenized.push(tokens);
+    }
+    let lens: Vec<usize> = tokenized.iter().map(Vec::len).collect();
+    let batches = pack_embedding_batches(&lens, n_ctx as usize, EMBED_MAX_SEQS);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_ctx)
+        .with_n_ubatch(n_ctx)
+        // Always the same, a power of two: llama.cpp b11434 trips a ggml assertion
+        // (`ggml_can_mul_mat`) decoding 3 sequences into a BERT context made for exactly 3,
+        // while 2, 4 and 3-of-32 work (measured).
+        .with_n_seq_max(EMBED_MAX_SEQS as u32)
+        .with_kv_unified(true)
+        .with_n_threads(cfg.threads as i32)
+        .with_n_threads_batch(cfg.threads as i32)
+        .with_embeddings(true)
+        .with_pooling_type(pooling);
+    let mut ctx = l
+        .model
+        .new_context(backend, params)
+        .map_err(|e| EngineError::CannotEmbed(format!("{}: {e}", l.info.name)))?;
+    l.apply_adapter(&mut ctx)?;
+    let mut vectors = Vec::with_capacity(inputs.len());
+    let total = lens.iter().sum::<usize>() as u32;
+    for range in batches {
         ctx.clear_kv_cache();
-        let mut batch = LlamaBatch::new(tokens.len(), 1);
-        batch
-            .add_sequence(&tokens, 0, false)
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        let n_tokens = lens[range.clone()].iter().sum::<usize>();
+        let mut batch = LlamaBatch::new(n_tokens, range.len() as i32);
+        // Every token is an output: pooling reads them all (llama.cpp would otherwise override
+        // the flags itself, and with several sequences trips an assertion on the way).
+        for (seq, tokens) in tokenized[range.clone()].iter().enumerate() {
+            batch
+                .add_sequence(tokens, seq as i32, true)
+                .map_err(|e| EngineError::Inference(e.to_string()))?;
+        }
         ctx.decode(&mut batch)
             .map_err(|e| EngineError::Inference(e.to_string()))?;
-        let v = ctx
-            .embeddings_seq_ith(0)
-            .map_err(|_| EngineError::CannotEmbed(l.info.name.clone()))?;
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        vectors.push(if norm > 0.0 {
-            v.iter().map(|x| x / norm).collect()
-        } else {
-            v.to_vec()
-        });
+        for seq in 0..range.len() {
+            let v = ctx
+                .embeddings_seq_ith(seq as i32)
+                .map_err(|_| EngineError::CannotEmbed(l.info.name.clone()))?;
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            vectors.push(if norm > 0.0 {
+                v.iter().map(|x| x / norm).collect()
+            } else {
+                v.to_vec()
+            });
+        }
     }
     Ok(Embeddings {
         vectors,
         prompt_tokens: total,
     })
+}
+
+/// Most inputs of one embedding request decoded in one batch.
+const EMBED_MAX_SEQS: usize = 32;
+
+/// Consecutive groups of inputs (by token count) to decode together: each group holds at most
+/// `max_tokens` tokens (the context, which one batch fills) and `max_seqs` inputs; an input is
+/// never split (each is at most `max_tokens`, checked before).
+fn pack_embedding_batches(
+    lens: &[usize],
+    max_tokens: usize,
+    max_seqs: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &n) in lens.iter().enumerate() {
+        if i > start && (tokens + n > max_tokens || i - start == max_seqs) {
+            out.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += n;
+    }
+    if start < lens.len() {
+        out.push(start..lens.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack_embedding_batches;
+
+    #[test]
+    fn embedding_inputs_pack_into_batches_by_tokens_and_count() {
+        assert!(pack_embedding_batches(&[], 512, 32).is_empty());
+        assert_eq!(pack_embedding_batches(&[10, 20, 30], 512, 32), vec![0..3]);
+        // The context fills up: a new batch starts before the input that would overflow it.
+        assert_eq!(
+            pack_embedding_batches(&[300, 200, 100, 512, 1], 512, 32),
+            vec![0..2, 2..3, 3..4, 4..5]
+        );
+        // At most max_seqs inputs a batch.
+        assert_eq!(
+            pack_embedding_batches(&[1; 5], 512, 2),
+            vec![0..2, 2..4, 4..5]
+        );
+    }
 }
