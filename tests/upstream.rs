@@ -497,8 +497,12 @@ fn upstream_killed_down_and_back_while_local_models_serve() {
         "{metrics}"
     );
 
-    // Restarted: once the cool-down is over, the probe gets through and it is served again.
+    // Restarted: the background check finds it back (no caller's request is the probe), and
+    // it is served again.
     up.restart();
+    wait_until(30, "the background check found the upstream back", || {
+        upstream_state(&f, "big") == "up"
+    });
     let mut answered = None;
     wait_until(30, "the upstream served again", || {
         let (status, v) = post_json(
@@ -563,6 +567,12 @@ fn fake_answer(mut conn: std::os::unix::net::UnixStream, log: &FakeLog) {
                 .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
+    if head.starts_with("GET ") {
+        // The front's background check (GET /v1/models): not a request to count.
+        let _ = conn
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
     let mut body = vec![0u8; len];
     conn.read_exact(&mut body).unwrap();
     log.requests.fetch_add(1, Ordering::SeqCst);

@@ -125,6 +125,14 @@ impl Breaker {
         self.probing = false;
     }
 
+    /// The background check found the upstream unreachable: shown as down, but not counted
+    /// (only requests open the breaker).
+    pub fn check_failed(&mut self) {
+        if self.last_ok != Some(false) {
+            self.last_ok = Some(false);
+        }
+    }
+
     /// The state at `now`.
     pub fn state(&self, now: Instant) -> State {
         match (self.open_until, self.last_ok) {
@@ -201,6 +209,20 @@ mod tests {
         assert_eq!(b.state(t2), State::Up);
         assert_eq!(b.admit(t2), Admission::Pass);
         assert_eq!(b.times_opened(), 2);
+    }
+
+    #[test]
+    fn a_failed_background_check_shows_down_without_opening_it() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(1, COOL);
+        b.check_failed();
+        assert_eq!(b.state(t0), State::Down);
+        assert_eq!(b.admit(t0), Admission::Pass);
+        // A successful check closes an open breaker before its cool-down ends.
+        b.failure(t0, false);
+        assert_eq!(b.state(t0), State::CircuitOpen);
+        b.success();
+        assert_eq!(b.admit(t0), Admission::Pass);
     }
 
     #[test]

@@ -290,7 +290,7 @@ impl Upstream {
     async fn send(
         &self,
         path: &str,
-        body: &serde_json::Value,
+        body: Option<&serde_json::Value>,
         accept: &str,
         limit: u64,
     ) -> Result<(hyper::http::response::Parts, BodyReader, Connection), Fail> {
@@ -323,11 +323,18 @@ impl Upstream {
             let _ = conn.await;
         });
         let connection = Connection(task.abort_handle());
-        let request = hyper::Request::post(path)
+        let builder = match body {
+            Some(_) => {
+                hyper::Request::post(path).header(hyper::header::CONTENT_TYPE, "application/json")
+            }
+            None => hyper::Request::get(path),
+        };
+        let request = builder
             .header(hyper::header::HOST, "upstream")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::ACCEPT, accept)
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(
+                body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
+            ))
             .map_err(|e| Fail::bad(format!("building the request: {e}")))?;
         let first_byte = Duration::from_secs(c.first_byte_timeout_secs);
         let response = match tokio::time::timeout(first_byte, sender.send_request(request)).await {
@@ -401,7 +408,7 @@ impl Upstream {
     ) -> Result<(), Fail> {
         let limit = self.cfg.answer_limit();
         let (head, mut reader, _connection) = self
-            .send(flavor.path(), body, "text/event-stream", limit)
+            .send(flavor.path(), Some(body), "text/event-stream", limit)
             .await?;
         if !head.status.is_success() {
             return Err(self.refusal(&head, reader).await);
@@ -523,7 +530,7 @@ impl Upstream {
         let limit = self.cfg.answer_limit();
         let result = async {
             let (head, mut reader, _connection) = self
-                .send("/v1/embeddings", &body, "application/json", limit)
+                .send("/v1/embeddings", Some(&body), "application/json", limit)
                 .await?;
             if !head.status.is_success() {
                 return Err(self.refusal(&head, reader).await);
@@ -543,6 +550,46 @@ impl Upstream {
                 tracing::warn!(upstream = %self.cfg.name, code = failure.code(), error = %fail.message, "upstream embeddings failed");
                 Err(self.error(failure, fail.message))
             }
+        }
+    }
+
+    /// Whether the upstream answers `GET /v1/models` with a 2xx within its connect timeout (a
+    /// check that costs it no inference).
+    async fn check(&self) -> bool {
+        let limit = Duration::from_secs(self.cfg.connect_timeout_secs);
+        let asked = async {
+            let (head, mut reader, _connection) = self
+                .send("/v1/models", None, "application/json", ERROR_BODY_LIMIT)
+                .await?;
+            reader.all().await?;
+            Ok::<_, Fail>(head.status.is_success())
+        };
+        matches!(tokio::time::timeout(limit, asked).await, Ok(Ok(true)))
+    }
+
+    /// Checks the upstream in the background while it is not known to be up: at start, and
+    /// every cool-down while it is down or its breaker open, so that `/health` tells the truth
+    /// without traffic and a recovered upstream is let back in without a caller's request
+    /// being the probe. Ends when the engine is dropped.
+    async fn watch(up: std::sync::Weak<Upstream>) {
+        loop {
+            let Some(u) = up.upgrade() else { return };
+            let state = u.breaker().state(Instant::now());
+            if state != breaker::State::Up {
+                let ok = u.check().await;
+                let mut b = u.breaker();
+                if ok {
+                    if state != breaker::State::Unknown {
+                        tracing::info!(upstream = %u.cfg.name, "upstream answers again");
+                    }
+                    b.success();
+                } else {
+                    b.check_failed();
+                }
+            }
+            let wait = Duration::from_secs(u.cfg.cool_down_secs);
+            drop(u);
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -624,18 +671,21 @@ impl UpstreamEngine {
         upstreams: &[UpstreamConfig],
         queue_size: usize,
     ) -> UpstreamEngine {
-        UpstreamEngine {
-            local,
-            upstreams: upstreams
-                .iter()
-                .map(|u| {
-                    (
-                        u.name.clone(),
-                        Arc::new(Upstream::new(u.clone(), queue_size)),
-                    )
-                })
-                .collect(),
+        let upstreams: BTreeMap<String, Arc<Upstream>> = upstreams
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    Arc::new(Upstream::new(u.clone(), queue_size)),
+                )
+            })
+            .collect();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            for u in upstreams.values() {
+                rt.spawn(Upstream::watch(Arc::downgrade(u)));
+            }
         }
+        UpstreamEngine { local, upstreams }
     }
 }
 
