@@ -211,6 +211,37 @@ fn the_front_answers_as_the_upstream_does_and_records_it() {
         .contains("\"model\":\"big\""));
     assert_eq!(event["actor_uid"], rec.meta.uid);
 
+    // Several choices with a seed, and log-probabilities, are forwarded as asked.
+    let extra =
+        json!({"n": 2, "temperature": 0.8, "seed": 42, "logprobs": true, "top_logprobs": 2});
+    let (status, direct) = post_json(
+        &u,
+        "/v1/chat/completions",
+        &chat("smollm2", prompt, 12, extra.clone()),
+    );
+    assert_eq!(status, 200, "{direct}");
+    let (status, via) = post_json(&f, "/v1/chat/completions", &chat("big", prompt, 12, extra));
+    assert_eq!(status, 200, "{via}");
+    assert_eq!(via["choices"].as_array().unwrap().len(), 2, "{via}");
+    for i in 0..2 {
+        assert_eq!(
+            via["choices"][i]["message"]["content"],
+            direct["choices"][i]["message"]["content"]
+        );
+        let tokens = |v: &Value| -> Vec<Value> {
+            v["choices"][i]["logprobs"]["content"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no logprobs in {v}"))
+                .iter()
+                .map(|t| json!([t["token"], t["top_logprobs"].as_array().unwrap().len()]))
+                .collect()
+        };
+        assert_eq!(tokens(&via), tokens(&direct));
+        assert!(!tokens(&via).is_empty());
+    }
+    let one = get_json(&f, "/v1/models/big");
+    assert_eq!(one["upstream"]["model"], "smollm2", "{one}");
+
     // A request the upstream itself refuses (a prompt over its context) is the caller's 400.
     let long = "the cat sat on the mat. ".repeat(800);
     let (status, err) = post_json(
@@ -341,7 +372,7 @@ fn the_front_answers_as_the_upstream_does_and_records_it() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("inhouse_upstream_requests_total{upstream=\"big\",outcome=\"ok\"} 7"),
+        metrics.contains("inhouse_upstream_requests_total{upstream=\"big\",outcome=\"ok\"} 8"),
         "{metrics}"
     );
 }
