@@ -814,7 +814,7 @@ fn a_misbehaving_upstream_is_cut_off_with_a_stable_code() {
         // Dropping the response closes the client's connection.
     });
     wait_until(
-        5,
+        15,
         "the upstream connection closed after the client left",
         || log.drip_closed.load(Ordering::SeqCst),
     );
