@@ -558,6 +558,8 @@ fn upstream_killed_down_and_back_while_local_models_serve() {
 #[derive(Default)]
 struct FakeLog {
     requests: AtomicU64,
+    /// The body of the last request for the model `tools`.
+    tools_request: std::sync::Mutex<Option<Value>>,
     /// Bytes of the 100 MB answer written before the front stopped reading.
     huge_written: AtomicU64,
     /// The endless stream's connection was closed by the front.
@@ -668,6 +670,27 @@ fn fake_answer(mut conn: std::os::unix::net::UnixStream, log: &FakeLog) {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+        "tools" => {
+            *log.tools_request.lock().unwrap() = Some(req.clone());
+            let call = |delta: Value| {
+                format!(
+                    "data: {}\n\n",
+                    json!({"choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]})
+                )
+            };
+            let events = [
+                call(json!({"index": 0, "id": "call_up_1", "type": "function",
+                    "function": {"name": "weather", "arguments": ""}})),
+                call(json!({"index": 0, "function": {"arguments": "{\"city\": "}})),
+                call(json!({"index": 0, "function": {"arguments": "\"Paris\"}"}})),
+                "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n"
+                    .to_string(),
+                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":11}}\n\n"
+                    .to_string(),
+                "data: [DONE]\n\n".to_string(),
+            ];
+            let _ = conn.write_all(format!("{sse}{}", events.concat()).as_bytes());
         }
         "silent" => std::thread::sleep(Duration::from_secs(30)),
         "stall" => {
@@ -851,25 +874,54 @@ fn a_misbehaving_upstream_is_cut_off_with_a_stable_code() {
 }
 
 #[test]
-fn tools_are_refused_for_upstreams_with_a_clear_code() {
+fn tools_are_forwarded_and_the_calls_checked_like_a_local_models() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("fake.sock");
     let log = fake_upstream(&socket);
-    let front = Daemon::with_config(&[], &upstream_toml("big", &socket, "garbage", ""));
-    let body = chat(
-        "big",
-        "weather?",
-        8,
-        json!({"tools": [{"type": "function", "function": {"name": "weather",
-            "parameters": {"type": "object", "properties": {}}}}]}),
+    let front = Daemon::with_config(&[], &upstream_toml("big", &socket, "tools", ""));
+    let f = front.client();
+    let tools = json!([{"type": "function", "function": {"name": "weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let body = chat("big", "Weather in Paris?", 32, json!({"tools": tools}));
+    let (status, v) = post_json(&f, "/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    // The upstream was offered the tools as the caller gave them, under its own model id.
+    let sent = log
+        .tools_request
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("a request");
+    assert_eq!(sent["model"], "tools");
+    assert_eq!(sent["tools"], tools);
+    assert_eq!(sent["tool_choice"], "auto");
+    // Its structured call came back through the API's own parser: checked, with our id.
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "weather", "{v}");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+    assert!(call["id"].as_str().unwrap().starts_with("call_"), "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 11);
+    // The record holds the call, like a local model's.
+    let rec = newest_record(&f);
+    assert_eq!(rec.meta.status.as_str(), "completed");
+    assert!(rec.response.contains("\"weather\""), "{}", rec.response);
+    // Streamed, the call arrives as tool_calls deltas.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, _, events) = rt().block_on(post_stream(&f, "/v1/chat/completions", &streamed));
+    assert_eq!(status, 200);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("\"tool_calls\"") && e.contains("\"weather\"")),
+        "{events:?}"
     );
-    let (status, err) = post_json(&front.client(), "/v1/chat/completions", &body);
-    assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (400, Some("upstream_unsupported")),
-        "{err}"
-    );
-    assert_eq!(log.requests.load(Ordering::SeqCst), 0);
 }
 
 /// Runs inhoused with `toml` as its config (and `extra` flags) until it exits.

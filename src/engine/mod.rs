@@ -296,8 +296,8 @@ pub enum UpstreamFailure {
     /// It refused the request itself (a 4xx such as a prompt over its context).
     /// `upstream_rejected`.
     Rejected,
-    /// The request asks for something inhouse does not forward to upstreams (tools).
-    /// `upstream_unsupported`.
+    /// The request asks for something the upstream's wire cannot carry (logprobs or tools on
+    /// plain completions). `upstream_unsupported`.
     Unsupported,
 }
 

@@ -424,7 +424,11 @@ impl Upstream {
             )));
         }
         let mut events = sse::SseReader::new(limit as usize);
-        let mut stream = wire::StreamReader::new(flavor, req.n, req.max_tokens);
+        let offered = req
+            .tools
+            .as_ref()
+            .is_some_and(|t| t.choice != inhouse_formats::request::ToolChoice::None);
+        let mut stream = wire::StreamReader::new(flavor, req.n, req.max_tokens).with_tools(offered);
         let stream_error = |e: wire::StreamError| match e {
             wire::StreamError::Bad(m) => Fail::bad(m),
             wire::StreamError::TooLong(m) => Fail::too_large(m),

@@ -8,7 +8,7 @@
 
 use crate::engine::{
     ChatMessage, Event, FinishReason, GenerateRequest, OutputInfo, Prompt, ReasoningTags,
-    SampledLogprob, TokenLogprob,
+    SampledLogprob, TokenLogprob, ToolFormat,
 };
 use inhouse_formats::request::{ResponseFormat, ToolChoice};
 use serde::Deserialize;
@@ -69,15 +69,6 @@ fn message_json(m: &ChatMessage) -> Value {
 
 /// The OpenAI request for `req`, sent to the upstream as its model `model`.
 pub fn generate_body(req: &GenerateRequest, model: &str) -> Result<(Flavor, Value), Unsupported> {
-    if req
-        .tools
-        .as_ref()
-        .is_some_and(|t| t.choice != ToolChoice::None)
-    {
-        // The upstream would answer with structured tool calls, which would have to be checked
-        // against the offered tools as the local parser does: not forwarded yet.
-        return Err(Unsupported("tools"));
-    }
     let sp = &req.sampling;
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
@@ -137,6 +128,33 @@ pub fn generate_body(req: &GenerateRequest, model: &str) -> Result<(Flavor, Valu
             );
         }
     }
+    // Tools the model is shown: the upstream answers with structured calls, which
+    // [`StreamReader`] writes back as Hermes-format text so that the API's own parser checks
+    // them against the offered tools, as it does a local model's.
+    if let Some(t) = req.tools.as_ref().filter(|t| t.choice != ToolChoice::None) {
+        if flavor == Flavor::Text {
+            return Err(Unsupported("tools"));
+        }
+        let tools: Vec<Value> = t
+            .tools
+            .iter()
+            .map(|tool| {
+                let mut f = json!({"name": tool.name, "parameters": tool.parameters});
+                if let Some(d) = &tool.description {
+                    f["description"] = json!(d);
+                }
+                json!({"type": "function", "function": f})
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+        let choice = match &t.choice {
+            ToolChoice::Auto | ToolChoice::None => json!("auto"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Named(name) => json!({"type": "function", "function": {"name": name}}),
+        };
+        body.insert("tool_choice".into(), choice);
+        body.insert("parallel_tool_calls".into(), json!(t.parallel));
+    }
     if let Some(thinking) = req.thinking {
         body.insert(
             "chat_template_kwargs".into(),
@@ -183,7 +201,25 @@ struct ChunkChoice {
 struct ChunkDelta {
     content: Option<String>,
     reasoning_content: Option<String>,
+    tool_calls: Option<Vec<CallDelta>>,
 }
+
+/// A piece of a streamed tool call: the first names the function, the others add to its
+/// arguments (JSON text).
+#[derive(Debug, Deserialize)]
+struct CallDelta {
+    index: usize,
+    function: Option<FunctionDelta>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionDelta {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+/// Most tool calls one choice may make.
+const MAX_CALLS: usize = 128;
 
 #[derive(Debug, Deserialize)]
 struct ChunkLogprobs {
@@ -252,6 +288,10 @@ pub struct StreamReader {
     ended: Vec<Option<FinishReason>>,
     /// Per choice: inside reasoning text.
     reasoning: Vec<bool>,
+    /// Tools were offered: calls are expected (and written back as Hermes text).
+    tools: bool,
+    /// Per choice: the tool calls so far, (name, arguments text).
+    calls: Vec<Vec<(String, String)>>,
     usage: Option<Usage>,
     done: bool,
 }
@@ -273,9 +313,47 @@ impl StreamReader {
             started: false,
             ended: vec![None; n as usize],
             reasoning: vec![false; n as usize],
+            tools: false,
+            calls: vec![Vec::new(); n as usize],
             usage: None,
             done: false,
         }
+    }
+
+    /// A reader for a request that offered tools.
+    pub fn with_tools(mut self, tools: bool) -> StreamReader {
+        self.tools = tools;
+        self
+    }
+
+    /// A choice's tool calls as the Hermes format writes them, in order; an error when one is
+    /// not a named call with a JSON object of arguments.
+    fn calls_text(&mut self, i: usize) -> Result<String, StreamError> {
+        let mut text = String::new();
+        for (name, arguments) in std::mem::take(&mut self.calls[i]) {
+            if name.is_empty() {
+                return Err(StreamError::Bad(
+                    "a tool call without a function name".into(),
+                ));
+            }
+            let arguments: Value = if arguments.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(&arguments).map_err(|e| {
+                    StreamError::Bad(format!("a tool call's arguments are not JSON: {e}"))
+                })?
+            };
+            if !arguments.is_object() {
+                return Err(StreamError::Bad(
+                    "a tool call's arguments are not a JSON object".into(),
+                ));
+            }
+            text.push_str(&format!(
+                "<tool_call>\n{}\n</tool_call>",
+                json!({"name": name, "arguments": arguments})
+            ));
+        }
+        Ok(text)
     }
 
     /// `[DONE]` arrived.
@@ -329,7 +407,7 @@ impl StreamReader {
             out.push(Event::Started {
                 prompt_tokens: 0,
                 output: OutputInfo {
-                    tool_format: None,
+                    tool_format: self.tools.then_some(ToolFormat::Hermes),
                     reasoning: (self.flavor == Flavor::Chat).then(|| ReasoningTags {
                         open: THINK_OPEN.into(),
                         close: THINK_CLOSE.into(),
@@ -373,6 +451,38 @@ impl StreamReader {
                             }
                             text.push_str(&t);
                         }
+                        for call in d.tool_calls.unwrap_or_default() {
+                            if !self.tools {
+                                return Err(StreamError::Bad(
+                                    "a tool call when no tools were offered".into(),
+                                ));
+                            }
+                            if call.index >= MAX_CALLS {
+                                return Err(StreamError::TooLong(format!(
+                                    "more than {MAX_CALLS} tool calls"
+                                )));
+                            }
+                            let calls = &mut self.calls[i];
+                            if calls.len() <= call.index {
+                                calls.resize(call.index + 1, (String::new(), String::new()));
+                            }
+                            if let Some(f) = call.function {
+                                let (name, arguments) = &mut calls[call.index];
+                                if let Some(n) = f.name {
+                                    name.push_str(&n);
+                                }
+                                if let Some(a) = f.arguments {
+                                    arguments.push_str(&a);
+                                }
+                            }
+                            // Each piece holds at least a token: bounded like text.
+                            self.text_chunks += 1;
+                            if self.text_chunks > self.max_text_chunks {
+                                return Err(StreamError::TooLong(
+                                    "the tool calls run past the tokens asked for".into(),
+                                ));
+                            }
+                        }
                     }
                 }
                 Flavor::Text => {
@@ -413,11 +523,16 @@ impl StreamReader {
                 });
             }
             if let Some(reason) = c.finish_reason {
+                let mut tail = String::new();
                 if self.reasoning[i] {
                     self.reasoning[i] = false;
+                    tail.push_str(THINK_CLOSE);
+                }
+                tail.push_str(&self.calls_text(i)?);
+                if !tail.is_empty() {
                     out.push(Event::Text {
                         choice: c.index,
-                        text: THINK_CLOSE.into(),
+                        text: tail,
                         logprobs: vec![],
                     });
                 }
@@ -552,7 +667,7 @@ mod tests {
     }
 
     #[test]
-    fn tools_are_not_forwarded() {
+    fn tools_are_forwarded_and_calls_come_back_as_hermes_text() {
         let mut r = req(Prompt::Chat(vec![ChatMessage::text("user", "hi")]));
         r.tools = Some(inhouse_formats::request::Tools {
             tools: vec![inhouse_formats::request::Tool {
@@ -563,7 +678,47 @@ mod tests {
             choice: ToolChoice::Auto,
             parallel: true,
         });
+        let (_, body) = generate_body(&r, "m").unwrap();
+        assert_eq!(body["tools"][0]["function"]["name"], "f");
+        assert_eq!(body["tool_choice"], "auto");
+        assert_eq!(body["parallel_tool_calls"], true);
+        r.prompt = Prompt::Text("x".into());
         assert_eq!(generate_body(&r, "m").unwrap_err(), Unsupported("tools"));
+
+        let mut s = StreamReader::new(Flavor::Chat, 1, 8).with_tools(true);
+        let piece = |v: Value| json!({"choices": [{"index": 0, "delta": v}]}).to_string();
+        let started = s
+            .data(&piece(
+                json!({"tool_calls": [{"index": 0, "id": "a", "type": "function",
+                "function": {"name": "weather", "arguments": ""}}]}),
+            ))
+            .unwrap();
+        assert!(matches!(&started[0], Event::Started { output, .. }
+            if output.tool_format == Some(ToolFormat::Hermes)));
+        s.data(&piece(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}),
+        ))
+        .unwrap();
+        s.data(&piece(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+        ))
+        .unwrap();
+        let end = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]});
+        assert_eq!(
+            s.data(&end.to_string()).unwrap(),
+            vec![Event::text(
+                "<tool_call>\n{\"name\":\"weather\",\"arguments\":{\"city\":\"Paris\"}}\n</tool_call>"
+            )]
+        );
+        // Arguments that are not a JSON object are refused; calls nobody offered too.
+        let mut s = StreamReader::new(Flavor::Chat, 1, 8).with_tools(true);
+        s.data(&piece(json!({"tool_calls": [{"index": 0,
+            "function": {"name": "f", "arguments": "[1"}}]})))
+            .unwrap();
+        assert!(matches!(s.data(&end.to_string()), Err(StreamError::Bad(_))));
+        let mut s = StreamReader::new(Flavor::Chat, 1, 8);
+        let call = piece(json!({"tool_calls": [{"index": 0, "function": {"name": "f"}}]}));
+        assert!(matches!(s.data(&call), Err(StreamError::Bad(_))));
     }
 
     fn chunk(content: &str, finish: Option<&str>) -> String {
