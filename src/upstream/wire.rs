@@ -185,7 +185,11 @@ pub struct Usage {
 struct Chunk {
     choices: Option<Vec<ChunkChoice>>,
     usage: Option<Usage>,
+    /// llama-server's and OpenAI's error event: `{"error": {"message": …}}`.
     error: Option<Value>,
+    /// vLLM's error event: `{"object": "error", "message": …}`.
+    object: Option<String>,
+    message: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +204,8 @@ struct ChunkChoice {
 #[derive(Debug, Deserialize)]
 struct ChunkDelta {
     content: Option<String>,
+    /// `reasoning_content` (llama-server, older vLLM) or `reasoning` (newer vLLM).
+    #[serde(alias = "reasoning")]
     reasoning_content: Option<String>,
     tool_calls: Option<Vec<CallDelta>>,
 }
@@ -395,6 +401,10 @@ impl StreamReader {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("no message");
+            return Err(StreamError::Upstream(clean_message(message)));
+        }
+        if chunk.object.as_deref() == Some("error") {
+            let message = chunk.message.as_deref().unwrap_or("no message");
             return Err(StreamError::Upstream(clean_message(message)));
         }
         if chunk.choices.is_none() && chunk.usage.is_none() {
@@ -760,6 +770,9 @@ mod tests {
         let r = json!({"choices": [{"index": 0, "delta": {"reasoning_content": "hmm"}}]});
         let got = s.data(&r.to_string()).unwrap();
         assert_eq!(got[1], Event::text("<think>hmm"));
+        // Newer vLLM calls it `reasoning`.
+        let r = json!({"choices": [{"index": 0, "delta": {"reasoning": ", so"}}]});
+        assert_eq!(s.data(&r.to_string()).unwrap(), vec![Event::text(", so")]);
         assert_eq!(
             s.data(&chunk("ok", Some("stop"))).unwrap(),
             vec![Event::text("</think>ok")]
@@ -781,6 +794,12 @@ mod tests {
         let mut s = StreamReader::new(Flavor::Chat, 1, 8);
         s.data(&chunk("a", None)).unwrap();
         assert!(matches!(s.finish(), Err(StreamError::Bad(_))));
+        let mut s = StreamReader::new(Flavor::Chat, 1, 8);
+        let vllm = json!({"object": "error", "message": "CUDA out of memory", "code": 500});
+        assert_eq!(
+            s.data(&vllm.to_string()),
+            Err(StreamError::Upstream("CUDA out of memory".into()))
+        );
         let mut s = StreamReader::new(Flavor::Chat, 1, 8);
         let e = json!({"error": {"message": "boom\u{7}", "code": "x"}});
         assert_eq!(
