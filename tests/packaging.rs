@@ -718,13 +718,7 @@ fn nspawn_upgrade_from_the_previous_release_keeps_data_and_every_request() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, inhouse::storage::SCHEMA_VERSION);
-    let rows: Vec<(u32, String)> = conn
-        .prepare("SELECT version, inhouse_version FROM schema_history ORDER BY version")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let rows = inhouse::storage::schema_history(&conn).unwrap();
     let expected: Vec<(u32, String)> = (6..=inhouse::storage::SCHEMA_VERSION)
         .map(|v| (v, env!("CARGO_PKG_VERSION").to_string()))
         .collect();

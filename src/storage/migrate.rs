@@ -129,6 +129,14 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result
     Ok(found)
 }
 
+/// The `schema_history` rows, `(version, the release that applied it)`, oldest first (for the
+/// admin's and the upgrade test's look at what ran).
+pub fn schema_history(conn: &Connection) -> rusqlite::Result<Vec<(u32, String)>> {
+    conn.prepare("SELECT version, inhouse_version FROM schema_history ORDER BY version")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,13 +196,7 @@ mod tests {
         migrate(&mut conn, &MIGRATIONS[..5]).unwrap();
         assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), 5);
         assert_eq!(migrate(&mut conn, MIGRATIONS).unwrap(), SCHEMA_VERSION);
-        let rows: Vec<(u32, String)> = conn
-            .prepare("SELECT version, inhouse_version FROM schema_history ORDER BY version")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let rows = schema_history(&conn).unwrap();
         let expected: Vec<(u32, String)> = (HISTORY_FROM..=SCHEMA_VERSION)
             .map(|v| (v, env!("CARGO_PKG_VERSION").to_string()))
             .collect();

@@ -45,7 +45,7 @@ pub use audit::{kinds as audit_kinds, AuditFault, AuditProblem, VerifyReport};
 pub use error::StoreError;
 pub use handle::{StoreHandle, DEFAULT_QUEUE_DEPTH};
 pub use jobs::{JobRow, JobState};
-pub use migrate::{Migration, MIGRATIONS, SCHEMA_VERSION};
+pub use migrate::{schema_history, Migration, MIGRATIONS, SCHEMA_VERSION};
 pub use responses::{ResponseLink, StoredResponse};
 pub use rotation::{RotationStatus, ROTATION_BATCH};
 
