@@ -27,6 +27,8 @@ pub struct IncomingFile {
     out: Option<std::io::BufWriter<std::fs::File>>,
     hash: Sha256Writer,
     max_bytes: u64,
+    /// A crash point (`crate::fault`) reached once more than 1 MiB has arrived.
+    crash_point: Option<&'static str>,
 }
 
 impl IncomingFile {
@@ -43,7 +45,14 @@ impl IncomingFile {
             out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
             hash: Sha256Writer::new(),
             max_bytes,
+            crash_point: None,
         })
+    }
+
+    /// Names the crash point reached in the middle of this upload (after its first MiB).
+    pub fn with_crash_point(mut self, name: &'static str) -> IncomingFile {
+        self.crash_point = Some(name);
+        self
     }
 
     /// Where the bytes are written.
@@ -61,7 +70,11 @@ impl IncomingFile {
         if self.hash.len() > self.max_bytes {
             return Err(IncomingError::TooLarge(self.max_bytes));
         }
-        out.write_all(chunk).map_err(io("writing the upload"))
+        out.write_all(chunk).map_err(io("writing the upload"))?;
+        if let Some(p) = self.crash_point.filter(|_| self.hash.len() > 1 << 20) {
+            crate::fault::point(p);
+        }
+        Ok(())
     }
 
     /// Flushes and syncs the file; returns its SHA-256 (hex) and size. The file stays.

@@ -28,6 +28,35 @@ pub enum StoreStartError {
     /// The store refused the key or the database.
     #[error("{0}")]
     Store(StoreError),
+    /// The database could not be opened and the state directory's file system is full.
+    #[error(
+        "the file system of the state directory {dir} is full ({error}): free space there, then \
+         start inhoused again"
+    )]
+    Full {
+        /// The state directory.
+        dir: String,
+        /// What SQLite said.
+        error: StoreError,
+    },
+}
+
+/// A store error at start; [`StoreStartError::Full`] when the state directory's file system
+/// has less than 1 MiB left (SQLite then reports only "disk I/O error").
+fn start_error(error: StoreError, dir: &std::path::Path) -> StoreStartError {
+    // The casts matter where `fsblkcnt_t` or `c_ulong` is 32 bits wide.
+    #[allow(clippy::unnecessary_cast)]
+    let full = nix::sys::statvfs::statvfs(dir).is_ok_and(|s| {
+        (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64) < 1 << 20
+    });
+    if full {
+        StoreStartError::Full {
+            dir: dir.display().to_string(),
+            error,
+        }
+    } else {
+        StoreStartError::Store(error)
+    }
 }
 
 /// Finds the master key: `key-file` when configured, else the systemd credential.
@@ -56,7 +85,7 @@ pub async fn open(config: &Config) -> Result<StoreHandle, StoreStartError> {
     crate::storage::backup::clean_tmp(&config.state_dir);
     let store = StoreHandle::open(config.state_dir.join(DB_FILE), key)
         .await
-        .map_err(StoreStartError::Store)?;
+        .map_err(|e| start_error(e, &config.state_dir))?;
     store.set_backup_sources(crate::storage::backup::Sources {
         trusted_keys_dir: Some(config.trusted_keys_dir.clone()),
         config_file: crate::storage::backup::noted_config_file(),

@@ -266,14 +266,53 @@ impl ModelStore {
                 "require-signed-models is on but no trusted keys were found: every import will be refused"
             );
         }
-        Ok(ModelStore {
+        let store = ModelStore {
             root,
             require_signed,
             trusted,
             max_bytes,
             changes: std::sync::Mutex::new(()),
             aliases: std::sync::RwLock::new(aliases),
-        })
+        };
+        store.remove_orphan_blobs();
+        Ok(store)
+    }
+
+    /// Removes the blobs no manifest names: what an import killed between storing its blob and
+    /// writing its manifest leaves (the manifest is the import's commit), or a removal killed
+    /// between its two steps. Skipped, with a warning, while any manifest cannot be read: its
+    /// blob must not go with it.
+    fn remove_orphan_blobs(&self) {
+        let manifests = std::fs::read_dir(self.root.join("manifests"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("json"))
+                    .count()
+            })
+            .unwrap_or(0);
+        let all = self.list();
+        let readable = all.len();
+        let named: std::collections::HashSet<String> = all.into_iter().map(|m| m.digest).collect();
+        if readable != manifests {
+            tracing::warn!(
+                unreadable = manifests - readable.min(manifests),
+                "not removing unnamed blobs while a manifest cannot be read"
+            );
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.root.join("blobs")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(digest) = file.to_str().and_then(|n| n.strip_prefix("sha256-")) else {
+                continue;
+            };
+            if !named.contains(digest) {
+                tracing::info!(%digest, "removing a blob no model names (an interrupted import)");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     fn alias_table(&self) -> std::sync::RwLockReadGuard<'_, alias::AliasMap> {
@@ -393,7 +432,7 @@ impl ModelStore {
             .root
             .join("tmp")
             .join(format!("import-{}-{}", std::process::id(), unique()));
-        Ok(Upload::create(tmp, self.max_bytes)?)
+        Ok(Upload::create(tmp, self.max_bytes)?.with_crash_point("import.mid_upload"))
     }
 
     /// Checks a finished upload and stores it under `req.name`. On any error the upload is
@@ -454,7 +493,9 @@ impl ModelStore {
                 std::fs::rename(upload.path(), &blob).map_err(io("storing the blob"))?;
                 sync_dir(&self.root.join("blobs"));
             }
+            crate::fault::point("import.after_blob");
             self.write_manifest(&manifest)?;
+            crate::fault::point("import.after_manifest");
             Ok(manifest)
         })();
         if result.is_err() {
