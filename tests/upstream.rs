@@ -692,6 +692,13 @@ fn fake_answer(mut conn: std::os::unix::net::UnixStream, log: &FakeLog) {
             ];
             let _ = conn.write_all(format!("{sse}{}", events.concat()).as_bytes());
         }
+        "busy" => {
+            let _ = conn.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\n\
+                  Content-Type: application/json\r\nConnection: close\r\n\r\n\
+                  {\"error\":{\"message\":\"the server is busy\",\"code\":\"queue_full\"}}",
+            );
+        }
         "silent" => std::thread::sleep(Duration::from_secs(30)),
         "stall" => {
             let _ = conn.write_all(format!("{sse}{piece}").as_bytes());
@@ -735,6 +742,12 @@ fn a_misbehaving_upstream_is_cut_off_with_a_stable_code() {
             "first-byte-timeout-secs = 2\nidle-timeout-secs = 2\nfailure-threshold = 100\n",
         ));
     }
+    toml.push_str(&upstream_toml(
+        "f-busy",
+        &socket,
+        "busy",
+        "failure-threshold = 1\n",
+    ));
     let front = Daemon::with_config(&[("local", &smollm2())], &toml);
     let f = front.client();
     let pid = front.child.id();
@@ -774,6 +787,31 @@ fn a_misbehaving_upstream_is_cut_off_with_a_stable_code() {
             .contains("the engine crashed"),
         "the upstream's own message is passed on"
     );
+    // Busy (a 503 with Retry-After) is passed on, and never opens the breaker.
+    for _ in 0..3 {
+        let (status, headers, err) = rt().block_on(async {
+            let resp = f
+                .send(
+                    Method::POST,
+                    "/v1/chat/completions",
+                    Some(bytes::Bytes::from(
+                        chat("f-busy", "hi", 4, json!({})).to_string(),
+                    )),
+                )
+                .await
+                .unwrap();
+            let (status, headers) = (resp.status.as_u16(), resp.headers.clone());
+            let body: Value = serde_json::from_slice(&resp.collect().await.unwrap()).unwrap();
+            (status, headers, body)
+        });
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (503, Some("upstream_unavailable")),
+            "{err}"
+        );
+        assert_eq!(headers["retry-after"], "7");
+    }
+    assert_ne!(upstream_state(&f, "f-busy"), "circuit_open");
     wait_until(15, "the endless stream's connection closed", || {
         log.endless_closed.load(Ordering::SeqCst)
     });

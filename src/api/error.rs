@@ -314,6 +314,8 @@ impl From<EngineError> for ApiError {
                 failure: crate::engine::UpstreamFailure::Unavailable { retry_after_secs },
                 ..
             } => Some((*retry_after_secs).max(1)),
+            // A moment later the queue has room again.
+            EngineError::QueueFull(_) => Some(1),
             _ => None,
         };
         let param = match &e {

@@ -377,7 +377,9 @@ impl Upstream {
                 message: format!("the upstream refused the request ({status}){said}"),
                 counts: false,
             },
-            429 => {
+            // Busy, not broken: 429, or a 503 that says when to retry (inhoused's
+            // `queue_full`). Passed on, and not counted against the upstream in the breaker.
+            429 | 503 if status == 429 || head.headers.contains_key(hyper::header::RETRY_AFTER) => {
                 let retry_after_secs = head
                     .headers
                     .get(hyper::header::RETRY_AFTER)
