@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{cli, inhouse_as, inhouse_on_terminal, ok, post, rt, smollm2, Daemon};
+use common::{cli, inhouse_as, inhouse_on_terminal, ok, post, rt, smollm2, toolchain, Daemon};
 use hyper::Method;
 use inhouse::client::Client;
 use serde_json::{json, Value};
@@ -48,20 +48,6 @@ impl Site {
             &[],
         )
     }
-}
-
-/// The toolchain the daemon will run; a missing one fails the test with what to do.
-fn toolchain() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_inhoused"))
-        .parent()
-        .expect("bin dir")
-        .join("inhouse-quantize");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first (cargo build --release -p inhouse-quantize)",
-        p.display()
-    );
-    p
 }
 
 /// Uploads `text` as a dataset; returns its id.

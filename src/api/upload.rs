@@ -69,8 +69,19 @@ where
             Ok(Some(Ok(chunk))) => Piece::Data(chunk),
         };
         let abort = matches!(piece, Piece::Abort(_));
-        if tx.send(piece).await.is_err() || abort {
-            break; // the writer stopped (an error it reports below) or we aborted
+        if abort {
+            break;
+        }
+        if tx.send(piece).await.is_err() {
+            // The writer stopped with an error (a full disk, the size limit) that it reports
+            // below. The rest of the body is read and dropped first (the socket is local: the
+            // cost is a copy), so that the client, still writing, gets the error rather than a
+            // broken pipe; for at most DRAIN_FOR, then the connection closes.
+            let drain = async {
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(idle, stream.next()).await {}
+            };
+            let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+            break;
         }
     }
     drop(tx);
@@ -78,6 +89,9 @@ where
         .await
         .unwrap_or_else(|e| Err(interrupted(format!("upload task: {e}"))))
 }
+
+/// How long the rest of an upload whose writing failed is read before the error is answered.
+const DRAIN_FOR: Duration = Duration::from_secs(30);
 
 /// Most of a refused upload read (and dropped) before the error is sent: enough for small files
 /// and the start of large ones. A client still sending after that sees the connection close.

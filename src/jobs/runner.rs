@@ -263,6 +263,9 @@ impl JobRunner {
                         tokio::task::spawn_blocking(move || me.collect(id, uid, &spec2, result))
                             .await
                             .unwrap_or_else(|e| Err(format!("collecting the output: {e}")));
+                    // The working files go before the end is recorded: a job that failed for
+                    // want of space gives it back first, so that its end can be written.
+                    self.clean(id, false);
                     match done {
                         Ok(result) => {
                             let p = json!({"fraction": 1.0}).to_string();
@@ -279,6 +282,7 @@ impl JobRunner {
                         }
                     }
                 } else {
+                    self.clean(id, false);
                     let how = match status.code() {
                         Some(2) => "refused its input (exit status 2)".to_string(),
                         Some(c) => format!("failed (exit status {c})"),
@@ -295,7 +299,6 @@ impl JobRunner {
                     self.finish(id, JobState::Failed, None, Some(reason), None)
                         .await;
                 }
-                self.clean(id, false);
             }
         }
     }
@@ -400,6 +403,7 @@ impl JobRunner {
                     uid,
                     extra,
                 };
+                crate::fault::point("job_complete.before_register");
                 let m = store.import_file(&out, &req).map_err(|e| match e {
                     ModelStoreError::Signature(_) => format!(
                         "the output could not be registered as {name:?}: {e} (sign it offline and import it by hand)"
@@ -407,15 +411,28 @@ impl JobRunner {
                     e => format!("the output could not be registered as {name:?}: {e}"),
                 })?;
                 tracing::info!(job = id, model = %m.name, digest = %m.digest, "job output registered");
-                Ok(json!({
-                    "model": m.name,
-                    "digest": m.digest,
-                    "size": m.size,
-                    "quantization": m.quantization,
-                    "toolchain": tool_result,
-                }))
+                Ok(registered(&m, tool_result))
             }
         }
+    }
+
+    /// The result of a registering job (finetune, quantize) whose model is in the store although
+    /// the job is not recorded as ended: the daemon died between registering the output and
+    /// recording the end. The manifest named `output_name` must say it came from this job.
+    fn registered_output(&self, id: i64, spec: &JobSpec) -> Option<Value> {
+        if !matches!(spec.kind, JobKind::Finetune | JobKind::Quantize) {
+            return None;
+        }
+        let m = self
+            .models
+            .as_ref()?
+            .get(spec.output_name.as_deref()?)
+            .ok()?;
+        let from_this_job = m.provenance.extra.get("job").and_then(Value::as_i64) == Some(id);
+        from_this_job.then(|| {
+            let evaluation = m.provenance.extra.get("evaluation").cloned();
+            registered(&m, evaluation.filter(|v| !v.is_null()))
+        })
     }
 
     /// Resolves the jobs an earlier run left unfinished: a leftover process is killed; a
@@ -450,6 +467,22 @@ impl JobRunner {
                     continue;
                 }
             };
+            if row.state == JobState::Queued && !self.work_dir(id).is_dir() {
+                // Interrupted between its row's commit and the hand-over of its data (the
+                // submitter got no answer). Without data it can simply run; with data it fails,
+                // the datasets staying in the store for a new submission.
+                let ready = if spec.data.is_some() || spec.eval_data.is_some() {
+                    Err("interrupted while it was submitted, before its data was handed over: submit it again (the datasets are still stored)".to_string())
+                } else {
+                    private_dir(&self.work_dir(id).join("data")).map_err(|e| e.to_string())
+                };
+                if let Err(why) = ready {
+                    self.finish(id, JobState::Failed, None, Some(why), None)
+                        .await;
+                    self.clean(id, true);
+                    continue;
+                }
+            }
             if row.state == JobState::Queued {
                 tracing::info!(job = id, "job queued again");
                 self.start_task(id, row.uid, spec, false);
@@ -459,6 +492,16 @@ impl JobRunner {
             let work = self.work_dir(id);
             if let Some(pid) = row.pid {
                 kill_leftover(id, pid, &work).await;
+            }
+            if let Some(result) = self.registered_output(id, &spec) {
+                tracing::info!(
+                    job = id,
+                    "the job's output was registered before the interruption; the job succeeded"
+                );
+                self.finish(id, JobState::Succeeded, Some(result), None, None)
+                    .await;
+                self.clean(id, false);
+                continue;
             }
             let resumable = spec.kind == JobKind::Finetune && self.checkpoint_of(&row).is_some();
             // A synth job is deterministic (same inputs and seed, same output) and writes its
@@ -502,6 +545,17 @@ impl JobRunner {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A registering job's result: the model it stored.
+fn registered(m: &crate::models::Manifest, toolchain: Option<Value>) -> Value {
+    json!({
+        "model": m.name,
+        "digest": m.digest,
+        "size": m.size,
+        "quantization": m.quantization,
+        "toolchain": toolchain,
+    })
 }
 
 fn read_json(path: &Path) -> Result<Value, String> {

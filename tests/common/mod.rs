@@ -737,3 +737,19 @@ pub fn failed(out: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The toolchain the daemon runs for jobs (`inhouse-quantize`, next to `inhoused`); a missing one
+/// fails the test with what to do.
+#[allow(dead_code)]
+pub fn toolchain() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_inhoused"))
+        .parent()
+        .expect("bin dir")
+        .join("inhouse-quantize");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (cargo build --release -p inhouse-quantize)",
+        p.display()
+    );
+    p
+}
