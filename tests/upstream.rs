@@ -482,21 +482,7 @@ fn upstream_killed_down_and_back_while_local_models_serve() {
     assert!(!rec.response.is_empty(), "the partial answer is kept");
 
     // Down: 503 upstream_unavailable with Retry-After; the local model answers meanwhile.
-    let (status, headers, err) = rt().block_on(async {
-        let resp = f
-            .send(
-                Method::POST,
-                "/v1/chat/completions",
-                Some(bytes::Bytes::from(
-                    chat("big", "hi", 4, json!({})).to_string(),
-                )),
-            )
-            .await
-            .unwrap();
-        let (status, headers) = (resp.status.as_u16(), resp.headers.clone());
-        let body: Value = serde_json::from_slice(&resp.collect().await.unwrap()).unwrap();
-        (status, headers, body)
-    });
+    let (status, headers, err) = chat_answer(&f, &chat("big", "hi", 4, json!({})));
     assert_eq!(status, 503, "{err}");
     assert_eq!(err["error"]["code"], "upstream_unavailable");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -789,21 +775,7 @@ fn a_misbehaving_upstream_is_cut_off_with_a_stable_code() {
     );
     // Busy (a 503 with Retry-After) is passed on, and never opens the breaker.
     for _ in 0..3 {
-        let (status, headers, err) = rt().block_on(async {
-            let resp = f
-                .send(
-                    Method::POST,
-                    "/v1/chat/completions",
-                    Some(bytes::Bytes::from(
-                        chat("f-busy", "hi", 4, json!({})).to_string(),
-                    )),
-                )
-                .await
-                .unwrap();
-            let (status, headers) = (resp.status.as_u16(), resp.headers.clone());
-            let body: Value = serde_json::from_slice(&resp.collect().await.unwrap()).unwrap();
-            (status, headers, body)
-        });
+        let (status, headers, err) = chat_answer(&f, &chat("f-busy", "hi", 4, json!({})));
         assert_eq!(
             (status, err["error"]["code"].as_str()),
             (503, Some("upstream_unavailable")),
@@ -1066,4 +1038,21 @@ fn the_upstreams_drop_in_keeps_the_sandbox_at_half_and_opens_no_network() {
         with <= 0.5,
         "exposure with the upstreams drop-in: {with} (bare {bare})"
     );
+}
+
+/// POSTs a chat body; returns the status, the headers and the JSON body.
+fn chat_answer(c: &Client, body: &Value) -> (u16, hyper::HeaderMap, Value) {
+    rt().block_on(async {
+        let resp = c
+            .send(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(bytes::Bytes::from(body.to_string())),
+            )
+            .await
+            .unwrap();
+        let (status, headers) = (resp.status.as_u16(), resp.headers.clone());
+        let body: Value = serde_json::from_slice(&resp.collect().await.unwrap()).unwrap();
+        (status, headers, body)
+    })
 }
