@@ -43,19 +43,6 @@ pub const POOLING_MEAN: u32 = 1;
 /// `LLAMA_POOLING_TYPE_CLS`.
 pub const POOLING_CLS: u32 = 2;
 
-/// A required unsigned integer of `config.json`.
-fn config_u32(ck: &Checkpoint, key: &str) -> Result<u32, ImportError> {
-    ck.config
-        .get(key)
-        .and_then(serde_json::Value::as_u64)
-        .and_then(|v| u32::try_from(v).ok())
-        .filter(|&v| v > 0)
-        .ok_or_else(|| ImportError::Invalid {
-            path: ck.dir.join("config.json"),
-            reason: format!("{key:?} is missing or not a positive integer"),
-        })
-}
-
 /// The pooling of a sentence-transformers checkpoint (`1_Pooling/config.json`), mean without.
 fn pooling(dir: &Path) -> Result<(u32, &'static str), ImportError> {
     let path = dir.join("1_Pooling").join("config.json");
@@ -133,13 +120,13 @@ pub fn plan(ck: &Checkpoint, name: &str) -> Result<Plan, ImportError> {
         path: config.clone(),
         reason,
     };
-    let n_embd = config_u32(ck, "hidden_size")?;
-    let n_layer = config_u32(ck, "num_hidden_layers")?;
-    let n_head = config_u32(ck, "num_attention_heads")?;
-    let n_ff = config_u32(ck, "intermediate_size")?;
-    let n_ctx = config_u32(ck, "max_position_embeddings")?;
-    let n_vocab = config_u32(ck, "vocab_size")?;
-    let n_types = config_u32(ck, "type_vocab_size")?;
+    let n_embd = ck.need_config_u32("hidden_size")?;
+    let n_layer = ck.need_config_u32("num_hidden_layers")?;
+    let n_head = ck.need_config_u32("num_attention_heads")?;
+    let n_ff = ck.need_config_u32("intermediate_size")?;
+    let n_ctx = ck.need_config_u32("max_position_embeddings")?;
+    let n_vocab = ck.need_config_u32("vocab_size")?;
+    let n_types = ck.need_config_u32("type_vocab_size")?;
     if n_embd % n_head != 0 {
         return Err(invalid(format!(
             "hidden_size {n_embd} is not a multiple of num_attention_heads {n_head}"

@@ -41,6 +41,33 @@ pub struct Checkpoint {
     tensors: BTreeMap<String, TensorInfo>,
 }
 
+impl Checkpoint {
+    /// An optional unsigned integer of `config.json` (absent or null: `None`); anything else
+    /// than a positive integer is refused, naming the key.
+    pub fn config_u32(&self, key: &str) -> Result<Option<u32>, ImportError> {
+        match self.config.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|&v| v > 0)
+                .map(Some)
+                .ok_or_else(|| ImportError::Invalid {
+                    path: self.dir.join("config.json"),
+                    reason: format!("{key:?} is not a positive integer"),
+                }),
+        }
+    }
+
+    /// A required unsigned integer of `config.json`.
+    pub fn need_config_u32(&self, key: &str) -> Result<u32, ImportError> {
+        self.config_u32(key)?.ok_or_else(|| ImportError::Invalid {
+            path: self.dir.join("config.json"),
+            reason: format!("{key:?} is missing"),
+        })
+    }
+}
+
 /// Reads and parses a JSON file of the checkpoint.
 pub fn read_json(path: &Path) -> Result<serde_json::Value, ImportError> {
     let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {

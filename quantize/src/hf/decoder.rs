@@ -44,28 +44,6 @@ impl Kind {
     }
 }
 
-fn get_u32(ck: &Checkpoint, key: &str) -> Result<Option<u32>, ImportError> {
-    match ck.config.get(key) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|v| u32::try_from(v).ok())
-            .filter(|&v| v > 0)
-            .map(Some)
-            .ok_or_else(|| ImportError::Invalid {
-                path: ck.dir.join("config.json"),
-                reason: format!("{key:?} is not a positive integer"),
-            }),
-    }
-}
-
-fn need_u32(ck: &Checkpoint, key: &str) -> Result<u32, ImportError> {
-    get_u32(ck, key)?.ok_or_else(|| ImportError::Invalid {
-        path: ck.dir.join("config.json"),
-        reason: format!("{key:?} is missing"),
-    })
-}
-
 /// A special token's text in `tokenizer_config.json` (a string or `{"content": …}`).
 fn special_text(v: Option<&serde_json::Value>) -> Option<String> {
     match v? {
@@ -120,14 +98,14 @@ pub fn plan(ck: &Checkpoint, name: &str, kind: Kind) -> Result<Plan, ImportError
         path: config.clone(),
         reason,
     };
-    let n_embd = need_u32(ck, "hidden_size")?;
-    let n_layer = need_u32(ck, "num_hidden_layers")?;
-    let n_head = need_u32(ck, "num_attention_heads")?;
-    let n_head_kv = get_u32(ck, "num_key_value_heads")?.unwrap_or(n_head);
-    let n_ff = need_u32(ck, "intermediate_size")?;
-    let n_ctx = need_u32(ck, "max_position_embeddings")?;
-    let n_vocab = need_u32(ck, "vocab_size")?;
-    let head_dim = get_u32(ck, "head_dim")?.unwrap_or(n_embd / n_head.max(1));
+    let n_embd = ck.need_config_u32("hidden_size")?;
+    let n_layer = ck.need_config_u32("num_hidden_layers")?;
+    let n_head = ck.need_config_u32("num_attention_heads")?;
+    let n_head_kv = ck.config_u32("num_key_value_heads")?.unwrap_or(n_head);
+    let n_ff = ck.need_config_u32("intermediate_size")?;
+    let n_ctx = ck.need_config_u32("max_position_embeddings")?;
+    let n_vocab = ck.need_config_u32("vocab_size")?;
+    let head_dim = ck.config_u32("head_dim")?.unwrap_or(n_embd / n_head.max(1));
     if n_head % n_head_kv != 0 || head_dim % 2 != 0 {
         return Err(invalid(format!(
             "{n_head} heads, {n_head_kv} key-value heads and a head size of {head_dim} do not \
