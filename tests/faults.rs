@@ -1,6 +1,6 @@
 //! The fault matrix: every operation that writes, killed (SIGKILL, through the crash points of
 //! `inhouse::fault`, armed with `INHOUSE_FAULT=NAME[@N]`) at each of its steps, and run out of
-//! disk space (its state directory a small tmpfs in a private mount namespace). After each run
+//! disk space (its state directory a small tmpfs). After each run
 //! the daemon is started again without the fault and the test checks what an admin relies on:
 //! `PRAGMA integrity_check` is ok, `audit verify` is ok, every write the daemon acknowledged is
 //! there, the interrupted operation is either finished or rolled back as its documentation says,
@@ -69,11 +69,6 @@ impl Holder {
         }
     }
 
-    /// `p` (under the mount) as the test sees it.
-    fn outside(&self, p: &Path) -> PathBuf {
-        p.to_path_buf()
-    }
-
     fn filler(&self) -> PathBuf {
         self.mount.join("filler")
     }
@@ -90,10 +85,6 @@ impl Holder {
 
     fn free(&self) {
         std::fs::remove_file(self.filler()).unwrap();
-    }
-
-    fn command(&self, program: &str) -> Command {
-        Command::new(program)
     }
 }
 
@@ -169,24 +160,12 @@ impl Site {
         self.ns.as_ref().expect("a tmpfs site")
     }
 
-    /// The state directory as the test sees it.
-    fn host_state(&self) -> PathBuf {
-        match &self.ns {
-            Some(h) => h.outside(&self.state),
-            None => self.state.clone(),
-        }
-    }
-
     fn socket(&self) -> PathBuf {
         self.run.join("inhouse.sock")
     }
 
     fn inhoused(&self) -> Command {
-        let bin = env!("CARGO_BIN_EXE_inhoused");
-        match &self.ns {
-            Some(h) => h.command(bin),
-            None => Command::new(bin),
-        }
+        Command::new(env!("CARGO_BIN_EXE_inhoused"))
     }
 
     /// Starts the daemon (armed with `fault` if given, under `key` if given, else the site's);
@@ -290,7 +269,7 @@ impl Site {
 
     fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
-            self.host_state().join(DB),
+            self.state.join(DB),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .unwrap()
@@ -443,10 +422,9 @@ fn smol() -> Vec<(&'static str, PathBuf)> {
 
 fn is_space_error(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    t.contains("no space")
-        || t.contains("storage_full")
-        || t.contains("disk is full")
-        || t.contains("full")
+    // "No space left on device", 507 `storage_full`, SQLite's "database or disk is full", the
+    // daemon's "… is full".
+    t.contains("no space") || t.contains("full")
 }
 
 #[test]
@@ -487,7 +465,7 @@ fn request_records_killed_at_their_commit_are_whole_or_absent_and_a_full_disk_is
         // reads).
         drop(r);
         site.holder().free();
-        rusqlite::Connection::open(site.host_state().join(DB))
+        rusqlite::Connection::open(site.state.join(DB))
             .unwrap()
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
@@ -506,7 +484,7 @@ fn request_records_killed_at_their_commit_are_whole_or_absent_and_a_full_disk_is
 }
 
 fn site_count_requests(site: &Site) -> i64 {
-    if site.host_state().join(DB).exists() {
+    if site.state.join(DB).exists() {
         site.count("SELECT count(*) FROM requests")
     } else {
         0
@@ -689,7 +667,7 @@ fn a_key_rotation_killed_or_out_of_space_resumes_at_the_next_start_and_retires_t
 }
 
 fn backdate(site: &Site, id: i64) {
-    let db = rusqlite::Connection::open(site.host_state().join(DB)).unwrap();
+    let db = rusqlite::Connection::open(site.state.join(DB)).unwrap();
     db.execute(
         "UPDATE requests SET created_at = created_at - 8 * 86400 WHERE id = ?1",
         [id],
@@ -808,7 +786,7 @@ fn has_model(site: &Site, name: &str) -> bool {
 
 /// Whatever an import or a job leaves in the model store's `tmp/` (start-up clears it).
 fn store_tmp(site: &Site) -> Vec<String> {
-    std::fs::read_dir(site.host_state().join("models/tmp"))
+    std::fs::read_dir(site.state.join("models/tmp"))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -819,7 +797,7 @@ fn store_tmp(site: &Site) -> Vec<String> {
 
 /// Blobs no manifest names (start-up removes them).
 fn orphan_blobs(site: &Site) -> Vec<String> {
-    let root = site.host_state().join("models");
+    let root = site.state.join("models");
     let named: Vec<String> = std::fs::read_dir(root.join("manifests"))
         .unwrap()
         .flatten()
@@ -1027,7 +1005,7 @@ fn a_backup_or_a_restore_out_of_space_fails_clearly_and_leaves_nothing_behind() 
         drop(r);
         let r = site.start(None);
         site.check(&r, &acked, "backup, disk full");
-        assert!(!site.host_state().join(".backup-tmp").exists());
+        assert!(!site.state.join(".backup-tmp").exists());
         ok(&site.cli(&["admin", "backup", "--out", archive.to_str().unwrap()]));
         std::fs::remove_file(&archive).unwrap();
     }
@@ -1048,11 +1026,10 @@ fn a_backup_or_a_restore_out_of_space_fails_clearly_and_leaves_nothing_behind() 
         let small = tempfile::tempdir().unwrap();
         let mount = small.path().join("small");
         // Room for about half the archive.
-        let h = Holder::new(&mount, (size / 2048).max(8));
+        let _tmpfs = Holder::new(&mount, (size / 2048).max(8));
         assert!(size > 32 << 10, "the archive is {size} bytes");
         let target = mount.join("state");
-        let out = h
-            .command(env!("CARGO_BIN_EXE_inhoused"))
+        let out = Command::new(env!("CARGO_BIN_EXE_inhoused"))
             .arg("--restore")
             .arg(&archive)
             .arg("--state-dir")
@@ -1064,7 +1041,7 @@ fn a_backup_or_a_restore_out_of_space_fails_clearly_and_leaves_nothing_behind() 
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!out.status.success(), "the restore cannot fit");
         assert!(is_space_error(&err), "{err}");
-        let left: Vec<_> = std::fs::read_dir(h.outside(&mount))
+        let left: Vec<_> = std::fs::read_dir(&mount)
             .unwrap()
             .flatten()
             .map(|e| e.file_name())
