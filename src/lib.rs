@@ -20,6 +20,8 @@
 //!   size-limited.
 //! - [`jobs`]: toolchain jobs (prepare, finetune, quantize, eval) as niced child processes:
 //!   datasets, progress, cancel, recovery at start-up, outputs registered in the model store.
+//! - [`knowledge`]: the in-memory retrieval core of vector stores: chunking, attribute filters,
+//!   BM25, exact vector search, rank fusion (pure; storage and routes live elsewhere).
 //! - [`metrics`]: serving metrics for `GET /metrics` (Prometheus text).
 //! - [`storage`]: the encrypted SQLite store on its own thread: records, history, erasure,
 //!   rotation, the audit chain.
@@ -43,6 +45,7 @@ pub mod engine;
 pub mod fault;
 pub mod incoming;
 pub mod jobs;
+pub mod knowledge;
 pub mod metrics;
 pub mod models;
 pub mod storage;
