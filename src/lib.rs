@@ -38,6 +38,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod collections;
 pub mod config;
 pub mod crypto;
 pub mod daemon;

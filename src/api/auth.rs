@@ -102,7 +102,7 @@ impl Roles {
     }
 
     /// The caller's primary gid plus the supplementary groups of its uid in the group database.
-    fn groups_of(&self, caller: &Caller) -> Vec<u32> {
+    pub fn groups_of(&self, caller: &Caller) -> Vec<u32> {
         let now = Instant::now();
         if let Ok(cache) = self.groups.lock() {
             if let Some((at, g)) = cache.get(&caller.uid) {

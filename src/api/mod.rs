@@ -69,6 +69,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// The toolchain job runner, for `/admin/jobs`.
     pub jobs: Option<Arc<crate::jobs::JobRunner>>,
+    /// Files, vector stores and retrieval (`/v1/files`, `/v1/vector_stores`, `file_search`).
+    pub collections: Arc<crate::collections::Collections>,
 }
 
 impl AppState {
@@ -91,6 +93,15 @@ impl AppState {
             max_body_bytes: l.max_body_bytes,
             body_timeout: l.body_timeout(),
             jobs,
+            collections: Arc::new(crate::collections::Collections {}),
+        }
+    }
+
+    /// Who `caller` is for the collections' permission rule: its uid and all its groups.
+    pub fn access(&self, caller: &Caller) -> crate::collections::Access {
+        crate::collections::Access {
+            uid: caller.uid,
+            gids: self.roles.groups_of(caller),
         }
     }
 }
