@@ -67,6 +67,13 @@ pub const MIGRATIONS: &[Migration] = &[
             "/migrations/0006_schema_history.sql"
         )),
     },
+    Migration {
+        version: 7,
+        sql: include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/0007_knowledge.sql"
+        )),
+    },
 ];
 
 /// The first schema version with the `schema_history` table (migration 6): from it on, every

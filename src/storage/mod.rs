@@ -24,6 +24,7 @@ mod error;
 mod handle;
 mod jobs;
 mod keys;
+pub mod knowledge;
 mod migrate;
 mod records;
 mod responses;
@@ -189,6 +190,9 @@ pub struct EraseReport {
     pub keys_destroyed: u64,
     /// Request rows purged.
     pub requests_deleted: u64,
+    /// Files and collections deleted (their attachments, chunks and vectors with them).
+    #[serde(default)]
+    pub knowledge_deleted: u64,
     /// Whether the WAL was checkpointed and truncated to zero bytes afterwards. False only if
     /// another connection held a read snapshot; the wrapped key then leaves the WAL at the
     /// next checkpoint.

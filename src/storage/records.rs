@@ -271,7 +271,11 @@ impl Store {
             |r| r.get(0),
         )?;
         meta_set(&tx, &erase_marker(uid), &format!("{ERASE_MAX_ID}{max_id}"))?;
-        let detail = serde_json::json!({ "uid": uid, "keys_destroyed": keys_destroyed });
+        // Files and collections go with the key, in this transaction: they are few rows
+        // (chunks follow by cascade), and none of them may outlive the key even briefly.
+        let knowledge_deleted = super::knowledge::erase_in(&tx, uid)?;
+        let detail = serde_json::json!({ "uid": uid, "keys_destroyed": keys_destroyed,
+            "knowledge_deleted": knowledge_deleted });
         audit::append_in(
             &tx,
             &self.keys.active.audit_key(),
@@ -291,6 +295,7 @@ impl Store {
         Ok(EraseReport {
             keys_destroyed,
             requests_deleted,
+            knowledge_deleted,
             wal_truncated,
         })
     }

@@ -569,6 +569,7 @@ fn erase_uid_shreds_the_key_and_leaves_no_wrapped_bytes() {
         EraseReport {
             keys_destroyed: 1,
             requests_deleted: 4,
+            knowledge_deleted: 0,
             wal_truncated: true
         }
     );
