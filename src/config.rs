@@ -226,6 +226,10 @@ pub struct Config {
     /// Models served by another OpenAI-compatible server on a Unix socket (vLLM, llama-server,
     /// another inhoused), behind this daemon's roles, limits, records and audit log.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Speculative decoding (`[speculative]`): prompt lookup or a draft model, per model.
+    pub speculative: crate::engine::speculative::SpeculativeConfig,
+    /// Files and vector stores (`[knowledge]`): the embedding model, size limits.
+    pub knowledge: crate::collections::KnowledgeConfig,
 }
 
 /// Default of `max-answer-bytes`, and what `"auto"` means there: the most bytes one upstream
@@ -555,6 +559,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             jobs: JobsConfig::default(),
             upstreams: Vec::new(),
+            speculative: Default::default(),
+            knowledge: Default::default(),
         }
     }
 }
@@ -642,6 +648,7 @@ impl Config {
             prefill_chunk: self.prefill_chunk,
             deterministic_batching: self.deterministic_batching,
             template_limits: inhouse_formats::template::TemplateLimits::default(),
+            speculative: self.speculative.clone(),
         }
     }
 
@@ -767,6 +774,8 @@ impl Config {
                 ));
             }
         }
+        self.speculative.check().map_err(ConfigError::Invalid)?;
+        self.knowledge.check().map_err(ConfigError::Invalid)?;
         let mut upstream_names = std::collections::BTreeSet::new();
         for u in &self.upstreams {
             u.check().map_err(ConfigError::Invalid)?;

@@ -65,6 +65,17 @@ enum Command {
     /// Generate grounded question/answer conversations from documents with a teacher model:
     /// DIR/train.jsonl, DIR/eval.jsonl, DIR/chunks.jsonl and DIR/report.json.
     Synth(SynthArgs),
+    /// Read one document on stdin (its type from --name's extension: .txt, .md, .csv, .log,
+    /// .jsonl, .html), clean it as `prepare` does (and anonymise with --anonymize), and print
+    /// {"format", "text", "pii"} as JSON on stdout. The daemon's knowledge collections run this.
+    ExtractText {
+        /// The document's file name (only its extension is used).
+        #[arg(long)]
+        name: String,
+        /// Replace personal data (the built-in types of `prepare`).
+        #[arg(long)]
+        anonymize: bool,
+    },
 }
 
 /// `import-hf --type` values.
@@ -459,6 +470,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth_cmd(a),
         Command::Inspect { path, json } => inspect_cmd(&path, json),
         Command::Prepare(args) => prepare_cmd(args),
+        Command::ExtractText { name, anonymize } => extract_cmd(&name, anonymize),
         Command::Quantize(a) => {
             let reporter = a.common.reporter();
             let opts = quantize::Options {
@@ -636,6 +648,29 @@ fn finish(
         Err(e) => {
             eprintln!("inhouse-quantize: {command}: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn extract_cmd(name: &str, anonymize: bool) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
+        eprintln!("extract-text: cannot read stdin: {e}");
+        return ExitCode::from(EXIT_BAD_FILE);
+    }
+    match inhouse_quantize::extract::extract(name, &bytes, anonymize) {
+        Ok(out) => {
+            let json = serde_json::to_string(&out).expect("strings and counts serialize");
+            let mut stdout = std::io::stdout().lock();
+            if writeln!(stdout, "{json}").and_then(|_| stdout.flush()).is_err() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_BAD_FILE)
         }
     }
 }

@@ -122,6 +122,10 @@ pub async fn erase(
     JsonBody(req): JsonBody<wire::EraseRequest>,
 ) -> Result<Json<wire::Erased>, ApiError> {
     let report = s.store.erase_uid(req.uid).await?;
+    // The uid's collections left the store with its key; they leave the index now.
+    if let Err(e) = s.collections.resync().await {
+        tracing::error!(error = %e.message, "index resync after erasure failed");
+    }
     tracing::info!(admin = caller.uid, uid = req.uid, "uid erased");
     let audit_error = audit_admin(&s, &caller, "admin_erase", json!({"uid": req.uid})).await;
     Ok(Json(wire::Erased {

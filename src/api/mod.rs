@@ -9,6 +9,7 @@ pub mod backup;
 pub mod body;
 pub mod card;
 pub mod error;
+pub mod files;
 pub mod generation;
 pub mod history;
 pub mod jobs;
@@ -20,6 +21,7 @@ pub mod openai;
 pub mod responses;
 pub mod server;
 pub mod upload;
+pub mod vector_stores;
 
 use crate::engine::Engine;
 use axum::routing::{get, post};
@@ -84,8 +86,14 @@ impl AppState {
         jobs: Option<Arc<crate::jobs::JobRunner>>,
     ) -> AppState {
         let l = &config.limits;
+        let collections = crate::collections::Collections::new(
+            store.clone(),
+            engine.clone(),
+            config.knowledge.clone(),
+            crate::jobs::toolchain_path(&config.jobs),
+        );
         AppState {
-            engine,
+            engine: engine.clone(),
             limits: config.limits(),
             roles: auth::Roles::new(&config.roles),
             store,
@@ -93,7 +101,7 @@ impl AppState {
             max_body_bytes: l.max_body_bytes,
             body_timeout: l.body_timeout(),
             jobs,
-            collections: Arc::new(crate::collections::Collections {}),
+            collections,
         }
     }
 
@@ -125,6 +133,7 @@ pub fn router(state: AppState) -> Router {
     let limited = axum::middleware::from_fn_with_state(state.uid_limits.clone(), limits::per_uid);
     let max_body = state.max_body_bytes;
     let body_timeout = state.body_timeout;
+    let file_limit = state.collections.config().file_limit();
     // Model imports and datasets stream a whole file: no body size or JSON rule, and a
     // per-chunk idle timeout inside the handler instead of one for the whole body.
     let uploads = Router::new()
@@ -141,6 +150,17 @@ pub fn router(state: AppState) -> Router {
             post(jobs::upload_data)
                 .route_layer(needs(Admin))
                 .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        // A multipart form: the file's limit plus room for the form's own parts.
+        .route(
+            "/v1/files",
+            post(files::upload)
+                .get(files::list)
+                .route_layer(limited.clone())
+                .route_layer(needs(User))
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    usize::try_from(file_limit).unwrap_or(usize::MAX).saturating_add(1 << 20),
+                )),
         );
     Router::new()
         .route("/admin/models", get(models::list).route_layer(needs(Admin)))
@@ -227,6 +247,45 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/responses/{id}/input_items",
             get(responses::input_items).route_layer(needs(User)),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(files::get).delete(files::delete).route_layer(needs(User)),
+        )
+        .route(
+            "/v1/files/{id}/content",
+            get(files::content).route_layer(needs(User)),
+        )
+        .route(
+            "/v1/vector_stores",
+            post(vector_stores::create)
+                .get(vector_stores::list)
+                .route_layer(needs(User)),
+        )
+        .route(
+            "/v1/vector_stores/{id}",
+            get(vector_stores::get)
+                .post(vector_stores::modify)
+                .delete(vector_stores::delete)
+                .route_layer(needs(User)),
+        )
+        .route(
+            "/v1/vector_stores/{id}/files",
+            post(vector_stores::attach)
+                .get(vector_stores::files)
+                .route_layer(needs(User)),
+        )
+        .route(
+            "/v1/vector_stores/{id}/files/{file_id}",
+            get(vector_stores::file)
+                .delete(vector_stores::detach)
+                .route_layer(needs(User)),
+        )
+        .route(
+            "/v1/vector_stores/{id}/search",
+            post(vector_stores::search)
+                .route_layer(limited.clone())
+                .route_layer(needs(User)),
         )
         .route("/v1/history", get(history::list).route_layer(needs(User)))
         .route(

@@ -321,6 +321,25 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
         ))
     };
     let state = AppState::new(&config, engine, store.clone(), Some(jobs.clone()));
+    let started = std::time::Instant::now();
+    let chunks = state
+        .collections
+        .start()
+        .await
+        .map_err(|e| DaemonError::Store(store::StoreStartError::Store(e)))?;
+    tracing::info!(
+        chunks,
+        secs = started.elapsed().as_secs_f64(),
+        index_bytes = state.collections.index_bytes(),
+        "knowledge index built from the sealed rows"
+    );
+    let file_retention = config.retention_days.map(|days| {
+        tokio::spawn(crate::collections::retention_loop(
+            state.collections.clone(),
+            days,
+            config.retention_interval(),
+        ))
+    });
     let n_models = crate::engine::Engine::models(pool.as_ref()).len() + config.upstreams.len();
     let (listener, bound) = listen(activation.listener, &config)?;
     systemd::notify_ready(&format!("serving {n_models} model(s)"));
@@ -334,7 +353,7 @@ pub async fn run(config: Config, activation: systemd::Activation) -> Result<(), 
     if let Some(path) = bound {
         let _ = std::fs::remove_file(path);
     }
-    if let Some(r) = retention {
+    for r in [retention, file_retention].into_iter().flatten() {
         r.abort();
     }
     // Job processes are stopped, their jobs left for the next start to resume or fail.

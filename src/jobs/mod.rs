@@ -40,6 +40,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 pub use runner::JobRunner;
+pub use process::toolchain_path;
 
 /// Why a job request was refused or a job could not be handled; mapped to HTTP in
 /// [`crate::api::error`].

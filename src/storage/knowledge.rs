@@ -929,40 +929,68 @@ impl Store {
              WHERE vsf_seq = ?1 ORDER BY ordinal",
         )?;
         for (att, filename) in files {
-            let dek = need_dek(&self.conn, &self.keys, att.uid)?;
-            let mut rows = st.query([att.seq])?;
-            let mut chunks = Vec::new();
-            while let Some(r) = rows.next()? {
-                let cseq: i64 = r.get(0)?;
-                let text_ct: Vec<u8> = r.get(4)?;
-                let vector_ct: Option<Vec<u8>> = r.get(5)?;
-                let vector = match vector_ct {
-                    Some(ct) => Some(
-                        vector_from(&open_bytes(&dek, &ctx(CHUNKS, "vector", cseq, att.uid), &ct)?)
-                            .ok_or(StoreError::Integrity { id: cseq })?,
-                    ),
-                    None => None,
-                };
-                chunks.push((
-                    cseq,
-                    NewChunk {
-                        ordinal: r.get(1)?,
-                        start: r.get::<_, i64>(2)? as usize,
-                        end: r.get::<_, i64>(3)? as usize,
-                        text: open_string(&dek, &ctx(CHUNKS, "text", cseq, att.uid), &text_ct)?,
-                        vector,
-                    },
-                ));
+            match self.open_chunks(&mut st, &att) {
+                Ok(chunks) => out.push(LoadedFile {
+                    store_id: att.store_id,
+                    file_id: att.file_id,
+                    filename,
+                    attributes: att.attributes,
+                    chunks,
+                }),
+                // One damaged row costs its file a place in the index, not the daemon its start.
+                Err(e) => tracing::error!(
+                    vector_store = %att.store_id,
+                    file = %att.file_id,
+                    "a sealed chunk does not open ({e}); the file is left out of the search index"
+                ),
             }
-            out.push(LoadedFile {
-                store_id: att.store_id,
-                file_id: att.file_id,
-                filename,
-                attributes: att.attributes,
-                chunks,
-            });
         }
         Ok(out)
+    }
+
+    fn open_chunks(
+        &self,
+        st: &mut rusqlite::Statement<'_>,
+        att: &AttachedFile,
+    ) -> Result<Vec<(i64, NewChunk)>, StoreError> {
+        let dek = need_dek(&self.conn, &self.keys, att.uid)?;
+        let mut rows = st.query([att.seq])?;
+        let mut chunks = Vec::new();
+        while let Some(r) = rows.next()? {
+            let cseq: i64 = r.get(0)?;
+            let text_ct: Vec<u8> = r.get(4)?;
+            let vector_ct: Option<Vec<u8>> = r.get(5)?;
+            let vector = match vector_ct {
+                Some(ct) => Some(
+                    vector_from(&open_bytes(&dek, &ctx(CHUNKS, "vector", cseq, att.uid), &ct)?)
+                        .ok_or(StoreError::Integrity { id: cseq })?,
+                ),
+                None => None,
+            };
+            chunks.push((
+                cseq,
+                NewChunk {
+                    ordinal: r.get(1)?,
+                    start: r.get::<_, i64>(2)? as usize,
+                    end: r.get::<_, i64>(3)? as usize,
+                    text: open_string(&dek, &ctx(CHUNKS, "text", cseq, att.uid), &text_ct)?,
+                    vector,
+                },
+            ));
+        }
+        Ok(chunks)
+    }
+
+    /// The (collection, file) pairs of the completed attachments whose owners still have a key.
+    pub fn searchable_files_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare(&format!(
+                "SELECT s.id, fl.id FROM {VSF_FROM} WHERE f.status = 'completed'
+                 AND EXISTS (SELECT 1 FROM users_keys k WHERE k.uid = f.uid)"
+            ))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?)
     }
 
     /// Logs a search (metadata only) and marks the collections active.
@@ -1072,6 +1100,174 @@ fn set_groups(conn: &Connection, seq: i64, gids: &[u32]) -> Result<(), StoreErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::MasterKey;
+
+    const CANARY: &str = "CANARY-4c1d-kestrel";
+
+    fn open(dir: &std::path::Path) -> Store {
+        Store::open(dir.join("inhouse.db"), MasterKey::from_bytes(&[7; 32])).unwrap()
+    }
+
+    fn raw(dir: &std::path::Path) -> Vec<u8> {
+        ["inhouse.db", "inhouse.db-wal"]
+            .iter()
+            .flat_map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
+            .collect()
+    }
+
+    fn has(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    /// A collection of uid 1000 shared with gid 50, holding one ingested file of two chunks.
+    fn populated(s: &mut Store) -> (CollectionMeta, FileMeta, AttachedFile) {
+        let f = s
+            .file_create(1000, "assistants", "secret-plan.md", CANARY.as_bytes(), 100)
+            .unwrap();
+        let mut meta = Map::new();
+        meta.insert("team".into(), Value::from("board"));
+        let c = s
+            .vs_create(1000, "Board papers", &meta, false, (200, 50), &[50], 100)
+            .unwrap();
+        let mut attrs = Map::new();
+        attrs.insert("year".into(), Value::from(2026));
+        let (a, new) = s.vs_attach(1000, &c.id, &f.id, &attrs, (200, 50), 100).unwrap();
+        assert!(new && a.status == "in_progress");
+        let chunks = vec![
+            NewChunk {
+                ordinal: 0,
+                start: 0,
+                end: 10,
+                text: format!("{CANARY} one"),
+                vector: Some(vec![0.6, 0.8]),
+            },
+            NewChunk {
+                ordinal: 1,
+                start: 5,
+                end: 19,
+                text: "two".into(),
+                vector: None,
+            },
+        ];
+        assert!(s.ingest_complete(a.seq, &chunks).unwrap());
+        (c, f, a)
+    }
+
+    #[test]
+    fn everything_a_user_wrote_is_sealed_and_reads_back_for_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let (c, f, _) = populated(&mut s);
+        let loaded = s.searchable_files(None).unwrap();
+        assert_eq!(loaded.len(), 1);
+        let l = &loaded[0];
+        assert_eq!((l.store_id.as_str(), l.file_id.as_str()), (c.id.as_str(), f.id.as_str()));
+        assert_eq!(l.filename, "secret-plan.md");
+        assert_eq!(l.attributes["year"], 2026);
+        assert_eq!(l.chunks.len(), 2);
+        assert_eq!(l.chunks[0].1.vector, Some(vec![0.6, 0.8]));
+        assert_eq!(l.chunks[1].1.vector, None);
+        assert_eq!(l.chunks[1].1.start..l.chunks[1].1.end, 5..19);
+        let got = s.vs_get(&c.id).unwrap().unwrap();
+        assert_eq!(got.name, "Board papers");
+        assert_eq!(got.metadata["team"], "board");
+        assert_eq!(got.counts.completed, 1);
+        assert!(got.usage_bytes > 0);
+        assert_eq!(
+            s.file_content(1000, &f.id).unwrap().unwrap().1,
+            CANARY.as_bytes()
+        );
+        let _ = s.checkpoint_truncate();
+        let bytes = raw(dir.path());
+        for needle in [CANARY, "secret-plan", "Board papers", "board"] {
+            assert!(!has(&bytes, needle), "{needle:?} is on disk in clear");
+        }
+    }
+
+    #[test]
+    fn readers_are_the_owner_and_the_groups_and_only_the_owner_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let (c, f, _) = populated(&mut s);
+        let ids = |v: Vec<CollectionMeta>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.vs_list_readable(1000, &[]).unwrap()), vec![c.id.clone()]);
+        assert_eq!(ids(s.vs_list_readable(2000, &[7, 50]).unwrap()), vec![c.id.clone()]);
+        assert!(s.vs_list_readable(2000, &[7]).unwrap().is_empty());
+        // Another uid neither changes, attaches to, deletes nor reads the owner's files.
+        assert!(s.vs_update(2000, &c.id, Some("x"), None, None, 1).unwrap().is_none());
+        assert!(!s.vs_delete(2000, &c.id).unwrap());
+        assert!(s.file_get(2000, &f.id).unwrap().is_none());
+        let theirs = s.file_create(2000, "assistants", "t.txt", b"t", 1).unwrap();
+        assert!(matches!(
+            s.vs_attach(2000, &c.id, &theirs.id, &Map::new(), (200, 50), 1),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.vs_attach(1000, &c.id, &theirs.id, &Map::new(), (200, 50), 1),
+            Err(StoreError::NotFound { .. })
+        ));
+        // The owner re-shares: the old group loses it.
+        let c2 = s.vs_update(1000, &c.id, None, None, Some(&[60]), 2).unwrap().unwrap();
+        assert_eq!(c2.gids, vec![60]);
+        assert!(s.vs_list_readable(2000, &[50]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn deleting_erasing_and_retention_take_the_chunks_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let count = |s: &Store, t: &str| -> i64 {
+            s.conn
+                .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        // Deleting the file removes it from the collection.
+        let (c, f, _) = populated(&mut s);
+        assert_eq!(s.file_delete(1000, &f.id).unwrap(), Some(vec![c.id.clone()]));
+        assert_eq!((count(&s, "chunks"), count(&s, "vector_store_files")), (0, 0));
+        assert_eq!(s.file_delete(1000, &f.id).unwrap(), None);
+        // Retention: files uploaded before the cutoff go, with their chunks.
+        let (c, _, _) = populated(&mut s);
+        assert_eq!(s.purge_files_older_than(50).unwrap(), vec![]);
+        let gone = s.purge_files_older_than(101).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, c.id);
+        assert_eq!((count(&s, "files"), count(&s, "chunks")), (0, 0));
+        // Erasure: files and collections go with the key, in one transaction.
+        populated(&mut s);
+        let report = s.erase_uid(1000).unwrap();
+        assert_eq!(report.knowledge_deleted, 2);
+        for t in ["files", "vector_stores", "vector_store_files", "chunks"] {
+            assert_eq!(count(&s, t), 0, "{t}");
+        }
+        let _ = s.checkpoint_truncate();
+        assert!(!has(&raw(dir.path()), CANARY));
+    }
+
+    #[test]
+    fn an_ingest_whose_attachment_went_away_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let f = s.file_create(1000, "assistants", "a.txt", b"a", 1).unwrap();
+        let c = s
+            .vs_create(1000, "c", &Map::new(), true, (100, 0), &[], 1)
+            .unwrap();
+        let (a, _) = s.vs_attach(1000, &c.id, &f.id, &Map::new(), (100, 0), 1).unwrap();
+        assert_eq!(s.ingests_pending().unwrap(), vec![a.seq]);
+        let src = s.ingest_source(a.seq).unwrap().unwrap();
+        assert!(src.anonymize && src.content == b"a" && src.filename == "a.txt");
+        assert!(s.vs_detach(1000, &c.id, &f.id).unwrap());
+        let chunk = NewChunk {
+            ordinal: 0,
+            start: 0,
+            end: 1,
+            text: "a".into(),
+            vector: None,
+        };
+        assert!(!s.ingest_complete(a.seq, &[chunk]).unwrap());
+        assert!(s.ingest_source(a.seq).unwrap().is_none());
+        assert!(s.ingests_pending().unwrap().is_empty());
+    }
 
     #[test]
     fn vectors_round_trip_as_little_endian_f32() {

@@ -49,7 +49,7 @@ use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
 
 pub use anonymize::{Anonymizer, PiiCounts};
-pub use config::{Augment, Config, ConfigError, OnError};
+pub use config::{AnonymizeConfig, Augment, Config, ConfigError, OnError};
 pub use ingest::{Content, InputError, Message};
 pub use report::{AugmentReport, Report};
 
