@@ -103,10 +103,14 @@ impl Posting {
 #[derive(Debug, Clone)]
 struct Slot {
     id: u64,
-    /// Terms in the chunk (its length for BM25); 0 once removed.
+    /// The caller's group (the chunk's file), which the candidate predicate sees.
+    group: u32,
+    /// Terms in the chunk (its length for BM25); [`DEAD`] once removed.
     len: u32,
-    alive: bool,
 }
+
+/// The `len` of a removed chunk's slot.
+const DEAD: u32 = u32::MAX;
 
 /// A term: its postings (dead slots included until compaction) and its live document
 /// frequency.
@@ -121,7 +125,7 @@ struct Term {
 pub struct Bm25Index {
     terms: HashMap<String, Term>,
     slots: Vec<Slot>,
-    slot_of: HashMap<u64, u32>,
+    slot_of: IdMap<u32>,
     live: usize,
     dead: usize,
     total_len: u64,
@@ -159,8 +163,9 @@ impl Bm25Index {
         self.slot_of.contains_key(&id)
     }
 
-    /// Indexes chunk `id` with `text`.
-    pub fn add(&mut self, id: u64, text: &str) -> Result<(), Bm25Error> {
+    /// Indexes chunk `id` of `group` (the caller's grouping, e.g. its file; the candidate
+    /// predicate of [`Bm25Index::search`] sees it) with `text`.
+    pub fn add(&mut self, id: u64, group: u32, text: &str) -> Result<(), Bm25Error> {
         if self.slot_of.contains_key(&id) {
             return Err(Bm25Error::Duplicate(id));
         }
@@ -171,22 +176,34 @@ impl Bm25Index {
             }
         }
         let slot = self.slots.len() as u32;
-        let terms = tokenize(text);
-        let mut counts: HashMap<String, u32> = HashMap::new();
-        for t in &terms {
-            *counts.entry(t.clone()).or_default() += 1;
+        let mut terms = tokenize(text);
+        let len = terms.len().min(DEAD as usize - 1) as u32;
+        // Sorted, equal terms are runs: their lengths are the frequencies, and the index's map
+        // is asked once per distinct term.
+        terms.sort_unstable();
+        let mut rest = &mut terms[..];
+        while let Some(first) = rest.first() {
+            let tf = rest.iter().take_while(|t| *t == first).count();
+            let (run, tail) = rest.split_at_mut(tf);
+            let posting = Posting::new(slot, tf as u32);
+            match self.terms.get_mut(run[0].as_str()) {
+                Some(term) => {
+                    term.postings.push(posting);
+                    term.df += 1;
+                }
+                None => {
+                    self.terms.insert(
+                        std::mem::take(&mut run[0]),
+                        Term {
+                            postings: vec![posting],
+                            df: 1,
+                        },
+                    );
+                }
+            }
+            rest = tail;
         }
-        for (t, tf) in counts {
-            let term = self.terms.entry(t).or_default();
-            term.postings.push(Posting::new(slot, tf));
-            term.df += 1;
-        }
-        let len = terms.len().min(u32::MAX as usize) as u32;
-        self.slots.push(Slot {
-            id,
-            len,
-            alive: true,
-        });
+        self.slots.push(Slot { id, group, len });
         self.slot_of.insert(id, slot);
         self.live += 1;
         self.total_len += len as u64;
@@ -199,21 +216,21 @@ impl Bm25Index {
         let Some(slot) = self.slot_of.remove(&id) else {
             return false;
         };
-        let mut seen = std::collections::HashSet::new();
-        for t in tokenize(text) {
-            if seen.insert(t.clone()) {
-                if let Some(term) = self.terms.get_mut(&t) {
-                    term.df = term.df.saturating_sub(1);
-                    if term.df == 0 {
-                        self.terms.remove(&t);
-                    }
+        let mut terms = tokenize(text);
+        terms.sort_unstable();
+        terms.dedup();
+        for t in terms {
+            if let Some(term) = self.terms.get_mut(&t) {
+                term.df = term.df.saturating_sub(1);
+                if term.df == 0 {
+                    // Every posting left is a dead slot's.
+                    self.terms.remove(&t);
                 }
             }
         }
         let s = &mut self.slots[slot as usize];
         self.total_len -= s.len as u64;
-        s.len = 0;
-        s.alive = false;
+        s.len = DEAD;
         self.live -= 1;
         self.dead += 1;
         if self.live == 0 {
@@ -229,7 +246,7 @@ impl Bm25Index {
         let mut renumber = vec![u32::MAX; self.slots.len()];
         let mut slots = Vec::with_capacity(self.live);
         for (i, s) in self.slots.iter().enumerate() {
-            if s.alive {
+            if s.len != DEAD {
                 renumber[i] = slots.len() as u32;
                 slots.push(s.clone());
             }
@@ -249,14 +266,15 @@ impl Bm25Index {
         self.dead = 0;
     }
 
-    /// The `k` best chunks for `query` among those `candidate` accepts (all when `None`), best
-    /// first, ties by id; with their BM25 scores normalised by [`Bm25Index::ceiling`], so in
-    /// 0..1. A chunk that shares no term with the query is not a hit.
+    /// The `k` best chunks for `query` among those `candidate` accepts (all when `None`; it is
+    /// given a chunk's id and group), best first, ties by id; with their BM25 scores normalised
+    /// by [`Bm25Index::ceiling`], so in 0..1. A chunk that shares no term with the query is not
+    /// a hit.
     pub fn search(
         &self,
         query: &str,
         k: usize,
-        candidate: Option<&dyn Fn(u64) -> bool>,
+        candidate: Option<&dyn Fn(u64, u32) -> bool>,
     ) -> Vec<(u64, f32)> {
         if k == 0 || self.live == 0 {
             return Vec::new();
@@ -284,20 +302,15 @@ impl Bm25Index {
             for p in &term.postings {
                 let slot = p.slot() as usize;
                 let s = &self.slots[slot];
-                if !s.alive {
+                if s.len == DEAD {
                     continue;
                 }
                 if let Some(accept) = candidate {
-                    match verdict[slot] {
-                        0 => {
-                            let ok = accept(s.id);
-                            verdict[slot] = if ok { 1 } else { 2 };
-                            if !ok {
-                                continue;
-                            }
-                        }
-                        2 => continue,
-                        _ => {}
+                    if verdict[slot] == 0 {
+                        verdict[slot] = if accept(s.id, s.group) { 1 } else { 2 };
+                    }
+                    if verdict[slot] == 2 {
+                        continue;
                     }
                 }
                 let tf = p.tf() as f32;
@@ -338,6 +351,16 @@ impl Bm25Index {
         sum.max(f32::MIN_POSITIVE)
     }
 
+    /// Gives back spare capacity (after a bulk build: vectors grow by doubling).
+    pub fn shrink_to_fit(&mut self) {
+        for term in self.terms.values_mut() {
+            term.postings.shrink_to_fit();
+        }
+        self.terms.shrink_to_fit();
+        self.slots.shrink_to_fit();
+        self.slot_of.shrink_to_fit();
+    }
+
     /// Approximate heap bytes: postings, terms, slots and the id map.
     pub fn memory_bytes(&self) -> usize {
         let term_bytes: usize = self
@@ -375,6 +398,30 @@ pub(crate) fn top_k(hits: &mut Vec<(u64, f32)>, k: usize) {
     }
     hits.sort_unstable_by(order);
 }
+
+/// A hasher for chunk ids, which are ours (storage row ids), not an attacker's: a multiply and
+/// a shift instead of SipHash, which dominated the candidate checks of a filtered search.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b) ^ self.0.rotate_left(8));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        // Fibonacci hashing, the high half folded into the low bits hashbrown uses too.
+        let h = (x ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+/// A map keyed by chunk id.
+pub(crate) type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Approximate heap bytes of a `HashMap<K, V>` with this capacity (hashbrown: one control byte
 /// per bucket, buckets a power of two above capacity × 8/7).
@@ -422,9 +469,9 @@ mod tests {
     #[test]
     fn scores_are_bm25_normalised_by_the_ceiling() {
         let mut ix = Bm25Index::new();
-        ix.add(1, "apple banana apple").unwrap();
-        ix.add(2, "banana cherry").unwrap();
-        ix.add(3, "cherry date elderberry fig").unwrap();
+        ix.add(1, 0, "apple banana apple").unwrap();
+        ix.add(2, 0, "banana cherry").unwrap();
+        ix.add(3, 0, "cherry date elderberry fig").unwrap();
         let hits = ix.search("apple", 10, None);
         assert_eq!(hits.len(), 1);
         let (n, avg) = (3.0, 9.0 / 3.0);
@@ -450,7 +497,7 @@ mod tests {
     fn ties_break_by_id_and_k_cuts() {
         let mut ix = Bm25Index::new();
         for id in [5, 3, 9, 1] {
-            ix.add(id, "same words here").unwrap();
+            ix.add(id, 0, "same words here").unwrap();
         }
         let ids: Vec<u64> = ix.search("words", 10, None).iter().map(|h| h.0).collect();
         assert_eq!(ids, [1, 3, 5, 9]);
@@ -462,12 +509,13 @@ mod tests {
     fn the_predicate_runs_before_ranking() {
         let mut ix = Bm25Index::new();
         // The best match for "secret" is chunk 1, which the caller may not see.
-        ix.add(1, "secret secret secret plan").unwrap();
-        ix.add(2, "the secret of a good plan is a plan").unwrap();
-        ix.add(3, "nothing to see").unwrap();
+        ix.add(1, 7, "secret secret secret plan").unwrap();
+        ix.add(2, 8, "the secret of a good plan is a plan").unwrap();
+        ix.add(3, 8, "nothing to see").unwrap();
         let asked = std::cell::RefCell::new(Vec::new());
-        let only_2_3 = |id: u64| {
+        let only_2_3 = |id: u64, group: u32| {
             asked.borrow_mut().push(id);
+            assert_eq!(group, if id == 1 { 7 } else { 8 });
             id != 1
         };
         let hits = ix.search("secret plan", 1, Some(&only_2_3));
@@ -476,7 +524,7 @@ mod tests {
         let mut asked = asked.into_inner();
         asked.sort();
         assert_eq!(asked, [1, 2], "asked once per matching chunk");
-        assert!(ix.search("secret", 5, Some(&|id| id == 3)).is_empty());
+        assert!(ix.search("secret", 5, Some(&|id, _| id == 3)).is_empty());
     }
 
     #[test]
@@ -491,16 +539,16 @@ mod tests {
         };
         let mut ix = Bm25Index::new();
         for i in 0..200 {
-            ix.add(i, &text(i)).unwrap();
+            ix.add(i, 0, &text(i)).unwrap();
         }
-        assert_eq!(ix.add(3, "again"), Err(Bm25Error::Duplicate(3)));
+        assert_eq!(ix.add(3, 0, "again"), Err(Bm25Error::Duplicate(3)));
         for i in (0..200).filter(|i| i % 3 != 0) {
             assert!(ix.remove(i, &text(i)));
         }
         assert!(!ix.remove(1, &text(1)));
         let mut fresh = Bm25Index::new();
         for i in (0..200).filter(|i| i % 3 == 0) {
-            fresh.add(i, &text(i)).unwrap();
+            fresh.add(i, 0, &text(i)).unwrap();
         }
         assert_eq!(ix.len(), fresh.len());
         for q in [
@@ -518,7 +566,7 @@ mod tests {
             }
         }
         // Removed ids can come back.
-        ix.add(1, "term1 again").unwrap();
+        ix.add(1, 0, "term1 again").unwrap();
         assert_eq!(ix.search("again", 5, None)[0].0, 1);
         // Emptied, the index is as new.
         for i in (0..200).filter(|i| i % 3 == 0) {
@@ -532,8 +580,8 @@ mod tests {
     #[test]
     fn postings_saturate_term_frequency() {
         let mut ix = Bm25Index::new();
-        ix.add(1, &"word ".repeat(1000)).unwrap();
-        ix.add(2, "word other").unwrap();
+        ix.add(1, 0, &"word ".repeat(1000)).unwrap();
+        ix.add(2, 0, "word other").unwrap();
         let hits = ix.search("word", 2, None);
         assert_eq!(hits.len(), 2);
         assert!(hits

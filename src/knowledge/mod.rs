@@ -25,7 +25,7 @@ pub mod vector;
 
 pub use fuse::Mode;
 
-use bm25::{hash_map_bytes, Bm25Error, Bm25Index};
+use bm25::{hash_map_bytes, Bm25Error, Bm25Index, IdMap};
 use filter::{Attributes, Filter};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -118,7 +118,7 @@ pub struct Collection {
     files: Vec<Option<FileEntry>>,
     file_of: HashMap<String, u32>,
     free: Vec<u32>,
-    chunks: HashMap<u64, ChunkEntry>,
+    chunks: IdMap<ChunkEntry>,
     bm25: Bm25Index,
     /// Created with the first vector, whose width it keeps.
     vectors: Option<VectorIndex>,
@@ -195,7 +195,7 @@ impl Collection {
             }
         };
         for (done, c) in chunks.iter().enumerate() {
-            if let Err(e) = self.bm25.add(c.id, &c.text) {
+            if let Err(e) = self.bm25.add(c.id, place, &c.text) {
                 // Only a full text index gets here (ids were checked): undo this batch.
                 for undo in &chunks[..done] {
                     self.bm25.remove(undo.id, &undo.text);
@@ -220,7 +220,7 @@ impl Collection {
                 let _ = self
                     .vectors
                     .get_or_insert_with(|| VectorIndex::new(dim))
-                    .add(c.id, v);
+                    .add(c.id, place, v);
             }
             file.chunks.push(c.id);
             self.chunks.insert(
@@ -277,6 +277,17 @@ impl Collection {
                 .map(|f| f.as_ref().is_some_and(|f| filter.matches(&f.attributes)))
                 .collect(),
         )
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.files.shrink_to_fit();
+        self.file_of.shrink_to_fit();
+        self.free.shrink_to_fit();
+        self.chunks.shrink_to_fit();
+        self.bm25.shrink_to_fit();
+        if let Some(v) = &mut self.vectors {
+            v.shrink_to_fit();
+        }
     }
 
     fn memory_bytes(&self) -> usize {
@@ -395,6 +406,15 @@ impl Index {
         self.stores.values().map(|c| c.chunks.len()).sum()
     }
 
+    /// Gives back the spare capacity that growing left (vectors and lists grow by doubling):
+    /// call it once the start-up build is done.
+    pub fn shrink_to_fit(&mut self) {
+        self.stores.shrink_to_fit();
+        for c in self.stores.values_mut() {
+            c.shrink_to_fit();
+        }
+    }
+
     /// Approximate heap bytes of everything held (chunk text, postings, vectors, maps); what the
     /// index costs in memory, for the start-up log and the benchmark.
     pub fn memory_bytes(&self) -> usize {
@@ -451,11 +471,11 @@ impl Index {
         let mut vecs: Vec<((usize, u64), f32)> = Vec::new();
         for (ci, (_, col)) in cols.iter().enumerate() {
             let allowed = col.allowed(filter);
-            let accept = |id: u64| match &allowed {
-                None => true,
-                Some(a) => col.chunks.get(&id).is_some_and(|c| a[c.file as usize]),
-            };
-            let candidate: Option<&dyn Fn(u64) -> bool> = allowed.as_ref().map(|_| &accept as _);
+            // The indexes group chunks by their file's place, so the filter's verdict on a
+            // chunk is one look-up in `allowed`.
+            let accept = |_: u64, file: u32| allowed.as_ref().is_none_or(|a| a[file as usize]);
+            let candidate: Option<&dyn Fn(u64, u32) -> bool> =
+                allowed.as_ref().map(|_| &accept as _);
             if matches!(mode, Mode::Bm25 | Mode::Hybrid) {
                 text.extend(
                     col.bm25
@@ -1023,7 +1043,10 @@ mod tests {
             .collect();
         ix.insert_chunks("vs", "f", Attributes::new(), chunks)
             .unwrap();
+        let grown = ix.memory_bytes();
+        ix.shrink_to_fit();
         let used = ix.memory_bytes();
+        assert!(used <= grown);
         // At least the vectors (1000 × 384 × 4) and the text.
         assert!(used > 1000 * 384 * 4 + 1000 * 30, "{used}");
         assert!(used < 4 * 1000 * 384 * 4, "{used}");

@@ -9,7 +9,7 @@
 //! As in BM25, the candidate predicate runs before a row is scored: a chunk it refuses is never
 //! compared with the query and never takes a place in the top k.
 
-use std::collections::HashMap;
+use super::bm25::IdMap;
 
 /// A vector that cannot be indexed or searched with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +36,9 @@ pub struct VectorIndex {
     dim: usize,
     data: Vec<f32>,
     ids: Vec<u64>,
-    row_of: HashMap<u64, usize>,
+    /// Each row's group (the caller's: the chunk's file), which the candidate predicate sees.
+    groups: Vec<u32>,
+    row_of: IdMap<usize>,
 }
 
 impl VectorIndex {
@@ -46,7 +48,8 @@ impl VectorIndex {
             dim: dim.max(1),
             data: Vec::new(),
             ids: Vec::new(),
-            row_of: HashMap::new(),
+            groups: Vec::new(),
+            row_of: IdMap::default(),
         }
     }
 
@@ -85,9 +88,10 @@ impl VectorIndex {
         Ok(())
     }
 
-    /// Adds chunk `id`'s vector, normalised to unit length (the embedding engine's already
-    /// are; this keeps dot product = cosine whatever the source).
-    pub fn add(&mut self, id: u64, v: &[f32]) -> Result<(), VectorError> {
+    /// Adds chunk `id`'s vector, in `group` (the caller's grouping, which the candidate
+    /// predicate sees), normalised to unit length (the embedding engine's already are; this
+    /// keeps dot product = cosine whatever the source).
+    pub fn add(&mut self, id: u64, group: u32, v: &[f32]) -> Result<(), VectorError> {
         self.check(v)?;
         if self.row_of.contains_key(&id) {
             return Err(VectorError::Duplicate(id));
@@ -96,6 +100,7 @@ impl VectorIndex {
         self.data.extend(v.iter().map(|x| x / norm));
         self.row_of.insert(id, self.ids.len());
         self.ids.push(id);
+        self.groups.push(group);
         Ok(())
     }
 
@@ -110,9 +115,11 @@ impl VectorIndex {
             head[row * self.dim..(row + 1) * self.dim].copy_from_slice(&tail[..self.dim]);
             let moved = self.ids[last];
             self.ids[row] = moved;
+            self.groups[row] = self.groups[last];
             self.row_of.insert(moved, row);
         }
         self.ids.pop();
+        self.groups.pop();
         self.data.truncate(last * self.dim);
         if self.ids.is_empty() {
             *self = VectorIndex::new(self.dim);
@@ -123,13 +130,14 @@ impl VectorIndex {
     }
 
     /// The `k` chunks most similar to `query` among those `candidate` accepts (all when
-    /// `None`), best first, ties by id, with their cosine similarity (−1..1). `query` is
-    /// normalised first; a query of the wrong width, or degenerate, finds nothing.
+    /// `None`; it is given a chunk's id and group), best first, ties by id, with their cosine
+    /// similarity (−1..1). `query` is normalised first; a query of the wrong width, or
+    /// degenerate, finds nothing.
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
-        candidate: Option<&dyn Fn(u64) -> bool>,
+        candidate: Option<&dyn Fn(u64, u32) -> bool>,
     ) -> Vec<(u64, f32)> {
         if k == 0 || self.ids.is_empty() || self.check(query).is_err() {
             return Vec::new();
@@ -139,9 +147,10 @@ impl VectorIndex {
         let mut hits: Vec<(u64, f32)> = Vec::with_capacity(self.ids.len().min(k * 64));
         // The k-th best so far: rows below it are not kept (the list stays short).
         let mut floor = f32::NEG_INFINITY;
-        for (&id, v) in self.ids.iter().zip(self.data.chunks_exact(self.dim)) {
+        let rows = self.ids.iter().zip(&self.groups);
+        for ((&id, &group), v) in rows.zip(self.data.chunks_exact(self.dim)) {
             if let Some(accept) = candidate {
-                if !accept(id) {
+                if !accept(id, group) {
                     continue;
                 }
             }
@@ -159,10 +168,19 @@ impl VectorIndex {
         hits
     }
 
+    /// Gives back spare capacity (after a bulk build).
+    pub fn shrink_to_fit(&mut self) {
+        self.data.shrink_to_fit();
+        self.ids.shrink_to_fit();
+        self.groups.shrink_to_fit();
+        self.row_of.shrink_to_fit();
+    }
+
     /// Approximate heap bytes: the vectors, the ids and the id map.
     pub fn memory_bytes(&self) -> usize {
         self.data.capacity() * 4
             + self.ids.capacity() * 8
+            + self.groups.capacity() * 4
             + super::bm25::hash_map_bytes::<u64, usize>(self.row_of.capacity())
     }
 }
@@ -238,7 +256,7 @@ mod tests {
         let mut kept: Vec<(u64, Vec<f32>)> = Vec::new();
         for id in 0..3000u64 {
             let v = unit(id + 10, dim);
-            ix.add(id, &v).unwrap();
+            ix.add(id, 0, &v).unwrap();
             kept.push((id, v));
         }
         for id in (0..3000u64).filter(|i| i % 4 == 1) {
@@ -264,12 +282,13 @@ mod tests {
     #[test]
     fn the_predicate_runs_before_ranking() {
         let mut ix = VectorIndex::new(3);
-        ix.add(1, &[1.0, 0.0, 0.0]).unwrap();
-        ix.add(2, &[0.9, 0.1, 0.0]).unwrap();
-        ix.add(3, &[0.0, 1.0, 0.0]).unwrap();
+        ix.add(1, 0, &[1.0, 0.0, 0.0]).unwrap();
+        ix.add(2, 0, &[0.9, 0.1, 0.0]).unwrap();
+        ix.add(3, 1, &[0.0, 1.0, 0.0]).unwrap();
         let asked = std::cell::RefCell::new(Vec::new());
-        let not_1 = |id: u64| {
+        let not_1 = |id: u64, group: u32| {
             asked.borrow_mut().push(id);
+            assert_eq!(group, u32::from(id == 3));
             id != 1
         };
         let hits = ix.search(&[1.0, 0.0, 0.0], 1, Some(&not_1));
@@ -281,16 +300,19 @@ mod tests {
     fn bad_vectors_are_refused_and_inputs_normalised() {
         let mut ix = VectorIndex::new(3);
         assert_eq!(
-            ix.add(1, &[1.0, 0.0]),
+            ix.add(1, 0, &[1.0, 0.0]),
             Err(VectorError::Dimension { want: 3, got: 2 })
         );
-        assert_eq!(ix.add(1, &[0.0, 0.0, 0.0]), Err(VectorError::Degenerate));
+        assert_eq!(ix.add(1, 0, &[0.0, 0.0, 0.0]), Err(VectorError::Degenerate));
         assert_eq!(
-            ix.add(1, &[f32::NAN, 0.0, 1.0]),
+            ix.add(1, 0, &[f32::NAN, 0.0, 1.0]),
             Err(VectorError::Degenerate)
         );
-        ix.add(1, &[3.0, 4.0, 0.0]).unwrap();
-        assert_eq!(ix.add(1, &[3.0, 4.0, 0.0]), Err(VectorError::Duplicate(1)));
+        ix.add(1, 0, &[3.0, 4.0, 0.0]).unwrap();
+        assert_eq!(
+            ix.add(1, 0, &[3.0, 4.0, 0.0]),
+            Err(VectorError::Duplicate(1))
+        );
         let hits = ix.search(&[6.0, 8.0, 0.0], 3, None);
         assert!((hits[0].1 - 1.0).abs() < 1e-6);
         assert!(ix.search(&[1.0, 0.0], 3, None).is_empty());
