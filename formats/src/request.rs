@@ -159,6 +159,9 @@ pub struct GenerateRequest {
     /// The template's thinking switch (`enable_thinking`), where it has one: `None` leaves the
     /// template's default.
     pub thinking: Option<bool>,
+    /// Speculative decoding may be used for this request when the model has it configured
+    /// (`"speculative": false` turns it off for one request).
+    pub speculative: bool,
 }
 
 impl GenerateRequest {
@@ -183,6 +186,35 @@ impl GenerateRequest {
             n: 1,
             logit_bias: vec![],
             thinking: None,
+            speculative: true,
         }
     }
+}
+
+/// How retrieved chunks are ranked (`ranking_options.ranker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchRanker {
+    /// BM25 and vector similarity fused (`auto`, `default-2024-11-15`, `hybrid`).
+    #[default]
+    Hybrid,
+    /// BM25 alone (`bm25`, an inhouse extension).
+    Bm25,
+    /// Vector similarity alone (`vector`, an inhouse extension).
+    Vector,
+}
+
+/// Retrieval before generating: the Responses API's `file_search` tool, or chat completions'
+/// `file_search` extension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSearch {
+    /// The collections searched (`vs_…`), 1 to [`crate::validate::MAX_VECTOR_STORE_IDS`].
+    pub vector_store_ids: Vec<String>,
+    /// At most this many chunks, 1..=50.
+    pub max_num_results: usize,
+    /// OpenAI's attribute filter (a comparison or compound object), checked by the collections.
+    pub filters: Option<Value>,
+    /// How the chunks are ranked.
+    pub ranker: SearchRanker,
+    /// Chunks scoring below this (0..=1) are left out.
+    pub score_threshold: f32,
 }

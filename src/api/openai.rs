@@ -1,9 +1,15 @@
 //! OpenAI-compatible routes: `/health`, `/v1/models`, `/v1/chat/completions`,
 //! `/v1/completions`, `/v1/embeddings`.
+//!
+//! Chat completions take one extension, `file_search` (`{"vector_store_ids": […],
+//! "max_num_results"?, "filters"?, "ranking_options"?}`): the search runs before generating, as
+//! the Responses API's `file_search` tool does ([`super::responses::sources`]), and the answer's
+//! message carries `annotations` (`file_citation`s; streamed, on each choice's closing chunk).
 
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::generation::{self, ChoiceOut, Generation, Step};
+use super::responses::sources::Grounding;
 use super::{AppState, Caller};
 use crate::engine::{FinishReason, SampledLogprob, TokenLogprob};
 use axum::body::{Body, Bytes};
@@ -315,10 +321,21 @@ fn usage(prompt: u32, completion: u32) -> Value {
 pub async fn chat_completions(
     State(s): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
-    JsonBody(wire): JsonBody<ChatWire>,
+    JsonBody(mut wire): JsonBody<ChatWire>,
 ) -> Result<Response, ApiError> {
-    let valid = validate::validate_chat(wire, caller.uid, &s.limits)?;
-    generate(s, caller, valid, Flavor::Chat).await
+    let search = wire
+        .file_search
+        .take()
+        .map(|v| validate::validate_file_search("file_search", "file_search", &v))
+        .transpose()?;
+    let mut valid = validate::validate_chat(wire, caller.uid, &s.limits)?;
+    let grounding = match &search {
+        Some(fs) => Some(
+            super::responses::sources::retrieve_into(&s, &caller, fs, &mut valid.request).await?,
+        ),
+        None => None,
+    };
+    generate(s, caller, valid, Flavor::Chat, grounding).await
 }
 
 /// `POST /v1/completions`.
@@ -328,15 +345,17 @@ pub async fn completions(
     JsonBody(wire): JsonBody<CompletionWire>,
 ) -> Result<Response, ApiError> {
     let valid = validate::validate_completion(wire, caller.uid, &s.limits)?;
-    generate(s, caller, valid, Flavor::Text).await
+    generate(s, caller, valid, Flavor::Text, None).await
 }
 
-/// Runs a checked generation request and answers it in OpenAI's shape.
+/// Runs a checked generation request and answers it in OpenAI's shape; `grounding`, the
+/// sources a search put into its prompt, gives each chat message its `annotations`.
 async fn generate(
     s: AppState,
     caller: Caller,
     valid: ValidGenerate,
     flavor: Flavor,
+    grounding: Option<Grounding>,
 ) -> Result<Response, ApiError> {
     let model = valid.request.model.clone();
     let asked_logprobs = valid.request.logprobs.is_some();
@@ -353,6 +372,7 @@ async fn generate(
                 flavor,
                 include_usage: valid.include_usage,
                 n,
+                grounding,
             };
             return Ok(stream_response(generation, meta));
         }
@@ -361,7 +381,13 @@ async fn generate(
             .choices
             .iter()
             .enumerate()
-            .map(|(i, choice)| flavor.choice(i, choice, asked_logprobs))
+            .map(|(i, choice)| {
+                let mut v = flavor.choice(i, choice, asked_logprobs);
+                if let Some(g) = &grounding {
+                    v["message"]["annotations"] = g.annotations(&choice.content);
+                }
+                v
+            })
             .collect();
         let mut resp = Json(json!({
             "id": id,
@@ -397,6 +423,8 @@ struct StreamMeta {
     flavor: Flavor,
     include_usage: bool,
     n: u32,
+    /// The sources of a chat with `file_search`: each choice's closing chunk cites them.
+    grounding: Option<Grounding>,
 }
 
 impl StreamMeta {
@@ -431,6 +459,8 @@ enum StreamState {
         ends: Vec<Value>,
         /// Bytes of text streamed so far per choice (legacy logprobs' `text_offset`).
         offsets: Vec<usize>,
+        /// Each choice's content so far, kept when its citations are to be found.
+        texts: Vec<String>,
     },
     Done,
 }
@@ -463,18 +493,29 @@ fn stream_response(generation: Generation, meta: StreamMeta) -> Response {
                     let running = StreamState::Running {
                         ends: Vec::new(),
                         offsets: vec![0; meta.n as usize],
+                        texts: vec![String::new(); meta.n as usize],
                     };
                     Some((vec![first], (g, meta, running)))
                 }
                 StreamState::Running {
                     mut ends,
                     mut offsets,
+                    mut texts,
                 } => match g.next().await? {
                     Step::Delta {
                         choice,
                         deltas,
                         logprobs,
                     } => {
+                        if let (Some(_), Some(t)) =
+                            (&meta.grounding, texts.get_mut(choice as usize))
+                        {
+                            for d in &deltas {
+                                if let Delta::Content(c) = d {
+                                    t.push_str(c);
+                                }
+                            }
+                        }
                         let mut offset = offsets.get(choice as usize).copied().unwrap_or(0);
                         let out = meta
                             .flavor
@@ -485,13 +526,25 @@ fn stream_response(generation: Generation, meta: StreamMeta) -> Response {
                         if let Some(o) = offsets.get_mut(choice as usize) {
                             *o = offset;
                         }
-                        Some((out, (g, meta, StreamState::Running { ends, offsets })))
+                        let running = StreamState::Running {
+                            ends,
+                            offsets,
+                            texts,
+                        };
+                        Some((out, (g, meta, running)))
                     }
                     Step::ChoiceEnd { choice, reason } => {
-                        ends.push(
-                            meta.chunk_value(json!([meta.flavor.end_choice(choice, reason)]), None),
-                        );
-                        Some((vec![], (g, meta, StreamState::Running { ends, offsets })))
+                        let mut end = meta.flavor.end_choice(choice, reason);
+                        if let (Some(gr), Some(t)) = (&meta.grounding, texts.get(choice as usize)) {
+                            end["delta"]["annotations"] = gr.annotations(t);
+                        }
+                        ends.push(meta.chunk_value(json!([end]), None));
+                        let running = StreamState::Running {
+                            ends,
+                            offsets,
+                            texts,
+                        };
+                        Some((vec![], (g, meta, running)))
                     }
                     Step::Finished {
                         prompt_tokens,

@@ -15,6 +15,13 @@
 //! - Output items are built from the parsed answer in the order their first piece arrived; the
 //!   streamed events and the stored items come from the same [`Items`], so `GET` returns what
 //!   the stream announced, ids included.
+//! - A `file_search` tool searches the caller's vector stores before generating and puts what
+//!   it found into the prompt as numbered sources ([`sources`]); the output opens with a
+//!   `file_search_call` item, and the message's `output_text` carries `file_citation`
+//!   annotations for the sources the answer cites. The sources' text is sealed with the
+//!   response's record, as its user data.
+
+pub(crate) mod sources;
 
 use super::body::JsonBody;
 use super::error::ApiError;
@@ -29,11 +36,14 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
-use inhouse_formats::request::{ChatMessage, ResponseFormat, ToolChoice, Tools};
+use inhouse_formats::request::{
+    ChatMessage, FileSearch, ResponseFormat, SearchRanker, ToolChoice, Tools,
+};
 use inhouse_formats::tools::Delta;
 use inhouse_formats::validate::{validate_responses, ResponsesWire};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sources::{Citation, Grounding, Source};
 use std::convert::Infallible;
 
 /// One output item while it is built.
@@ -42,8 +52,21 @@ use std::convert::Infallible;
 pub(crate) enum Item {
     /// The model's thinking.
     Reasoning { id: String, text: String },
-    /// The answer text.
-    Message { id: String, text: String },
+    /// The search run before generating: its query (none when the input held no user text)
+    /// and the sources shown to the model; `include` says whether the answer shows them.
+    FileSearch {
+        id: String,
+        queries: Vec<String>,
+        results: Vec<Source>,
+        include: bool,
+    },
+    /// The answer text, and the sources it cites (filled when the answer is complete).
+    Message {
+        id: String,
+        text: String,
+        #[serde(default)]
+        citations: Vec<Citation>,
+    },
     /// A function call.
     Call {
         id: String,
@@ -56,7 +79,10 @@ pub(crate) enum Item {
 impl Item {
     fn id(&self) -> &str {
         match self {
-            Item::Reasoning { id, .. } | Item::Message { id, .. } | Item::Call { id, .. } => id,
+            Item::Reasoning { id, .. }
+            | Item::Message { id, .. }
+            | Item::Call { id, .. }
+            | Item::FileSearch { id, .. } => id,
         }
     }
 
@@ -68,9 +94,22 @@ impl Item {
             Item::Reasoning { id, text } => json!({"type": "reasoning", "id": id,
                 "summary": [], "status": status,
                 "content": if done { json!([reasoning_part(text)]) } else { json!([]) }}),
-            Item::Message { id, text } => json!({"type": "message", "id": id,
+            Item::Message {
+                id,
+                text,
+                citations,
+            } => json!({"type": "message", "id": id,
                 "role": "assistant", "status": status,
-                "content": if done { json!([text_part(text)]) } else { json!([]) }}),
+                "content": if done { json!([cited_text_part(text, citations)]) } else { json!([]) }}),
+            Item::FileSearch {
+                id,
+                queries,
+                results,
+                include,
+            } => json!({"type": "file_search_call", "id": id, "status": status,
+                "queries": queries,
+                "results": (done && *include)
+                    .then(|| results.iter().map(Source::result_json).collect::<Vec<_>>())}),
             Item::Call {
                 id,
                 call_id,
@@ -83,7 +122,12 @@ impl Item {
 }
 
 fn text_part(text: &str) -> Value {
-    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+    cited_text_part(text, &[])
+}
+
+fn cited_text_part(text: &str, citations: &[Citation]) -> Value {
+    json!({"type": "output_text", "text": text,
+        "annotations": citations.iter().map(Citation::json).collect::<Vec<_>>(), "logprobs": []})
 }
 
 fn reasoning_part(text: &str) -> Value {
@@ -115,6 +159,8 @@ pub(crate) struct Items {
     /// Whitespace the answer opened with, held back until text follows (a call alone is not
     /// a message).
     held: String,
+    /// The sources shown to the model, when a search ran: the answer's citations name them.
+    sources: Option<Vec<Source>>,
 }
 
 impl Items {
@@ -124,6 +170,19 @@ impl Items {
             base: base.to_string(),
             ..Items::default()
         }
+    }
+
+    /// Opens with the `file_search_call` item of the search that ran before generating.
+    pub(crate) fn searched(mut self, g: &Grounding, include: bool) -> Items {
+        let item = Item::FileSearch {
+            id: format!("fs_{}", self.base),
+            queries: g.query.iter().cloned().collect(),
+            results: g.sources.clone(),
+            include,
+        };
+        self.open(item);
+        self.sources = Some(g.sources.clone());
+        self
     }
 
     /// Folds one piece in; returns what it did.
@@ -141,6 +200,7 @@ impl Items {
                         let i = self.open(Item::Message {
                             id: format!("msg_{}", self.base),
                             text: String::new(),
+                            citations: Vec::new(),
                         });
                         self.message = Some(i);
                         out.push(ItemEvent::Added(i));
@@ -201,15 +261,31 @@ impl Items {
         self.items.len() - 1
     }
 
+    /// The items of the complete answer: the message with its citations when a search ran.
+    fn finished(&self) -> Vec<Item> {
+        let mut items = self.items.clone();
+        if let Some(sources) = &self.sources {
+            for item in &mut items {
+                if let Item::Message {
+                    text, citations, ..
+                } = item
+                {
+                    *citations = sources::cite(text, sources);
+                }
+            }
+        }
+        items
+    }
+
     /// The finished items in OpenAI's shape.
     pub(crate) fn output(&self) -> Vec<Value> {
-        self.items.iter().map(|i| i.json(true)).collect()
+        self.finished().iter().map(|i| i.json(true)).collect()
     }
 
     /// The items as the record keeps them (sealed).
     pub(crate) fn record(&self, reason: Option<FinishReason>) -> String {
         json!(StoredOutput {
-            items: self.items.clone(),
+            items: self.finished(),
             incomplete: reason == Some(FinishReason::Length),
         })
         .to_string()
@@ -264,7 +340,7 @@ impl StoredPrompt {
         let mut answer = ChatMessage::text("assistant", "");
         for item in &out.items {
             match item {
-                Item::Reasoning { .. } => {}
+                Item::Reasoning { .. } | Item::FileSearch { .. } => {}
                 Item::Message { text, .. } => answer.content.push_str(text),
                 Item::Call {
                     call_id,
@@ -296,17 +372,39 @@ fn random_base() -> Result<String, ApiError> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-fn tools_json(tools: &Option<Tools>) -> (Vec<Value>, Value, bool) {
-    let Some(t) = tools else {
-        return (vec![], json!("auto"), true);
+/// The `file_search` tool as the response echoes it.
+fn file_search_json(f: &FileSearch) -> Value {
+    let ranker = match f.ranker {
+        SearchRanker::Hybrid => "auto",
+        SearchRanker::Bm25 => "bm25",
+        SearchRanker::Vector => "vector",
     };
-    let list = t
-        .tools
-        .iter()
-        .map(|t| {
+    json!({"type": "file_search", "vector_store_ids": f.vector_store_ids,
+        "max_num_results": f.max_num_results, "filters": f.filters,
+        "ranking_options": {"ranker": ranker, "score_threshold": f.score_threshold}})
+}
+
+/// The tools, `tool_choice` and `parallel_tool_calls` the response echoes.
+fn tools_json(
+    tools: &Option<Tools>,
+    file_search: Option<&FileSearch>,
+    search: bool,
+) -> (Vec<Value>, Value, bool) {
+    let searched: Vec<Value> = file_search.map(file_search_json).into_iter().collect();
+    let Some(t) = tools else {
+        let choice = if file_search.is_some() && !search {
+            "none"
+        } else {
+            "auto"
+        };
+        return (searched, json!(choice), true);
+    };
+    let list = searched
+        .into_iter()
+        .chain(t.tools.iter().map(|t| {
             json!({"type": "function", "name": t.name, "description": t.description,
                    "parameters": t.parameters, "strict": true})
-        })
+        }))
         .collect();
     let choice = match &t.choice {
         ToolChoice::Auto => json!("auto"),
@@ -411,10 +509,16 @@ pub async fn create(
     messages.extend(conversation.iter().cloned());
     messages.extend(valid.input.iter().cloned());
     request.prompt = Prompt::Chat(messages);
+    // Retrieval runs before anything is generated, so an unknown collection is a plain 404.
+    let grounding = match (&valid.file_search, valid.search) {
+        (Some(fs), true) => Some(sources::retrieve_into(&s, &caller, fs, &mut request).await?),
+        _ => None,
+    };
 
     let base = random_base()?;
     let id = format!("resp_{base}");
-    let (tools, tool_choice, parallel) = tools_json(&request.tools);
+    let (tools, tool_choice, parallel) =
+        tools_json(&request.tools, valid.file_search.as_ref(), valid.search);
     let settings = Settings {
         model: model.clone(),
         instructions: valid.instructions.clone(),
@@ -439,34 +543,42 @@ pub async fn create(
         conversation: conversation.iter().map(message_json).collect(),
         input: valid.input.iter().map(message_json).collect(),
     };
+    let mut items = Items::new(&base);
+    if let Some(g) = &grounding {
+        items = items.searched(g, valid.include_search_results);
+    }
     let record = ResponseRecord {
         prompt: json!(prompt),
         params: json!({"endpoint": "responses",
             "response_id": valid.store.then_some(&id),
             "previous_response_id": valid.previous_response_id,
             "input_items": valid.input.len(),
-            "metadata_entries": valid.metadata.len()}),
+            "metadata_entries": valid.metadata.len(),
+            // How many, never which: the collections and chunks are the caller's data.
+            "file_search": grounding.as_ref().map(|g| json!({
+                "vector_stores": valid.file_search.as_ref().map_or(0, |f| f.vector_store_ids.len()),
+                "sources": g.sources.len()}))}),
         link: valid.store.then(|| ResponseLink {
             id: id.clone(),
             previous_id: valid.previous_response_id.clone(),
             input_items: valid.input.len(),
         }),
-        items: Items::new(&base),
+        items: items.clone(),
     };
     let created_at = crate::storage::now_unix();
     generation::counted(&s, &model, async {
         let g = generation::start_response(&s, caller, request, record).await?;
         let meta = Meta {
             id,
-            base,
             created_at,
             settings,
+            items,
         };
         if stream {
             return Ok(stream_response(g, meta));
         }
         let c = g.collect().await?;
-        let items = c.items.unwrap_or_else(|| Items::new(&meta.base));
+        let items = c.items.unwrap_or(meta.items);
         let reason = c.choices.first().and_then(|c| c.reason);
         let status = status_of(
             RequestStatus::Completed,
@@ -650,9 +762,10 @@ pub async fn input_items(
 /// What the stream's events repeat.
 struct Meta {
     id: String,
-    base: String,
     created_at: i64,
     settings: Settings,
+    /// The items before the answer (the `file_search_call`, when a search ran).
+    items: Items,
 }
 
 /// Numbers the events of one stream.
@@ -685,10 +798,30 @@ impl Events {
 
     fn opening(&mut self) -> Vec<Bytes> {
         let r = self.response("in_progress", vec![], None);
-        vec![
+        let mut out = vec![
             self.event("response.created", json!({"response": r})),
             self.event("response.in_progress", json!({"response": r})),
-        ]
+        ];
+        // The search ran before the stream opened: its item is told whole, in OpenAI's order.
+        for (i, item) in self.items.items.clone().iter().enumerate() {
+            if let Item::FileSearch { id, .. } = item {
+                out.push(self.event(
+                    "response.output_item.added",
+                    json!({"output_index": i, "item": item.json(false)}),
+                ));
+                for step in ["in_progress", "searching", "completed"] {
+                    out.push(self.event(
+                        &format!("response.file_search_call.{step}"),
+                        json!({"output_index": i, "item_id": id}),
+                    ));
+                }
+                out.push(self.event(
+                    "response.output_item.done",
+                    json!({"output_index": i, "item": item.json(true)}),
+                ));
+            }
+        }
+        out
     }
 
     fn deltas(&mut self, deltas: &[Delta]) -> Vec<Bytes> {
@@ -713,7 +846,7 @@ impl Events {
                 let part = match &item {
                     Item::Message { .. } => Some(text_part("")),
                     Item::Reasoning { .. } => Some(reasoning_part("")),
-                    Item::Call { .. } => None,
+                    Item::Call { .. } | Item::FileSearch { .. } => None,
                 };
                 if let Some(part) = part {
                     out.push(self.event(
@@ -753,10 +886,21 @@ impl Events {
     /// Every item's closing events, then `response.completed` (or `response.incomplete`).
     fn closing(&mut self, usage: (u32, u32), incomplete: bool, record_id: i64) -> Vec<Bytes> {
         let mut out = Vec::new();
-        for (i, item) in self.items.items.clone().iter().enumerate() {
+        for (i, item) in self.items.finished().iter().enumerate() {
             let item_id = item.id().to_string();
             match item {
-                Item::Message { text, .. } => {
+                // Told whole when the stream opened.
+                Item::FileSearch { .. } => continue,
+                Item::Message {
+                    text, citations, ..
+                } => {
+                    for (k, c) in citations.iter().enumerate() {
+                        out.push(self.event(
+                            "response.output_text.annotation.added",
+                            json!({"item_id": item_id, "output_index": i, "content_index": 0,
+                                   "annotation_index": k, "annotation": c.json()}),
+                        ));
+                    }
                     out.push(self.event(
                         "response.output_text.done",
                         json!({"item_id": item_id, "output_index": i, "content_index": 0,
@@ -765,7 +909,7 @@ impl Events {
                     out.push(self.event(
                         "response.content_part.done",
                         json!({"item_id": item_id, "output_index": i, "content_index": 0,
-                               "part": text_part(text)}),
+                               "part": cited_text_part(text, citations)}),
                     ));
                 }
                 Item::Reasoning { text, .. } => {
@@ -835,7 +979,7 @@ enum Phase {
 /// aborted, and not linked as a stored response).
 fn stream_response(generation: generation::Generation, meta: Meta) -> Response {
     let events = Events {
-        items: Items::new(&meta.base),
+        items: meta.items.clone(),
         meta,
         seq: 0,
     };
@@ -930,6 +1074,141 @@ mod tests {
         let e = items.feed(&Delta::Content("Hi".into()));
         assert_eq!(e, [ItemEvent::Added(2), ItemEvent::Text(2, "\nHi".into())]);
         assert_eq!(items.output()[2]["content"][0]["text"], "\nHi");
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            model: "m".into(),
+            instructions: None,
+            tools: vec![],
+            tool_choice: json!("auto"),
+            parallel_tool_calls: true,
+            text: json!({}),
+            temperature: 1.0,
+            top_p: 1.0,
+            max_output_tokens: None,
+            previous_response_id: None,
+            metadata: Default::default(),
+            store: true,
+        }
+    }
+
+    fn grounding() -> Grounding {
+        let source = |file: &str, text: &str| Source {
+            vector_store_id: "vs_1".into(),
+            file_id: format!("file-{file}"),
+            filename: format!("{file}.md"),
+            chunk_index: 0,
+            start: 0,
+            end: text.len(),
+            text: text.into(),
+            score: 0.9,
+            attributes: Default::default(),
+        };
+        Grounding {
+            query: Some("How long is leave?".into()),
+            sources: vec![
+                source("travel", "Trains under 600 km."),
+                source("leave", "Leave is 31 days."),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_search_opens_the_output_and_the_message_cites_its_sources() {
+        let mut items = Items::new("ab").searched(&grounding(), true);
+        for t in ["Über", " 31 days [2]."] {
+            items.feed(&Delta::Content(t.into()));
+        }
+        let out = items.output();
+        assert_eq!(out[0]["type"], "file_search_call");
+        assert_eq!(out[0]["id"], "fs_ab");
+        assert_eq!(out[0]["status"], "completed");
+        assert_eq!(out[0]["queries"], json!(["How long is leave?"]));
+        assert_eq!(out[0]["results"][1]["file_id"], "file-leave");
+        assert_eq!(out[0]["results"][1]["text"], "Leave is 31 days.");
+        let part = &out[1]["content"][0];
+        assert_eq!(part["text"], "Über 31 days [2].");
+        let a = &part["annotations"];
+        assert_eq!(a.as_array().unwrap().len(), 1, "{a}");
+        assert_eq!(a[0]["type"], "file_citation");
+        assert_eq!(a[0]["file_id"], "file-leave");
+        assert_eq!(a[0]["filename"], "leave.md");
+        assert_eq!(a[0]["index"], 13, "characters, not bytes");
+        assert_eq!(a[0]["quote"], "Leave is 31 days.");
+        // The sealed record keeps the sources' text and the citations; GET shows the same.
+        let stored: StoredOutput = serde_json::from_str(&items.record(None)).unwrap();
+        let again: Vec<Value> = stored.items.iter().map(|i| i.json(true)).collect();
+        assert_eq!(again, out);
+        // Without `include`, the results are not shown (and still kept).
+        let items = Items::new("cd").searched(&grounding(), false);
+        assert_eq!(items.output()[0]["results"], Value::Null);
+        assert!(items.record(None).contains("Leave is 31 days."));
+    }
+
+    #[test]
+    fn the_stream_tells_the_search_first_and_the_citations_before_the_text_is_done() {
+        let items = Items::new("ab").searched(&grounding(), false);
+        let mut ev = Events {
+            meta: Meta {
+                id: "resp_ab".into(),
+                created_at: 0,
+                settings: settings(),
+                items: items.clone(),
+            },
+            seq: 0,
+            items,
+        };
+        let mut events = ev.opening();
+        events.extend(ev.deltas(&[Delta::Content("Leave is 31 days.".into())]));
+        events.extend(ev.closing((10, 5), false, 7));
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|b| {
+                let t = std::str::from_utf8(b).unwrap();
+                t.lines()
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("event: ")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.file_search_call.in_progress",
+                "response.file_search_call.searching",
+                "response.file_search_call.completed",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.annotation.added",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        let data = |i: usize| -> Value {
+            let t = std::str::from_utf8(&events[i]).unwrap();
+            serde_json::from_str(t.lines().nth(1).unwrap().trim_start_matches("data: ")).unwrap()
+        };
+        assert_eq!(data(2)["item"]["status"], "in_progress");
+        assert_eq!(data(6)["item"]["status"], "completed");
+        assert_eq!(data(7)["output_index"], 1);
+        // No marker: the source sharing most words, at the end of the text.
+        let a = data(10);
+        assert_eq!(a["annotation_index"], 0);
+        assert_eq!(a["annotation"]["file_id"], "file-leave");
+        assert_eq!(a["annotation"]["index"], 17);
+        assert_eq!(
+            data(14)["response"]["output"][1]["content"][0]["annotations"][0],
+            a["annotation"]
+        );
     }
 
     #[test]

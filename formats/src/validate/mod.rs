@@ -15,10 +15,14 @@
 //! (code `limit_exceeded`) when exceeded; every other bad value is a
 //! [`ValidationError::Param`] (code `invalid_value`).
 
+mod file_search;
 mod responses;
 mod tools;
 pub mod wire;
 
+pub use file_search::{
+    validate_file_search, DEFAULT_NUM_RESULTS, MAX_NUM_RESULTS, MAX_VECTOR_STORE_IDS,
+};
 pub use responses::{validate_responses, ResponsesWire, ValidResponses, MAX_RESPONSE_ID_BYTES};
 pub use tools::{valid_schema_name, valid_tool_name};
 pub use wire::*;
@@ -732,6 +736,7 @@ pub fn validate_chat(
             n: c.n,
             logit_bias: c.logit_bias,
             thinking,
+            speculative: w.sampling.speculative.unwrap_or(true),
             ..GenerateRequest::new(
                 owner_uid,
                 w.model,
@@ -845,6 +850,7 @@ pub fn validate_completion(
             logprobs,
             n: c.n,
             logit_bias: c.logit_bias,
+            speculative: w.sampling.speculative.unwrap_or(true),
             ..GenerateRequest::new(
                 owner_uid,
                 w.model,

@@ -12,14 +12,17 @@
 //! - `reasoning` items are dropped (templates re-render earlier turns without their thinking).
 //!
 //! Tools are Responses-shaped (`{"type":"function","name",…}`, flat), `tool_choice` names a tool
-//! as `{"type":"function","name":…}`, and the output format is `text.format`. Fields that would
-//! change the answer and are not supported — built-in tools (`web_search`, `file_search`, …),
+//! as `{"type":"function","name":…}`, and the output format is `text.format`. The one built-in
+//! tool offered is `file_search` (retrieval from the caller's vector stores, run by the server
+//! before generating unless `tool_choice` is `none`; `{"type":"file_search"}` and `required`
+//! are met by it); `include` may ask for `file_search_call.results`. Fields that would
+//! change the answer and are not supported — the other built-in tools (`web_search`, …),
 //! `background: true`, non-text input parts — are a 400 that names them. Error parameters are
 //! the Responses API's names (`input`, `text`, `max_output_tokens`), never the chat ones.
 
 use super::{check_model_name, no_nul, shown, validate_chat, ChatWire, Limits, ValidGenerate};
 use super::{ValidationError, MAX_METADATA_ENTRIES};
-use crate::request::ChatMessage;
+use crate::request::{ChatMessage, FileSearch};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -78,6 +81,10 @@ pub struct ResponsesWire {
     /// Runs the response in the background: not supported (refused when true).
     #[serde(default)]
     pub background: Option<bool>,
+    /// Extra output to include: `file_search_call.results` is honoured; OpenAI's other values
+    /// are accepted and have nothing to add here.
+    #[serde(default)]
+    pub include: Option<Value>,
 }
 
 /// A checked Responses request.
@@ -96,13 +103,19 @@ pub struct ValidResponses {
     pub previous_response_id: Option<String>,
     /// The metadata pairs, in the client's order.
     pub metadata: Vec<(String, String)>,
+    /// The `file_search` tool, when offered.
+    pub file_search: Option<FileSearch>,
+    /// Whether the search runs: the tool is offered and `tool_choice` is not `none`.
+    pub search: bool,
+    /// `include` asks for `file_search_call.results`.
+    pub include_search_results: bool,
 }
 
-/// Tool kinds the Responses API defines that run on OpenAI's side; none is offered here.
+/// Tool kinds the Responses API defines that run on OpenAI's side and are not offered here
+/// (`file_search` is: see [`validate_file_search`](super::validate_file_search)).
 const BUILT_IN_TOOLS: &[&str] = &[
     "web_search",
     "web_search_preview",
-    "file_search",
     "computer_use_preview",
     "code_interpreter",
     "image_generation",
@@ -155,13 +168,27 @@ pub fn validate_responses(
     }
     messages.extend(input_messages);
 
+    let include_search_results = include(w.include)?;
+    let (functions, file_search) = match w.tools {
+        None => (None, None),
+        Some(tools) => {
+            let (f, s) = chat_tools(tools)?;
+            (Some(f), s)
+        }
+    };
+    let (search, tool_choice) = search_choice(
+        file_search.is_some(),
+        functions.as_ref().is_some_and(|f| !f.is_empty()),
+        w.tool_choice,
+    )?;
+
     let mut chat = Map::new();
     chat.insert("model".into(), Value::String(w.model));
     chat.insert("messages".into(), Value::Array(messages));
-    if let Some(tools) = w.tools {
-        chat.insert("tools".into(), Value::Array(chat_tools(tools)?));
+    if let Some(tools) = functions {
+        chat.insert("tools".into(), Value::Array(tools));
     }
-    if let Some(choice) = w.tool_choice {
+    if let Some(choice) = tool_choice {
         chat.insert("tool_choice".into(), chat_tool_choice(choice)?);
     }
     if let Some(p) = w.parallel_tool_calls {
@@ -205,7 +232,82 @@ pub fn validate_responses(
         store: w.store.unwrap_or(true),
         previous_response_id,
         metadata,
+        file_search,
+        search,
+        include_search_results,
     })
+}
+
+/// OpenAI's `include` values; only `file_search_call.results` adds anything here.
+const INCLUDE_VALUES: &[&str] = &[
+    "file_search_call.results",
+    "message.output_text.logprobs",
+    "reasoning.encrypted_content",
+    "web_search_call.action.sources",
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+    "message.input_image.image_url",
+];
+
+/// Whether `include` asks for the search results.
+fn include(v: Option<Value>) -> Result<bool, ValidationError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(false),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(bad(
+                "include",
+                format!("include must be a list of strings, not {}", kind(&other)),
+            ))
+        }
+    };
+    let mut results = false;
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some(s) if INCLUDE_VALUES.contains(&s) => results |= s == "file_search_call.results",
+            Some(s) => {
+                return Err(bad(
+                    "include",
+                    format!(
+                        "include[{i}] {} is not one of OpenAI's include values",
+                        shown(s)
+                    ),
+                ))
+            }
+            None => {
+                return Err(bad(
+                    "include",
+                    format!("include[{i}] must be a string, not {}", kind(item)),
+                ))
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// Whether the search runs, and the `tool_choice` left for the function tools. `none` skips
+/// the search; `{"type":"file_search"}` asks for it (and needs the tool); `required` with no
+/// function tool is met by the search.
+fn search_choice(
+    offered: bool,
+    functions: bool,
+    choice: Option<Value>,
+) -> Result<(bool, Option<Value>), ValidationError> {
+    let is_file_search = |c: &Value| c.get("type").and_then(Value::as_str) == Some("file_search");
+    match choice {
+        Some(c) if is_file_search(&c) => {
+            if !offered {
+                return Err(bad(
+                    "tool_choice",
+                    "tool_choice {\"type\": \"file_search\"} needs a file_search tool in tools",
+                ));
+            }
+            Ok((true, None))
+        }
+        Some(Value::String(s)) if s == "none" => Ok((false, Some(Value::String(s)))),
+        Some(Value::String(s)) if s == "required" && offered && !functions => Ok((true, None)),
+        other => Ok((offered, other)),
+    }
 }
 
 /// A chat validator's error under the Responses API's field names.
@@ -439,38 +541,60 @@ fn parts_text(i: usize, parts: &[Value]) -> Result<String, ValidationError> {
     Ok(out)
 }
 
-/// Responses tools (flat) as chat tools (`{"type":"function","function":{…}}`).
-fn chat_tools(tools: Vec<Value>) -> Result<Vec<Value>, ValidationError> {
-    tools
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let Value::Object(mut o) = t else {
-                return Err(bad("tools", format!("tools[{i}] must be an object")));
-            };
-            match o.get("type").and_then(Value::as_str) {
-                Some("function") => {}
-                Some(k) if BUILT_IN_TOOLS.contains(&k) => {
-                    return Err(bad(
-                        "tools",
-                        format!(
-                            "tools[{i}]: the built-in tool {k:?} is not available here (nothing \
-                             leaves this server); offer function tools"
-                        ),
-                    ))
-                }
-                Some(k) => {
-                    return Err(bad(
-                        "tools",
-                        format!("tools[{i}].type {} is not supported (function)", shown(k)),
-                    ))
-                }
-                None => return Err(bad("tools", format!("tools[{i}].type is missing"))),
+/// Responses tools (flat) as chat tools (`{"type":"function","function":{…}}`), and the
+/// `file_search` tool (at most one) apart.
+fn chat_tools(tools: Vec<Value>) -> Result<(Vec<Value>, Option<FileSearch>), ValidationError> {
+    let mut search = None;
+    let mut functions = Vec::with_capacity(tools.len());
+    for (i, t) in tools.into_iter().enumerate() {
+        if t.get("type").and_then(Value::as_str) == Some("file_search") {
+            if search.is_some() {
+                return Err(bad(
+                    "tools",
+                    format!("tools[{i}]: at most one file_search tool (it may name several vector stores)"),
+                ));
             }
-            o.remove("type");
-            Ok(json!({"type": "function", "function": Value::Object(o)}))
-        })
-        .collect()
+            search = Some(super::validate_file_search(
+                "tools",
+                &format!("tools[{i}]"),
+                &t,
+            )?);
+            continue;
+        }
+        functions.push(chat_tool(i, t)?);
+    }
+    Ok((functions, search))
+}
+
+/// One Responses function tool as a chat tool.
+fn chat_tool(i: usize, t: Value) -> Result<Value, ValidationError> {
+    let Value::Object(mut o) = t else {
+        return Err(bad("tools", format!("tools[{i}] must be an object")));
+    };
+    match o.get("type").and_then(Value::as_str) {
+        Some("function") => {}
+        Some(k) if BUILT_IN_TOOLS.contains(&k) => {
+            return Err(bad(
+                "tools",
+                format!(
+                    "tools[{i}]: the built-in tool {k:?} is not available here (nothing \
+                     leaves this server); offer function tools or file_search"
+                ),
+            ))
+        }
+        Some(k) => {
+            return Err(bad(
+                "tools",
+                format!(
+                    "tools[{i}].type {} is not supported (function, file_search)",
+                    shown(k)
+                ),
+            ))
+        }
+        None => return Err(bad("tools", format!("tools[{i}].type is missing"))),
+    }
+    o.remove("type");
+    Ok(json!({"type": "function", "function": Value::Object(o)}))
 }
 
 /// Responses' `tool_choice` as chat's.
@@ -671,6 +795,80 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.generate.request.format, ResponseFormat::JsonObject);
+    }
+
+    #[test]
+    fn file_search_is_taken_apart_from_the_function_tools() {
+        let fs = json!({"type": "file_search", "vector_store_ids": ["vs_1"], "max_num_results": 3});
+        let fun = json!({"type": "function", "name": "f", "parameters": {"type": "object"}});
+        let v = check(json!({"model": "qwen", "input": "Q", "tools": [fs, fun],
+            "include": ["file_search_call.results"]}))
+        .unwrap();
+        let f = v.file_search.as_ref().unwrap();
+        assert_eq!(
+            (f.vector_store_ids.as_slice(), f.max_num_results),
+            (&["vs_1".to_string()][..], 3)
+        );
+        assert!(v.search && v.include_search_results);
+        let tools = v.generate.request.tools.as_ref().unwrap();
+        assert_eq!(tools.tools.len(), 1);
+        assert_eq!(tools.choice, ToolChoice::Auto);
+        // Alone, with `required` or `{"type":"file_search"}`: the search meets the choice.
+        for choice in [
+            json!("required"),
+            json!({"type": "file_search"}),
+            json!("auto"),
+        ] {
+            let v = check(json!({"model": "qwen", "input": "Q", "tools": [fs],
+                "tool_choice": choice}))
+            .unwrap();
+            assert!(v.search, "{choice}");
+            assert_eq!(v.generate.request.tools, None);
+            assert!(!v.include_search_results);
+        }
+        // `none`: offered, not run.
+        let v = check(json!({"model": "qwen", "input": "Q", "tools": [fs], "tool_choice": "none"}))
+            .unwrap();
+        assert!(v.file_search.is_some() && !v.search);
+        // Without the tool nothing is searched.
+        let v = check(json!({"model": "qwen", "input": "Q"})).unwrap();
+        assert!(v.file_search.is_none() && !v.search);
+    }
+
+    #[test]
+    fn file_search_refusals() {
+        let fs = json!({"type": "file_search", "vector_store_ids": ["vs_1"]});
+        let cases = [
+            (
+                json!({"model": "qwen", "input": "x", "tools": [fs, fs]}),
+                "tools",
+            ),
+            (
+                json!({"model": "qwen", "input": "x",
+                       "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"], "max_num_results": 51}]}),
+                "tools",
+            ),
+            (
+                json!({"model": "qwen", "input": "x", "tools": [{"type": "file_search"}]}),
+                "tools",
+            ),
+            (
+                json!({"model": "qwen", "input": "x", "tool_choice": {"type": "file_search"}}),
+                "tool_choice",
+            ),
+            (
+                json!({"model": "qwen", "input": "x", "include": ["everything"]}),
+                "include",
+            ),
+            (
+                json!({"model": "qwen", "input": "x", "include": "file_search_call.results"}),
+                "include",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = check(body.clone()).unwrap_err();
+            assert_eq!(e.param_name(), Some(param), "{body}: {e}");
+        }
     }
 
     #[test]

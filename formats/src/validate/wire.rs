@@ -152,6 +152,8 @@ pub struct SamplingWire {
     pub top_logprobs: Option<i64>,
     /// Token-id strings mapped to biases in -100..=100.
     pub logit_bias: Option<Value>,
+    /// `false` turns speculative decoding off for this request (inhouse's extension).
+    pub speculative: Option<bool>,
 }
 
 /// `POST /v1/chat/completions` body.
@@ -183,6 +185,11 @@ pub struct ChatWire {
     /// vLLM's template arguments; only `enable_thinking` (a bool) is accepted.
     #[serde(default)]
     pub chat_template_kwargs: Option<Value>,
+    /// Retrieval before generating (an inhouse extension): `{"vector_store_ids": […],
+    /// "max_num_results"?, "filters"?, "ranking_options"?}`, checked by
+    /// [`super::validate_file_search`]; the chat validator itself leaves it alone.
+    #[serde(default)]
+    pub file_search: Option<Value>,
     /// Sampling and limits.
     #[serde(flatten)]
     pub sampling: SamplingWire,
