@@ -7,12 +7,14 @@
 //! - [`history`]: the caller's own records.
 //! - [`admin`]: master keys, erasure, rotation, the audit log.
 //! - [`generate`]: `run` and `chat`.
+//! - [`ask`]: an answer from a collection's documents, with its sources.
 //! - [`output`]: how values are shown: dates, sizes, durations, progress bars.
 //!
 //! Listings take `--json` to print the API's answer itself (the typed [`crate::wire`] value),
 //! for scripts; without it they print tab-separated columns with dates in UTC.
 
 mod admin;
+mod ask;
 mod generate;
 mod history;
 mod jobs;
@@ -65,6 +67,8 @@ enum Command {
         #[command(flatten)]
         opts: generate::GenOpts,
     },
+    /// Answers a question from a collection's documents and lists the sources it cites.
+    Ask(ask::AskArgs),
     /// Your own stored requests.
     #[command(subcommand)]
     History(history::HistoryCmd),
@@ -106,6 +110,7 @@ pub async fn run(args: Args) -> Result<()> {
             system,
             opts,
         } => generate::chat(&client, &model, system, &opts).await?,
+        Command::Ask(a) => ask::run(&client, a).await?,
         Command::History(cmd) => history::run(&client, cmd).await?,
         Command::Request { method, path, data } => {
             let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
