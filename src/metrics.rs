@@ -92,6 +92,10 @@ pub struct ModelMetrics {
     pub cached_prompt_tokens: AtomicU64,
     /// Requests whose client went away before the end.
     pub cancelled: AtomicU64,
+    /// Draft tokens proposed for verification (speculative decoding).
+    pub drafted_tokens: AtomicU64,
+    /// Draft tokens the model accepted.
+    pub accepted_tokens: AtomicU64,
     /// Requests waiting for a slot (gauge).
     pub queue_depth: AtomicU64,
     /// Slots generating or prefilling (gauge).
@@ -119,6 +123,8 @@ impl ModelMetrics {
             cache_hits: AtomicU64::new(0),
             cached_prompt_tokens: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            drafted_tokens: AtomicU64::new(0),
+            accepted_tokens: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             busy_slots: AtomicU64::new(0),
             slots: AtomicU64::new(0),
@@ -226,7 +232,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [Series; 5] = [
+        let counters: [Series; 7] = [
             (
                 "inhouse_prompt_tokens_total",
                 "Prompt tokens of admitted requests, cached ones included.",
@@ -249,6 +255,16 @@ impl Metrics {
                 "inhouse_cancelled_requests_total",
                 "Generations stopped because the client went away.",
                 |m| &m.cancelled,
+            ),
+            (
+                "inhouse_speculative_drafted_tokens_total",
+                "Draft tokens proposed for verification (speculative decoding).",
+                |m| &m.drafted_tokens,
+            ),
+            (
+                "inhouse_speculative_accepted_tokens_total",
+                "Draft tokens the model accepted.",
+                |m| &m.accepted_tokens,
             ),
         ];
         for (name, help, get) in counters {

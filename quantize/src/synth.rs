@@ -646,12 +646,14 @@ impl Teacher {
             prefill_chunk: 512,
             deterministic_batching: true,
             template_limits: TemplateLimits::default(),
+            speculative: Default::default(),
         };
         let metrics = Arc::new(inhouse::metrics::Metrics::new(&[TEACHER.to_string()], ""));
         let spec = ModelSpec {
             name: TEACHER.into(),
             path: opts.teacher.clone(),
             adapter: None,
+            draft: None,
         };
         let engine = LlamaEngine::start(vec![spec], cfg, metrics)
             .map_err(|e| failed(format!("the teacher could not be loaded: {e}")))?;

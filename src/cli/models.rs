@@ -337,16 +337,22 @@ fn print_list(list: &ModelList) {
 }
 
 fn print_ps(ps: &Ps) {
-    println!("NAME\tPLACEMENT\tGPU LAYERS\tMEMORY\tACTIVE\tUNLOADS IN");
+    println!("NAME\tPLACEMENT\tGPU LAYERS\tMEMORY\tACTIVE\tDRAFTS ACCEPTED\tUNLOADS IN");
     for l in &ps.loaded {
+        // Speculative decoding's acceptance rate: accepted of drafted tokens.
+        let accepted = match l.drafted_tokens {
+            0 => "-".to_string(),
+            d => format!("{:.0}% of {d}", 100.0 * l.accepted_tokens as f64 / d as f64),
+        };
         println!(
-            "{}\t{}\t{}/{}\t{}\t{}\t{}",
+            "{}\t{}\t{}/{}\t{}\t{}\t{}\t{}",
             l.info.name,
             l.placement,
             l.info.gpu_layers,
             l.info.n_layers,
             mib(l.memory.total),
             l.active_requests,
+            accepted,
             match l.expires_in_secs {
                 Some(s) => format!("{s} s"),
                 None => "never (configured)".into(),

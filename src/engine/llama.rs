@@ -16,6 +16,8 @@
 
 use super::constraint::{Constraint, Grammars, Spec};
 use super::scheduler::{choose_slot, plan_prefill, FairQueue, Prefilling, SlotView};
+use super::speculative::{self, Adaptive, Mode, Speculation, SpeculativeConfig};
+use super::speculative_draft::{check_same_vocabulary, DraftRunner};
 use super::text::{Fed, StopStream};
 use super::{
     ChatMessage, Embeddings, EngineError, Event, FinishReason, GenerateRequest, ModelInfo,
@@ -67,6 +69,8 @@ pub struct EngineConfig {
     pub deterministic_batching: bool,
     /// Bounds on rendering a model's chat template (it comes inside the GGUF: untrusted).
     pub template_limits: TemplateLimits,
+    /// Speculative decoding (`[speculative]`), resolved per model when its runner starts.
+    pub speculative: SpeculativeConfig,
 }
 
 /// Tokens per decode call (`n_batch` = `n_ubatch`).
@@ -137,6 +141,17 @@ pub struct ModelSpec {
     pub path: PathBuf,
     /// A LoRA adapter (GGUF) applied at scale 1 to this name's context.
     pub adapter: Option<PathBuf>,
+    /// The draft model loaded with it for draft-model speculation (`[speculative.drafts]`).
+    pub draft: Option<DraftSpec>,
+}
+
+/// A draft model: its name (for messages) and its GGUF file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DraftSpec {
+    /// The draft model's name.
+    pub name: String,
+    /// Its GGUF file.
+    pub path: PathBuf,
 }
 
 /// The process's llama.cpp backend. `LlamaBackend::init` succeeds once per process, and several
@@ -362,6 +377,15 @@ struct Active {
     logits_at: Option<i32>,
     arrived: Instant,
     last_token_at: Option<Instant>,
+    /// Drafting state, when this request speculates.
+    spec: Option<SeqSpec>,
+}
+
+/// A speculating request's drafting state.
+struct SeqSpec {
+    adaptive: Adaptive,
+    /// The draft decoded after the sampled token in this step (empty: none).
+    draft: Vec<LlamaToken>,
 }
 
 impl Active {
@@ -406,6 +430,10 @@ struct Runner<'m> {
     share_cache: bool,
     clock: u64,
     metrics: Arc<ModelMetrics>,
+    /// This model's speculation settings.
+    spec: Speculation,
+    /// The draft model's context, in draft mode.
+    draft: Option<DraftRunner<'m>>,
 }
 
 fn run(
@@ -575,6 +603,47 @@ impl<'m> Runner<'m> {
                  to its context size (llama.cpp's warning n_ctx_seq > n_ctx_train is expected)"
             );
         }
+        let spec = cfg.speculative.for_model(&l.info.name);
+        let draft = match (&l.draft, spec.mode) {
+            (Some((draft_name, model)), Mode::Draft) => {
+                let params =
+                    serving_params(l.info.n_ctx, slots, cfg.threads, cfg.deterministic_batching);
+                let ctx = model
+                    .new_context(backend, params)
+                    .map_err(|e| EngineError::Load {
+                        name: l.info.name.clone(),
+                        path: String::new(),
+                        reason: format!(
+                            "cannot create a context for the draft model {draft_name:?}: {e}"
+                        ),
+                    })?;
+                Some(DraftRunner::new(
+                    model,
+                    ctx,
+                    slots as usize,
+                    N_BATCH as usize,
+                ))
+            }
+            _ => None,
+        };
+        if spec.mode == Mode::Draft && draft.is_none() {
+            return Err(EngineError::Load {
+                name: l.info.name.clone(),
+                path: String::new(),
+                reason: "speculative mode \"draft\" needs a draft model: name one in \
+                         [speculative.drafts]"
+                    .into(),
+            });
+        }
+        if spec.mode != Mode::Off {
+            tracing::info!(
+                model = %l.info.name,
+                mode = spec.mode.as_str(),
+                draft_max = spec.draft_max,
+                max_batch = spec.max_batch,
+                "speculative decoding"
+            );
+        }
         let metrics = metrics.ensure(&l.info.name);
         metrics.slots.store(u64::from(slots), Relaxed);
         metrics
@@ -602,6 +671,8 @@ impl<'m> Runner<'m> {
             share_cache: cfg.cache_reuse_across_users,
             clock: 0,
             metrics,
+            spec,
+            draft,
         })
     }
 
@@ -735,6 +806,9 @@ impl<'m> Runner<'m> {
         }
         slot.tokens.truncate(keep);
         slot.prefilled = slot.prefilled.min(keep);
+        if let Some(d) = self.draft.as_mut() {
+            d.forget_after(place.slot, keep);
+        }
         slot.owner = Some(req.owner_uid);
         self.clock += 1;
         slot.last_used = self.clock;
@@ -770,6 +844,9 @@ impl<'m> Runner<'m> {
             };
             let s = &mut self.slots[at];
             if choice > 0 {
+                if let Some(d) = self.draft.as_mut() {
+                    d.forget_after(at, 0);
+                }
                 let _ = self.ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
                 s.tokens.clear();
                 s.prefilled = 0;
@@ -798,6 +875,10 @@ impl<'m> Runner<'m> {
                 logits_at: None,
                 arrived,
                 last_token_at: None,
+                spec: (self.spec.mode != Mode::Off && req.speculative).then(|| SeqSpec {
+                    adaptive: Adaptive::new(self.spec.draft_max),
+                    draft: Vec::new(),
+                }),
             });
         }
         Ok(())
@@ -821,7 +902,21 @@ impl<'m> Runner<'m> {
         }
         self.batch.clear();
         let mut generating = 0usize;
-        for s in &mut self.slots {
+        // Batch positions used so far (generating tokens and drafts).
+        let mut used = 0usize;
+        let to_generate = self
+            .slots
+            .iter()
+            .filter(|s| s.active.as_ref().is_some_and(|a| a.next.is_some()))
+            .count();
+        let drafts_allowed = self.spec.mode != Mode::Off
+            && speculative::step_allows_drafts(to_generate, self.spec.max_batch);
+        let mut drafts = if drafts_allowed {
+            self.propose(to_generate)
+        } else {
+            Vec::new()
+        };
+        for (i, s) in self.slots.iter_mut().enumerate() {
             let Some(a) = s.active.as_mut() else { continue };
             if let Some(t) = a.next.take() {
                 if let Err(e) = self.batch.add(t, s.tokens.len() as i32, &[s.seq], true) {
@@ -837,9 +932,19 @@ impl<'m> Runner<'m> {
                     s.active = None;
                     break;
                 }
-                a.logits_at = Some(generating as i32);
+                a.logits_at = Some(used as i32);
                 s.tokens.push(t);
                 generating += 1;
+                used += 1;
+                if let Some(sp) = a.spec.as_mut() {
+                    sp.draft = drafts.get_mut(i).map(std::mem::take).unwrap_or_default();
+                    for (k, &d) in sp.draft.iter().enumerate() {
+                        let pos = (s.tokens.len() + k) as i32;
+                        // Cannot fail: `propose` kept the drafts within the batch.
+                        let _ = self.batch.add(d, pos, &[s.seq], true);
+                    }
+                    used += sp.draft.len();
+                }
             }
         }
         if generating > 0 {
@@ -848,7 +953,16 @@ impl<'m> Runner<'m> {
                 return;
             }
             for i in 0..self.slots.len() {
-                self.sample(i);
+                let drafted = self.slots[i]
+                    .active
+                    .as_ref()
+                    .and_then(|a| a.spec.as_ref())
+                    .is_some_and(|sp| !sp.draft.is_empty());
+                if drafted {
+                    self.verify(i);
+                } else {
+                    self.sample(i);
+                }
             }
         }
         // Prompt chunks, as the scheduler plans them (oldest admission first; while others
@@ -894,6 +1008,112 @@ impl<'m> Runner<'m> {
             for j in followers {
                 self.sample(j);
             }
+        }
+    }
+
+    /// This step's drafts, per slot (empty where a sequence does not speculate, pauses, or has
+    /// no room): each speculating sequence may propose what its [`Adaptive`] state allows,
+    /// within its context, its `max_tokens`, and the step's batch.
+    fn propose(&mut self, to_generate: usize) -> Vec<Vec<LlamaToken>> {
+        let mut wants = vec![0usize; self.slots.len()];
+        let mut batch_left = (N_BATCH as usize).saturating_sub(to_generate);
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            let Some(a) = s.active.as_mut() else { continue };
+            if a.next.is_none() {
+                continue;
+            }
+            let Some(sp) = a.spec.as_mut() else { continue };
+            // Positions after the sampled token must stay inside the context; a draft of k
+            // yields up to k + 1 tokens, no more than the request may still generate.
+            let room = (self.ctx_size as usize)
+                .saturating_sub(s.tokens.len() + 2)
+                .min((a.max_tokens.saturating_sub(a.completion_tokens) as usize).saturating_sub(1))
+                .min(batch_left);
+            let want = sp.adaptive.allowance().min(room);
+            batch_left -= want;
+            wants[i] = want;
+        }
+        // Each sequence's text so far, with its sampled token.
+        let history = |s: &Slot| {
+            let mut h = s.tokens.clone();
+            h.extend(s.active.as_ref().and_then(|a| a.next));
+            h
+        };
+        match (&mut self.draft, self.spec.mode) {
+            (Some(d), Mode::Draft) => {
+                let histories: Vec<(usize, Vec<LlamaToken>)> = (0..self.slots.len())
+                    .filter(|&i| wants[i] > 0)
+                    .map(|i| (i, history(&self.slots[i])))
+                    .collect();
+                let asks: Vec<(usize, &[LlamaToken], usize)> = histories
+                    .iter()
+                    .map(|(i, h)| (*i, h.as_slice(), wants[*i]))
+                    .collect();
+                let mut out = vec![Vec::new(); self.slots.len()];
+                match d.propose(&asks) {
+                    Ok(drafts) => {
+                        for ((i, _), draft) in histories.iter().zip(drafts) {
+                            out[*i] = draft;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %self.l.info.name, error = %e, "drafting failed");
+                        d.clear();
+                    }
+                }
+                out
+            }
+            _ => (0..self.slots.len())
+                .map(|i| {
+                    if wants[i] == 0 {
+                        return Vec::new();
+                    }
+                    speculative::propose_ngram(
+                        &history(&self.slots[i]),
+                        self.spec.ngram_min,
+                        self.spec.ngram_max,
+                        wants[i],
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Verifies slot `i`'s draft against the logits of the step's decode: draws the model's own
+    /// token at each drafted position in turn while it agrees with the draft (see
+    /// [`speculative::verify`]), streams every token drawn, and removes the rejected drafts
+    /// from the KV cache.
+    fn verify(&mut self, i: usize) {
+        let Some((draft, base)) = self.slots[i].active.as_mut().and_then(|a| {
+            let sp = a.spec.as_mut()?;
+            Some((std::mem::take(&mut sp.draft), a.logits_at?))
+        }) else {
+            return;
+        };
+        let (_, accepted) = speculative::verify(&draft, |j| {
+            let s = &mut self.slots[i];
+            let a = s.active.as_mut()?;
+            if j > 0 {
+                // Draft token j - 1 was accepted: it is in the KV cache already.
+                s.tokens.push(draft[j - 1]);
+            }
+            a.logits_at = Some(base + j as i32);
+            self.sample(i);
+            self.slots[i].active.as_mut()?.next
+        });
+        let m = &self.metrics;
+        m.drafted_tokens.fetch_add(draft.len() as u64, Relaxed);
+        m.accepted_tokens.fetch_add(accepted as u64, Relaxed);
+        let s = &mut self.slots[i];
+        if accepted < draft.len() {
+            // The rejected drafts' cells; the token that replaced the first one is decoded in
+            // the next step like any sampled token.
+            let _ =
+                self.ctx
+                    .clear_kv_cache_seq(Some(s.seq as u32), Some(s.tokens.len() as u32), None);
+        }
+        if let Some(sp) = s.active.as_mut().and_then(|a| a.spec.as_mut()) {
+            sp.adaptive.record(draft.len(), accepted);
         }
     }
 
@@ -945,6 +1165,9 @@ impl<'m> Runner<'m> {
     /// and empty every sequence.
     fn fail_all(&mut self, e: &llama_cpp_2::DecodeError) {
         tracing::error!(model = %self.l.info.name, error = %e, "decode failed");
+        if let Some(d) = self.draft.as_mut() {
+            d.clear();
+        }
         for s in &mut self.slots {
             if let Some(a) = s.active.take() {
                 let _ = a.events.send(Event::Failed(inference(e)));
@@ -1145,6 +1368,8 @@ struct Loaded {
     /// The LoRA adapter of a `base+adapter` name (llama.cpp frees it with the model). In a
     /// `RefCell` because setting it on a context takes `&mut`, while contexts borrow `Loaded`.
     adapter: Option<std::cell::RefCell<llama_cpp_2::model::LlamaLoraAdapter>>,
+    /// The draft model (its name and weights), checked to share this model's vocabulary.
+    draft: Option<(String, LlamaModel)>,
 }
 
 impl Loaded {
@@ -1259,6 +1484,24 @@ fn load(
             Some(std::cell::RefCell::new(lora))
         }
     };
+    let draft = match &spec.draft {
+        None => None,
+        Some(d) => {
+            let derr = |reason: String| {
+                err(format!(
+                    "draft model {:?} ({}): {reason}",
+                    d.name,
+                    d.path.display()
+                ))
+            };
+            inhouse_formats::gguf::open(&d.path)
+                .map_err(|e| derr(format!("not a valid GGUF file: {e}")))?;
+            let draft = LlamaModel::load_from_file(backend, &d.path, &params)
+                .map_err(|e| derr(format!("llama.cpp could not load it ({e})")))?;
+            check_same_vocabulary(name, &model, &d.name, &draft).map_err(err)?;
+            Some((d.name.clone(), draft))
+        }
+    };
     Ok(Loaded {
         info,
         model,
@@ -1269,6 +1512,7 @@ fn load(
         bos_text,
         grammars: RefCell::new(None),
         adapter,
+        draft,
     })
 }
 

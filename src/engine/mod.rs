@@ -15,6 +15,8 @@ mod ffi;
 pub mod llama;
 pub mod pool;
 pub mod scheduler;
+pub mod speculative;
+mod speculative_draft;
 pub mod text;
 
 pub use ffi::{cpu_backend, CpuBackend, INSTALLED_BACKENDS_DIR};
@@ -401,6 +403,8 @@ pub trait Engine: Send + Sync + 'static {
                 active_requests: 0,
                 idle_secs: 0,
                 expires_in_secs: None,
+                drafted_tokens: 0,
+                accepted_tokens: 0,
                 info,
             })
             .collect()

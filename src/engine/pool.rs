@@ -71,6 +71,12 @@ pub struct LoadedModel {
     pub idle_secs: u64,
     /// Seconds until it unloads if unused; `None`: kept until evicted for room.
     pub expires_in_secs: Option<u64>,
+    /// Draft tokens proposed by speculative decoding since the daemon started (0 without it).
+    #[serde(default)]
+    pub drafted_tokens: u64,
+    /// Draft tokens the model accepted.
+    #[serde(default)]
+    pub accepted_tokens: u64,
 }
 
 /// What the pool knows of an available name before loading it.
@@ -272,8 +278,40 @@ impl ModelPool {
         Ok((info, est))
     }
 
-    /// What a requested name refers to: a configured model, a stored one, or `base+adapter`.
+    /// What a requested name refers to, with the draft model it speculates with when
+    /// `[speculative]` gives it one: the draft is loaded with it, on its engine thread, and its
+    /// memory counts in the model's estimate.
     fn resolve(&self, name: &str) -> Result<Entry, EngineError> {
+        let mut entry = self.resolve_one(name)?;
+        let spec = self.cfg.engine.speculative.for_model(name);
+        if spec.mode != super::speculative::Mode::Draft {
+            return Ok(entry);
+        }
+        let Some(draft_name) = spec.draft else {
+            return Ok(entry);
+        };
+        let draft = self
+            .resolve_one(&draft_name)
+            .map_err(|e| EngineError::Load {
+                name: name.to_string(),
+                path: entry.spec.path.display().to_string(),
+                reason: format!("its draft model {draft_name:?} cannot be used: {e}"),
+            })?;
+        entry.estimate.weights += draft.estimate.weights;
+        entry.estimate.kv_cache += draft.estimate.kv_cache;
+        entry.estimate.compute = entry.estimate.compute.max(draft.estimate.compute);
+        entry.estimate.total =
+            entry.estimate.weights + entry.estimate.kv_cache + entry.estimate.compute;
+        entry.manifests.extend(draft.manifests);
+        entry.spec.draft = Some(super::llama::DraftSpec {
+            name: draft_name,
+            path: draft.spec.path,
+        });
+        Ok(entry)
+    }
+
+    /// What a requested name refers to: a configured model, a stored one, or `base+adapter`.
+    fn resolve_one(&self, name: &str) -> Result<Entry, EngineError> {
         let unknown = || EngineError::UnknownModel(name.to_string());
         let (base, adapter) = split_adapter(name);
         let mut manifests = Vec::new();
@@ -313,6 +351,7 @@ impl ModelPool {
                 name: name.to_string(),
                 path,
                 adapter: adapter_path,
+                draft: None,
             },
             manifests,
             info,
@@ -569,6 +608,14 @@ impl ModelPool {
                     active_requests: active,
                     idle_secs: idle,
                     expires_in_secs: r.keep_alive().map(|k| k.as_secs().saturating_sub(idle)),
+                    drafted_tokens: self
+                        .metrics
+                        .model(&r.info.name)
+                        .map_or(0, |m| m.drafted_tokens.load(Relaxed)),
+                    accepted_tokens: self
+                        .metrics
+                        .model(&r.info.name)
+                        .map_or(0, |m| m.accepted_tokens.load(Relaxed)),
                     info: r.info.clone(),
                 }
             })

@@ -1,0 +1,568 @@
+//! Speculative decoding: the rules, free of llama.cpp so they can be unit-tested; the engine
+//! thread ([`super::llama`]) executes them.
+//!
+//! A speculative sequence adds up to `draft-max` proposed tokens after its sampled token in the
+//! step's one decode, next to the other sequences' tokens; the model's logits at every position
+//! then tell, in order, which proposals it would have produced itself ([`verify`]). Accepted
+//! tokens cost one decode for several; the first rejected one is replaced by the model's own
+//! token, and what follows it is removed from the KV cache.
+//!
+//! - Proposals come from the sequence's own text ([`propose_ngram`], prompt lookup: the tokens
+//!   that followed the last earlier occurrence of its last n tokens), or from a smaller draft
+//!   model with the same vocabulary run greedily.
+//! - Both proposers are deterministic, so verification is the standard rejection rule with a
+//!   point-mass draft distribution q: a draft token d is accepted with probability
+//!   min(1, p(d)/q(d)) = p(d), and on rejection the token is drawn from the residual
+//!   norm(max(0, p − q)), which is p without d. Drawing x from p (the request's own sampler
+//!   chain, grammar and penalties included) and accepting d exactly when x = d does both at once
+//!   and emits x: every emitted token is a draw from the model's own distribution, one random
+//!   draw per emitted token as without speculation. At temperature 0 that is the model's argmax.
+//! - Drafting adapts per sequence ([`Adaptive`]): the draft grows while proposals are accepted,
+//!   shrinks to what was accepted when they are not, and pauses (for longer each time) when the
+//!   acceptance rate stays low; and it stops for the whole step when more sequences generate
+//!   than `max-batch` ([`step_allows_drafts`]): a batch that large already keeps the CPU busy,
+//!   and verifying proposals then costs more than it saves.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Where draft tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// No speculation.
+    #[default]
+    Off,
+    /// Prompt lookup: drafts taken from earlier occurrences of the last tokens in the prompt and
+    /// the text so far.
+    Ngram,
+    /// A smaller model with the same vocabulary drafts (see `[speculative.drafts]`).
+    Draft,
+}
+
+impl Mode {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Ngram => "ngram",
+            Mode::Draft => "draft",
+        }
+    }
+}
+
+/// Default of `draft-max`.
+pub const DEFAULT_DRAFT_MAX: u32 = 8;
+/// Default of `ngram-min`.
+pub const DEFAULT_NGRAM_MIN: u32 = 2;
+/// Default of `ngram-max`.
+pub const DEFAULT_NGRAM_MAX: u32 = 4;
+/// Default of `max-batch`.
+pub const DEFAULT_MAX_BATCH: u32 = 4;
+
+/// The `[speculative]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SpeculativeConfig {
+    /// `off`, `ngram` or `draft`, for every model without an override.
+    pub mode: Mode,
+    /// Most draft tokens verified per sequence and step.
+    pub draft_max: u32,
+    /// Shortest suffix of the text looked up for a prompt-lookup draft.
+    pub ngram_min: u32,
+    /// Longest suffix looked up (longer matches are tried first).
+    pub ngram_max: u32,
+    /// Drafting stops in a step where more sequences than this generate.
+    pub max_batch: u32,
+    /// Target model → its draft model (a model name of this daemon, same vocabulary).
+    pub drafts: BTreeMap<String, String>,
+    /// Per-model overrides of the settings above.
+    pub models: BTreeMap<String, ModelOverride>,
+}
+
+/// `[speculative.models.NAME]`: what differs for one model.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ModelOverride {
+    /// Mode for this model.
+    pub mode: Option<Mode>,
+    /// `draft-max` for this model.
+    pub draft_max: Option<u32>,
+    /// `ngram-min` for this model.
+    pub ngram_min: Option<u32>,
+    /// `ngram-max` for this model.
+    pub ngram_max: Option<u32>,
+    /// `max-batch` for this model.
+    pub max_batch: Option<u32>,
+}
+
+impl Default for SpeculativeConfig {
+    fn default() -> Self {
+        SpeculativeConfig {
+            mode: Mode::Off,
+            draft_max: DEFAULT_DRAFT_MAX,
+            ngram_min: DEFAULT_NGRAM_MIN,
+            ngram_max: DEFAULT_NGRAM_MAX,
+            max_batch: DEFAULT_MAX_BATCH,
+            drafts: BTreeMap::new(),
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+/// The speculation settings of one model, overrides applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Speculation {
+    /// Where drafts come from.
+    pub mode: Mode,
+    /// Most draft tokens per sequence and step.
+    pub draft_max: usize,
+    /// Shortest suffix looked up.
+    pub ngram_min: usize,
+    /// Longest suffix looked up.
+    pub ngram_max: usize,
+    /// Drafting stops in steps with more generating sequences than this.
+    pub max_batch: usize,
+    /// The draft model's name, in `draft` mode.
+    pub draft: Option<String>,
+}
+
+impl SpeculativeConfig {
+    /// The settings of model `name` (a `base+adapter` name falls back to its base's override
+    /// and draft).
+    pub fn for_model(&self, name: &str) -> Speculation {
+        let base = name.split('+').next().unwrap_or(name);
+        let o = self
+            .models
+            .get(name)
+            .or_else(|| self.models.get(base))
+            .cloned()
+            .unwrap_or_default();
+        let draft = self
+            .drafts
+            .get(name)
+            .or_else(|| self.drafts.get(base))
+            .cloned();
+        Speculation {
+            mode: o.mode.unwrap_or(self.mode),
+            draft_max: o.draft_max.unwrap_or(self.draft_max) as usize,
+            ngram_min: o.ngram_min.unwrap_or(self.ngram_min) as usize,
+            ngram_max: o.ngram_max.unwrap_or(self.ngram_max) as usize,
+            max_batch: o.max_batch.unwrap_or(self.max_batch) as usize,
+            draft,
+        }
+    }
+
+    /// Checks ranges; the message names the key to fix.
+    pub fn check(&self) -> Result<(), String> {
+        let mut tables = vec![("speculative".to_string(), ModelOverride::default())];
+        tables.extend(
+            self.models
+                .iter()
+                .map(|(n, o)| (format!("speculative.models.{n}"), o.clone())),
+        );
+        for (table, o) in tables {
+            let draft_max = o.draft_max.unwrap_or(self.draft_max);
+            let (lo, hi) = (
+                o.ngram_min.unwrap_or(self.ngram_min),
+                o.ngram_max.unwrap_or(self.ngram_max),
+            );
+            let max_batch = o.max_batch.unwrap_or(self.max_batch);
+            if !(1..=MAX_DRAFT).contains(&draft_max) {
+                return Err(format!(
+                    "{table}: draft-max = {draft_max} (must be 1..={MAX_DRAFT})"
+                ));
+            }
+            if !(1..=64).contains(&lo) || !(1..=64).contains(&hi) || lo > hi {
+                return Err(format!(
+                    "{table}: ngram-min = {lo}, ngram-max = {hi} (must be 1..=64, \
+                     ngram-min ≤ ngram-max)"
+                ));
+            }
+            if !(1..=64).contains(&max_batch) {
+                return Err(format!("{table}: max-batch = {max_batch} (must be 1..=64)"));
+            }
+        }
+        for (target, draft) in &self.drafts {
+            if target == draft {
+                // Allowed (tests use it), but only as an explicit choice: nothing to check.
+                continue;
+            }
+            if draft.is_empty() {
+                return Err(format!(
+                    "speculative.drafts.{target}: the draft model name is empty"
+                ));
+            }
+        }
+        let modes = std::iter::once(("speculative".to_string(), Some(self.mode))).chain(
+            self.models
+                .iter()
+                .map(|(n, o)| (format!("speculative.models.{n}"), o.mode)),
+        );
+        for (table, mode) in modes {
+            if mode == Some(Mode::Draft) {
+                let named: Vec<&str> = if table == "speculative" {
+                    Vec::new()
+                } else {
+                    vec![table.trim_start_matches("speculative.models.")]
+                };
+                if let Some(n) = named.first() {
+                    let base = n.split('+').next().unwrap_or(n);
+                    if !self.drafts.contains_key(*n) && !self.drafts.contains_key(base) {
+                        return Err(format!(
+                            "{table}: mode = \"draft\" needs a draft model: add \
+                             {n} = \"DRAFT-MODEL\" to [speculative.drafts]"
+                        ));
+                    }
+                } else if self.drafts.is_empty() {
+                    return Err("speculative: mode = \"draft\" needs [speculative.drafts] \
+                                (target model = \"draft model\")"
+                        .into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most draft tokens per sequence and step that the config allows.
+pub const MAX_DRAFT: u32 = 32;
+
+/// A prompt-lookup draft: finds the last earlier occurrence of the final `n` tokens of
+/// `history` (trying `n` from `ngram_max` down to `ngram_min`) and proposes the tokens that
+/// followed it, at most `max`. Empty when nothing matches.
+///
+/// The most recent occurrence is taken: in a rewrite or an edit the text being copied is the
+/// one read last, and in repeated structure (JSON fields, list items) the latest instance is
+/// the likeliest to continue the same way.
+pub fn propose_ngram<T: PartialEq + Copy>(
+    history: &[T],
+    ngram_min: usize,
+    ngram_max: usize,
+    max: usize,
+) -> Vec<T> {
+    let len = history.len();
+    if max == 0 || ngram_min == 0 {
+        return Vec::new();
+    }
+    for n in (ngram_min..=ngram_max.min(len.saturating_sub(1))).rev() {
+        let suffix = &history[len - n..];
+        // Start positions of earlier occurrences, latest first. An occurrence may overlap the
+        // suffix (a repeating run); it is always followed by at least one token.
+        let found = (0..len - n)
+            .rev()
+            .find(|&start| &history[start..start + n] == suffix);
+        if let Some(start) = found {
+            let from = start + n;
+            let to = (from + max).min(len);
+            return history[from..to].to_vec();
+        }
+    }
+    Vec::new()
+}
+
+/// Verification of one sequence's draft: `sampled(j)` draws the model's own token at position
+/// `j` of the verified run (position 0 follows the sequence's last token, position `j` follows
+/// draft token `j - 1`), and returns `None` when the sequence ends there (end of text, a stop
+/// string, its length). Positions are drawn in order and only while the draft holds: draft
+/// token `j` is accepted when the token drawn at `j` equals it (the rejection rule for a
+/// deterministic draft, see the module doc). Returns the tokens emitted, each one a draw, and
+/// how many draft tokens were accepted.
+pub fn verify<T: PartialEq + Copy>(
+    draft: &[T],
+    mut sampled: impl FnMut(usize) -> Option<T>,
+) -> (Vec<T>, usize) {
+    let mut emitted = Vec::with_capacity(draft.len() + 1);
+    for j in 0..=draft.len() {
+        let Some(x) = sampled(j) else {
+            break;
+        };
+        emitted.push(x);
+        if j == draft.len() || draft[j] != x {
+            break;
+        }
+    }
+    let accepted = emitted
+        .iter()
+        .zip(draft)
+        .take_while(|(e, d)| e == d)
+        .count();
+    (emitted, accepted)
+}
+
+/// A sequence's drafting state: how long its next draft may be, and whether it is pausing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adaptive {
+    /// The longest draft the next step may propose.
+    pub len: usize,
+    /// Moving average of the acceptance rate (accepted / drafted).
+    pub rate: f32,
+    /// Steps left without drafting.
+    pub pause: u32,
+    /// How long the next pause lasts.
+    next_pause: u32,
+    max: usize,
+}
+
+/// Below this moving acceptance rate a sequence stops drafting for a while.
+pub const LOW_ACCEPTANCE: f32 = 0.3;
+/// Weight of the latest verification in the moving acceptance rate.
+const RATE_WEIGHT: f32 = 0.3;
+/// The first pause after low acceptance, in steps; each later one doubles, up to
+/// [`LONGEST_PAUSE`].
+const FIRST_PAUSE: u32 = 4;
+/// The longest pause.
+const LONGEST_PAUSE: u32 = 64;
+
+impl Adaptive {
+    /// A sequence that starts with drafts of up to `max` tokens.
+    pub fn new(max: usize) -> Self {
+        Adaptive {
+            len: max.clamp(1, 4),
+            rate: 1.0,
+            pause: 0,
+            next_pause: FIRST_PAUSE,
+            max: max.max(1),
+        }
+    }
+
+    /// How many draft tokens this step may propose for the sequence (0 while it pauses; the
+    /// pause counts down).
+    pub fn allowance(&mut self) -> usize {
+        if self.pause > 0 {
+            self.pause -= 1;
+            0
+        } else {
+            self.len
+        }
+    }
+
+    /// Records a verification: `drafted` tokens proposed, `accepted` of them taken.
+    pub fn record(&mut self, drafted: usize, accepted: usize) {
+        if drafted == 0 {
+            return;
+        }
+        let r = accepted as f32 / drafted as f32;
+        self.rate = self.rate * (1.0 - RATE_WEIGHT) + r * RATE_WEIGHT;
+        self.len = if accepted == drafted {
+            (self.len * 2).min(self.max)
+        } else {
+            (accepted + 1).clamp(1, self.max)
+        };
+        if self.rate < LOW_ACCEPTANCE {
+            self.pause = self.next_pause;
+            self.next_pause = (self.next_pause * 2).min(LONGEST_PAUSE);
+            // After the pause, start again from a neutral estimate so one good draft resumes.
+            self.rate = LOW_ACCEPTANCE + 0.2;
+            self.len = 1;
+        } else if r >= 0.5 {
+            self.next_pause = FIRST_PAUSE;
+        }
+    }
+}
+
+/// Whether a step with `generating` sequences may carry drafts at all.
+pub fn step_allows_drafts(generating: usize, max_batch: usize) -> bool {
+    generating <= max_batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ngram_proposes_what_followed_the_last_occurrence() {
+        // "a b c d a b" → the suffix "a b" occurred at 0, followed by "c d a b".
+        let h = [1, 2, 3, 4, 1, 2];
+        assert_eq!(propose_ngram(&h, 2, 4, 8), vec![3, 4, 1, 2]);
+        assert_eq!(propose_ngram(&h, 2, 4, 2), vec![3, 4]);
+        // Nothing matches.
+        assert!(propose_ngram(&[1, 2, 3, 4], 2, 4, 8).is_empty());
+        // Too short a history for any n-gram with a continuation.
+        assert!(propose_ngram(&[7], 1, 4, 8).is_empty());
+        assert!(propose_ngram::<i32>(&[], 1, 4, 8).is_empty());
+        // max 0 proposes nothing.
+        assert!(propose_ngram(&h, 2, 4, 0).is_empty());
+    }
+
+    #[test]
+    fn ngram_prefers_the_longest_suffix_then_the_latest_occurrence() {
+        // Suffix "9 1 2": the 3-gram occurs at 4 (followed by 5); the 2-gram "1 2" alone
+        // occurs later at 7 (followed by 6), but the longer match wins.
+        let h = [0, 0, 0, 0, 9, 1, 2, 5, 1, 2, 6, 9, 1, 2];
+        assert_eq!(propose_ngram(&h, 2, 3, 1), vec![5]);
+        // Only bigrams allowed: the latest occurrence of "1 2" (at 8) wins.
+        assert_eq!(propose_ngram(&h, 2, 2, 2), vec![6, 9]);
+        // Below ngram-min nothing is tried: "2" alone occurs often, but min is 2 and "x 2"
+        // never repeats.
+        let h = [1, 2, 3, 2, 4, 5, 2];
+        assert!(propose_ngram(&h, 2, 3, 4).is_empty());
+        assert_eq!(propose_ngram(&h, 1, 3, 2), vec![4, 5]);
+    }
+
+    #[test]
+    fn a_repeating_run_proposes_its_continuation_up_to_the_end_of_the_text() {
+        // The last occurrence overlaps the suffix: proposals stop at the end of what exists.
+        let h = [5, 5, 5, 5];
+        assert_eq!(propose_ngram(&h, 2, 2, 8), vec![5]);
+    }
+
+    #[test]
+    fn verification_accepts_the_drafts_the_model_agrees_with_and_emits_its_own_token() {
+        let model = [10, 11, 12, 13, 14];
+        // All of the draft agrees: every draft token and one more of the model's.
+        let (e, a) = verify(&[10, 11, 12], |j| Some(model[j]));
+        assert_eq!((e, a), (vec![10, 11, 12, 13], 3));
+        // The second draft token is wrong: the model's token replaces it, nothing after it.
+        let (e, a) = verify(&[10, 99, 12], |j| Some(model[j]));
+        assert_eq!((e, a), (vec![10, 11], 1));
+        // The first is wrong.
+        let (e, a) = verify(&[99], |j| Some(model[j]));
+        assert_eq!((e, a), (vec![10], 0));
+        // No draft: one token, as without speculation.
+        let (e, a) = verify(&[], |j| Some(model[j]));
+        assert_eq!((e, a), (vec![10], 0));
+        // The sequence ends at position 1 (end of text): nothing is drawn after it.
+        let mut drawn = 0;
+        let (e, a) = verify(&[10, 11, 12], |j| {
+            drawn += 1;
+            (j < 1).then_some(model[j])
+        });
+        assert_eq!((e, a, drawn), (vec![10], 1, 2));
+    }
+
+    /// A small seeded generator for the statistical checks (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn uniform(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn draw(&mut self, p: &[f64]) -> usize {
+            let u = self.uniform();
+            let mut acc = 0.0;
+            for (i, &pi) in p.iter().enumerate() {
+                acc += pi;
+                if u < acc {
+                    return i;
+                }
+            }
+            p.len() - 1
+        }
+    }
+
+    #[test]
+    fn sampling_through_verification_keeps_the_model_distribution() {
+        // Two positions with known distributions; the draft proposes token 1 then token 0.
+        // Without speculation the first two tokens are drawn from p0 and p1[first]; through
+        // verification they must be distributed the same way, and the draft's first token must
+        // be accepted with probability p0(1) (the rejection rule with a point-mass draft).
+        let p0 = [0.2, 0.5, 0.3];
+        let p1 = [[0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]];
+        let runs = 200_000;
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut freq = [[0u32; 3]; 3];
+        let mut accepted_first = 0;
+        for _ in 0..runs {
+            let mut first = None;
+            let (e, a) = verify(&[1, 0], |j| match j {
+                0 => {
+                    let x = rng.draw(&p0);
+                    first = Some(x);
+                    Some(x)
+                }
+                1 => Some(rng.draw(&p1[first.expect("drawn at 0")])),
+                _ => None,
+            });
+            let second = match e.get(1) {
+                Some(&x) => x,
+                // Rejected at 0: the next token is drawn in the next step, from the same
+                // conditional distribution.
+                None => rng.draw(&p1[e[0]]),
+            };
+            freq[e[0]][second] += 1;
+            accepted_first += usize::from(a >= 1);
+        }
+        // Tolerance: 5 standard deviations of a binomial proportion at n = 200,000 is at most
+        // 5 × sqrt(0.25 / 200,000) ≈ 0.0056; 0.006 is used.
+        for (i, row) in p1.iter().enumerate() {
+            for (j, &pj) in row.iter().enumerate() {
+                let seen = f64::from(freq[i][j]) / f64::from(runs);
+                let want = p0[i] * pj;
+                assert!((seen - want).abs() < 0.006, "({i},{j}): {seen} vs {want}");
+            }
+        }
+        let rate = accepted_first as f64 / f64::from(runs);
+        assert!(
+            (rate - p0[1]).abs() < 0.006,
+            "acceptance {rate} vs {}",
+            p0[1]
+        );
+    }
+
+    #[test]
+    fn drafting_grows_on_acceptance_shrinks_on_rejection_and_pauses_when_low() {
+        let mut a = Adaptive::new(8);
+        assert_eq!(a.allowance(), 4);
+        a.record(4, 4);
+        assert_eq!(a.allowance(), 8);
+        a.record(8, 8);
+        assert_eq!(a.allowance(), 8, "never beyond draft-max");
+        a.record(8, 2);
+        assert_eq!(a.allowance(), 3, "shrinks to what was accepted, plus one");
+        // Repeated rejections pull the moving rate under the threshold: a pause of 4 steps.
+        let mut steps = 0;
+        while a.pause == 0 {
+            a.record(a.len, 0);
+            steps += 1;
+            assert!(steps < 10);
+        }
+        assert_eq!(a.pause, 4);
+        for _ in 0..4 {
+            assert_eq!(a.allowance(), 0);
+        }
+        assert_eq!(a.allowance(), 1, "after the pause, one token at a time");
+        // Another failure right away pauses twice as long.
+        a.record(1, 0);
+        a.record(1, 0);
+        assert_eq!(a.pause, 8);
+    }
+
+    #[test]
+    fn large_batches_carry_no_drafts() {
+        assert!(step_allows_drafts(1, 4));
+        assert!(step_allows_drafts(4, 4));
+        assert!(!step_allows_drafts(5, 4));
+    }
+
+    #[test]
+    fn config_resolves_overrides_and_checks_ranges() {
+        let c: SpeculativeConfig = toml::from_str(
+            "mode = \"ngram\"\ndraft-max = 6\n[drafts]\nbig = \"small\"\n\
+             [models.big]\nmode = \"draft\"\n[models.quiet]\nmode = \"off\"\nngram-min = 3\n",
+        )
+        .unwrap();
+        c.check().unwrap();
+        let s = c.for_model("smol");
+        assert_eq!((s.mode, s.draft_max, s.ngram_min), (Mode::Ngram, 6, 2));
+        let b = c.for_model("big+lora");
+        assert_eq!((b.mode, b.draft.as_deref()), (Mode::Draft, Some("small")));
+        assert_eq!(c.for_model("quiet").mode, Mode::Off);
+        assert_eq!(c.for_model("quiet").ngram_min, 3);
+        assert_eq!(SpeculativeConfig::default().for_model("x").mode, Mode::Off);
+
+        let err = |t: &str| {
+            let c: SpeculativeConfig = toml::from_str(t).unwrap();
+            c.check().unwrap_err()
+        };
+        assert!(err("draft-max = 0").contains("draft-max"));
+        assert!(err("ngram-min = 5\nngram-max = 3").contains("ngram-min"));
+        assert!(err("[models.x]\ndraft-max = 99").contains("speculative.models.x"));
+        assert!(err("mode = \"draft\"").contains("[speculative.drafts]"));
+        assert!(err("[models.x]\nmode = \"draft\"").contains("x = \"DRAFT-MODEL\""));
+        assert!(toml::from_str::<SpeculativeConfig>("mode = \"eagle\"").is_err());
+        assert!(toml::from_str::<SpeculativeConfig>("draft_max = 3").is_err());
+    }
+}
