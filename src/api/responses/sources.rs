@@ -17,7 +17,8 @@
 //!    so an answer built from sources always names at least one. Each citation's `index` counts
 //!    characters (Unicode scalar values, as Python's `str` does) from the start of the answer
 //!    to the marker's `[`; its `quote` is the sentence of the chunk that shares most words with
-//!    the sentence the marker closes (the chunk's first sentence when none does), at most
+//!    the sentence the marker closes (else with the whole answer; else the chunk's first
+//!    sentence; a Markdown heading only when the chunk is nothing else), at most
 //!    [`QUOTE_CHARS`] characters. The markers stay in the text: it was streamed before the
 //!    citations were known.
 
@@ -473,30 +474,47 @@ fn sentence_before(answer: &str, at: usize) -> &str {
     body[cut..].trim()
 }
 
-/// The sentence of `chunk` sharing most words with `context` (the first on a tie, and when
-/// none shares any), cut to [`QUOTE_CHARS`].
-pub(crate) fn quote(chunk: &str, context: &str) -> String {
-    let want = words(context);
-    let mut best: Option<(&str, usize)> = None;
-    for s in sentences(chunk) {
-        let n = shared(&want, s);
-        if best.is_none_or(|(_, m)| n > m) {
-            best = Some((s, n));
+/// The sentence of `chunk` sharing most words with the first of `contexts` that shares any
+/// (the first such sentence on a tie; the chunk's first sentence when no context shares a
+/// word), cut to [`QUOTE_CHARS`]. Markdown headings are quoted only when the chunk is nothing
+/// else.
+pub(crate) fn quote(chunk: &str, contexts: &[&str]) -> String {
+    let all = sentences(chunk);
+    let prose: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|s| !s.starts_with('#'))
+        .collect();
+    let candidates = if prose.is_empty() { all } else { prose };
+    let mut q = candidates.first().copied().unwrap_or("");
+    for context in contexts {
+        let want = words(context);
+        let mut best = (q, 0);
+        for s in &candidates {
+            let n = shared(&want, s);
+            if n > best.1 {
+                best = (s, n);
+            }
+        }
+        if best.1 > 0 {
+            q = best.0;
+            break;
         }
     }
-    let q = best.map_or("", |(s, _)| s);
     match q.char_indices().nth(QUOTE_CHARS) {
         None => q.to_string(),
         Some((cut, _)) => format!("{}…", &q[..cut]),
     }
 }
 
-fn citation(source: &Source, index: usize, context: &str) -> Citation {
+/// A citation of `source` at `index`; its quote matches `context` (the cited sentence), else
+/// the whole `answer`.
+fn citation(source: &Source, index: usize, context: &str, answer: &str) -> Citation {
     Citation {
         index,
         file_id: source.file_id.clone(),
         filename: source.filename.clone(),
-        quote: quote(&source.text, context),
+        quote: quote(&source.text, &[context, answer]),
         chunk_index: source.chunk_index,
         start: source.start,
         end: source.end,
@@ -517,7 +535,7 @@ pub(crate) fn cite(answer: &str, sources: &[Source]) -> Vec<Citation> {
         let Some(source) = sources.get(n - 1) else {
             continue;
         };
-        let c = citation(source, at, sentence_before(answer, at));
+        let c = citation(source, at, sentence_before(answer, at), answer);
         if !out.contains(&c) {
             out.push(c);
         }
@@ -531,7 +549,12 @@ pub(crate) fn cite(answer: &str, sources: &[Source]) -> Vec<Citation> {
                 best = (i, n);
             }
         }
-        out.push(citation(&sources[best.0], answer.chars().count(), answer));
+        out.push(citation(
+            &sources[best.0],
+            answer.chars().count(),
+            answer,
+            answer,
+        ));
     }
     out
 }
@@ -674,9 +697,28 @@ mod tests {
     }
 
     #[test]
+    fn a_marker_after_words_the_chunk_lacks_quotes_what_the_answer_shares_not_a_heading() {
+        let s = vec![source(
+            "leave",
+            "# Annual leave\n\nEvery employee gets 31 days of paid leave. Requests go to HR.",
+        )];
+        let answer = "The sources [1] say: every employee gets 31 days.";
+        let c = cite(answer, &s);
+        assert_eq!(c[0].quote, "Every employee gets 31 days of paid leave.");
+        assert_eq!(
+            quote("# Only a heading", &["nothing shared"]),
+            "# Only a heading"
+        );
+        assert_eq!(
+            quote("# Title\nFirst line. Second line.", &["zzz"]),
+            "First line."
+        );
+    }
+
+    #[test]
     fn quotes_are_cut_at_a_character_boundary() {
         let long = "é".repeat(QUOTE_CHARS + 10);
-        let q = quote(&long, "x");
+        let q = quote(&long, &["x"]);
         assert_eq!(q.chars().count(), QUOTE_CHARS + 1);
         assert!(q.ends_with('…'));
         assert_eq!(sentence_before("One. Two three [1].", 15), "Two three");
