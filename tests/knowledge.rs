@@ -269,6 +269,10 @@ for f in (pdf, bad):
 print(code(lambda: c.vector_stores.create(name="y", chunking_strategy={"type": "static", "static": {"max_chunk_size_tokens": 50, "chunk_overlap_tokens": 0}})))
 print(code(lambda: c.vector_stores.search(vector_store_id=vs.id, query="x", filters={"type": "like", "key": "a", "value": 1})))
 print(code(lambda: c.vector_stores.files.create(vector_store_id=vs.id, file_id="file-nope")))
+anon = c.vector_stores.create(name="anon", extra_body={"anonymize": True})
+f = c.files.create(file=("contact.txt", b"Refunds: write to jane.doe@example.com or call +47 912 34 567."), purpose="assistants")
+print(c.vector_stores.files.create_and_poll(vector_store_id=anon.id, file_id=f.id).status)
+print(list(c.vector_stores.search(vector_store_id=anon.id, query="refunds"))[0].content[0].text)
 "#;
     let out = Command::new(python())
         .args(["-c", script])
@@ -296,4 +300,126 @@ print(code(lambda: c.vector_stores.files.create(vector_store_id=vs.id, file_id="
     assert_eq!(lines[4], "(400, 'invalid_value')", "{text}");
     assert_eq!(lines[5], "(400, 'invalid_value')", "{text}");
     assert_eq!(lines[6], "(404, 'file_not_found')", "{text}");
+    // A collection that asks for it is anonymised at ingest, with prepare's patterns.
+    assert_eq!(lines[7], "completed", "{text}");
+    assert!(
+        lines[8].contains("[EMAIL]") && !lines[8].contains("jane.doe"),
+        "{text}"
+    );
+    for f in files_under(&d.dir) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(!bytes_contain(&bytes, b"jane.doe"), "{}", f.display());
+    }
+}
+
+/// Uploads `names` from tests/knowledge_docs, creates a collection and attaches them; with
+/// `wait`, polls until each is completed. Prints the collection id and then each file's status.
+fn build_collection(socket: &Path, names: &[&str], wait: bool) -> (u16, String) {
+    let script = r#"
+import json, sys, time, httpx, openai
+http = httpx.Client(transport=httpx.HTTPTransport(uds=sys.argv[1]), timeout=120)
+c = openai.OpenAI(base_url="http://inhouse/v1", api_key="x", http_client=http, max_retries=0)
+docs, wait, names = sys.argv[2], sys.argv[3] == "1", sys.argv[4:]
+vs = c.vector_stores.create(name="restart")
+print(vs.id, flush=True)
+for n in names:
+    f = c.files.create(file=(n, open(f"{docs}/{n}", "rb").read()), purpose="assistants")
+    if wait:
+        print(c.vector_stores.files.create_and_poll(vector_store_id=vs.id, file_id=f.id).status)
+    else:
+        print(c.vector_stores.files.create(vector_store_id=vs.id, file_id=f.id).status, flush=True)
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(socket)
+        .arg(docs())
+        .arg(if wait { "1" } else { "0" })
+        .args(names)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1) as u16,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn top_hit(d: &Daemon, store: &str, q: &str) -> (String, u64, String) {
+    let (st, v) = search(d, 0, store, q);
+    assert_eq!(st, 200, "{v}\n{}", d.log());
+    let r = &v["data"][0];
+    (
+        r["file_id"].as_str().unwrap().to_string(),
+        r["chunk_index"].as_u64().unwrap(),
+        r["content"][0]["text"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn the_index_is_rebuilt_from_the_sealed_rows_and_a_killed_ingest_runs_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = minilm(tmp.path());
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let key = tmp.path().join("master.key");
+    inhouse::crypto::generate_key_file(&key).unwrap();
+    let cfg = tmp.path().join("inhouse.toml");
+    std::fs::write(&cfg, "[knowledge]\nembedding-model = \"minilm\"\n").unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let models = [("minilm", model.as_path())];
+    let q = "What is the maximum range of the Tidewatch S4?";
+
+    let mut d = Daemon::start_in(&state, &key, &models, &["--config", &cfg]);
+    let (rc, out) = build_collection(&d.socket, &["tidewatch-s4.md", "facilities.md"], true);
+    assert_eq!(rc, 0, "{out}");
+    let store = out.lines().next().unwrap().to_string();
+    assert_eq!(out.lines().skip(1).collect::<Vec<_>>(), ["completed", "completed"]);
+    let before = top_hit(&d, &store, q);
+    assert!(before.2.contains("320 metres"), "{before:?}");
+    assert!(d.terminate().success());
+
+    // A new process finds the same chunk: the index came back from the sealed rows.
+    let mut d = Daemon::start_in(&state, &key, &models, &["--config", &cfg]);
+    assert!(
+        d.log().contains("knowledge index built from the sealed rows"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(top_hit(&d, &store, q), before);
+    assert!(d.terminate().success());
+
+    // Killed just before an ingest commits: at the next start the file is ingested again.
+    let socket = state.join("inhouse.sock");
+    let mut armed = Command::new(env!("CARGO_BIN_EXE_inhoused"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--threads", "2", "--config", &cfg])
+        .arg("--model")
+        .arg(format!("minilm={}", model.display()))
+        .env("INHOUSE_FAULT", "ingest.before_commit")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(120, "the armed daemon listens", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    let (_, out) = build_collection(&socket, &["leave-policy.md"], false);
+    let killed = armed.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed),
+        Some(9),
+        "{out}"
+    );
+    let store2 = out.lines().next().unwrap().to_string();
+    let d = Daemon::start_in(&state, &key, &models, &["--config", &cfg]);
+    wait_until(120, "the interrupted ingest completes", || {
+        let (_, v) = as_uid(&d, 0, "GET", &format!("/v1/vector_stores/{store2}"), None);
+        v["file_counts"]["completed"] == 1
+    });
+    let hit = top_hit(&d, &store2, "How many days of paid annual leave do employees get?");
+    assert!(hit.2.contains("27 days"), "{hit:?}");
+    assert_eq!(top_hit(&d, &store, q), before);
 }

