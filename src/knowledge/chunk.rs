@@ -4,9 +4,11 @@
 //!
 //! Tokens are counted by the caller (the embedding model's tokenizer in production, so that a
 //! chunk always fits the model's context), through `&dyn Fn(&str) -> usize`. The counter is
-//! called once per word and once per finished chunk: the per-word counts pack the chunk, and the
-//! count of the chunk's own text has the last word (a tokenizer is not exactly additive, and it
-//! may add special tokens such as BERT's `[CLS]`/`[SEP]`, which `count("")` measures).
+//! called once per word and once per finished chunk (a few more times when a chunk's own count
+//! is over, or a word is longer than a chunk): the per-word counts pack the chunk, and the count
+//! of the chunk's own text has the last word (a tokenizer is not exactly additive, and it may add
+//! special tokens such as BERT's `[CLS]`/`[SEP]`, which `count("")` measures and which are
+//! counted once per chunk).
 //!
 //! A chunk ends, by preference, at the end of a paragraph (a blank line), else of a sentence or
 //! line, else of a word; a preferred end is taken only while it keeps the chunk at least half
