@@ -163,7 +163,11 @@ fn the_openai_sdk_builds_and_searches_sealed_collections_that_only_their_readers
     assert_eq!(listed, vec![handbook], "{v}");
     // Not the board, not the owner's files; reading is not changing.
     let (st, v) = search(&d, READER, board, q);
-    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("vector_store_not_found")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("vector_store_not_found")),
+        "{v}"
+    );
     let (st, _) = as_uid(&d, READER, "GET", &format!("/v1/files/{nightjar}"), None);
     assert_eq!(st, 404);
     let (st, v) = as_uid(
@@ -173,7 +177,11 @@ fn the_openai_sdk_builds_and_searches_sealed_collections_that_only_their_readers
         &format!("/v1/vector_stores/{handbook}"),
         Some(&json!({"groups": []})),
     );
-    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("not_owner")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("not_owner")),
+        "{v}"
+    );
     // Searching two collections, one of them not readable, is refused whole.
     let (st, _) = as_uid(
         &d,
@@ -187,8 +195,18 @@ fn the_openai_sdk_builds_and_searches_sealed_collections_that_only_their_readers
     // A uid without a share sees nothing at all.
     for store in [handbook, board] {
         let (st, v) = search(&d, STRANGER, store, q);
-        assert_eq!((st, v["error"]["code"].as_str()), (404, Some("vector_store_not_found")), "{v}");
-        let (st, _) = as_uid(&d, STRANGER, "GET", &format!("/v1/vector_stores/{store}"), None);
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (404, Some("vector_store_not_found")),
+            "{v}"
+        );
+        let (st, _) = as_uid(
+            &d,
+            STRANGER,
+            "GET",
+            &format!("/v1/vector_stores/{store}"),
+            None,
+        );
         assert_eq!(st, 404);
     }
     let (st, v) = as_uid(&d, STRANGER, "GET", "/v1/vector_stores", None);
@@ -224,7 +242,10 @@ fn the_openai_sdk_builds_and_searches_sealed_collections_that_only_their_readers
     ] {
         assert!(audit.contains(kind), "no {kind} in the audit log");
     }
-    assert!(!audit.contains("bicycle-sized"), "a query reached the audit log");
+    assert!(
+        !audit.contains("bicycle-sized"),
+        "a query reached the audit log"
+    );
 
     // Erasure: the owner's files, collections, chunks and vectors are gone, with the key.
     let erased = ok(&cli(&d, &["admin", "erase", "--uid", "0"]));
@@ -293,8 +314,7 @@ print(list(c.vector_stores.search(vector_store_id=anon.id, query="refunds"))[0].
         "{text}"
     );
     assert_eq!(
-        lines[3],
-        "failed invalid_file notes.txt: not valid UTF-8 (line 2)",
+        lines[3], "failed invalid_file notes.txt: not valid UTF-8 (line 2)",
         "{text}"
     );
     assert_eq!(lines[4], "(400, 'invalid_value')", "{text}");
@@ -372,7 +392,10 @@ fn the_index_is_rebuilt_from_the_sealed_rows_and_a_killed_ingest_runs_again() {
     let (rc, out) = build_collection(&d.socket, &["tidewatch-s4.md", "facilities.md"], true);
     assert_eq!(rc, 0, "{out}");
     let store = out.lines().next().unwrap().to_string();
-    assert_eq!(out.lines().skip(1).collect::<Vec<_>>(), ["completed", "completed"]);
+    assert_eq!(
+        out.lines().skip(1).collect::<Vec<_>>(),
+        ["completed", "completed"]
+    );
     let before = top_hit(&d, &store, q);
     assert!(before.2.contains("320 metres"), "{before:?}");
     assert!(d.terminate().success());
@@ -380,7 +403,8 @@ fn the_index_is_rebuilt_from_the_sealed_rows_and_a_killed_ingest_runs_again() {
     // A new process finds the same chunk: the index came back from the sealed rows.
     let mut d = Daemon::start_in(&state, &key, &models, &["--config", &cfg]);
     assert!(
-        d.log().contains("knowledge index built from the sealed rows"),
+        d.log()
+            .contains("knowledge index built from the sealed rows"),
         "{}",
         d.log()
     );
@@ -419,7 +443,11 @@ fn the_index_is_rebuilt_from_the_sealed_rows_and_a_killed_ingest_runs_again() {
         let (_, v) = as_uid(&d, 0, "GET", &format!("/v1/vector_stores/{store2}"), None);
         v["file_counts"]["completed"] == 1
     });
-    let hit = top_hit(&d, &store2, "How many days of paid annual leave do employees get?");
+    let hit = top_hit(
+        &d,
+        &store2,
+        "How many days of paid annual leave do employees get?",
+    );
     assert!(hit.2.contains("27 days"), "{hit:?}");
     assert_eq!(top_hit(&d, &store, q), before);
 }

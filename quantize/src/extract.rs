@@ -78,8 +78,8 @@ pub fn extract(name: &str, bytes: &[u8], anonymize: bool) -> Result<Extracted, S
     let mut text = prepare::clean::clean(&raw);
     let mut pii = PiiCounts::new();
     if anonymize {
-        let anonymizer = Anonymizer::new(&AnonymizeConfig::default())
-            .map_err(|e| format!("anonymiser: {e}"))?;
+        let anonymizer =
+            Anonymizer::new(&AnonymizeConfig::default()).map_err(|e| format!("anonymiser: {e}"))?;
         text = anonymizer.anonymize(&text, &mut pii);
     }
     Ok(Extracted { format, text, pii })
@@ -91,8 +91,12 @@ mod tests {
 
     #[test]
     fn text_is_cleaned_like_training_data() {
-        let e = extract("a.TXT", b"\xef\xbb\xbfline one  \r\nline two\r\n\r\n\r\n\r\nend", false)
-            .unwrap();
+        let e = extract(
+            "a.TXT",
+            b"\xef\xbb\xbfline one  \r\nline two\r\n\r\n\r\n\r\nend",
+            false,
+        )
+        .unwrap();
         assert_eq!(e.format, "text");
         // Three blank lines become two, as prepare cleans.
         assert_eq!(e.text, "line one\nline two\n\n\nend");
@@ -122,7 +126,11 @@ mod tests {
         .unwrap();
         assert!(e.text.contains("Expenses are"), "{}", e.text);
         assert!(e.text.contains("refunded"), "{}", e.text);
-        assert!(!e.text.contains("<p>") && !e.text.contains("var x"), "{}", e.text);
+        assert!(
+            !e.text.contains("<p>") && !e.text.contains("var x"),
+            "{}",
+            e.text
+        );
     }
 
     #[test]

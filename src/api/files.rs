@@ -90,7 +90,10 @@ fn multipart_error(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::body_too_large();
     }
-    ApiError::invalid("invalid_multipart", format!("the multipart body is invalid: {e}"))
+    ApiError::invalid(
+        "invalid_multipart",
+        format!("the multipart body is invalid: {e}"),
+    )
 }
 
 /// `POST /v1/files`: a multipart form with `file` and `purpose`.
@@ -142,7 +145,10 @@ pub async fn upload(
     }
     let (filename, bytes) = file.ok_or_else(|| ApiError::bad_param("file", "file is required"))?;
     let filename = filename.rsplit('/').next().unwrap_or_default().to_string();
-    if filename.is_empty() || filename.len() > MAX_FILENAME || filename.chars().any(char::is_control) {
+    if filename.is_empty()
+        || filename.len() > MAX_FILENAME
+        || filename.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_param(
             "file",
             format!("the file name must be 1..={MAX_FILENAME} bytes without control characters"),

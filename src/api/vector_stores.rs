@@ -160,9 +160,8 @@ fn parse_groups(v: &[Value]) -> Result<Vec<u32>, ApiError> {
 
 fn check_metadata(m: &Map<String, Value>) -> Result<(), ApiError> {
     let ok = m.len() <= MAX_METADATA
-        && m.iter().all(|(k, v)| {
-            k.len() <= 64 && v.as_str().is_some_and(|s| s.len() <= 512)
-        });
+        && m.iter()
+            .all(|(k, v)| k.len() <= 64 && v.as_str().is_some_and(|s| s.len() <= 512));
     if ok {
         Ok(())
     } else {
@@ -219,7 +218,9 @@ pub async fn create(
         .create(&who, name, req.metadata, req.anonymize, chunking, gids)
         .await?;
     for f in &req.file_ids {
-        s.collections.attach(&who, &c.id, f, Map::new(), None).await?;
+        s.collections
+            .attach(&who, &c.id, f, Map::new(), None)
+            .await?;
     }
     tracing::info!(uid = caller.uid, vector_store = %c.id, "vector store created");
     let c = s.collections.collection(&who, &c.id).await?;
@@ -314,7 +315,13 @@ pub async fn attach(
     let chunking = parse_chunking(req.chunking_strategy.as_ref())?;
     let a = s
         .collections
-        .attach(&s.access(&caller), &id, &req.file_id, req.attributes, chunking)
+        .attach(
+            &s.access(&caller),
+            &id,
+            &req.file_id,
+            req.attributes,
+            chunking,
+        )
         .await?;
     Ok(Json(attached_json(&a, None)))
 }
@@ -411,7 +418,12 @@ pub async fn search(
             .filter_map(Value::as_str)
             .collect::<Vec<_>>()
             .join(" "),
-        _ => return Err(ApiError::bad_param("query", "query is a string or a list of strings")),
+        _ => {
+            return Err(ApiError::bad_param(
+                "query",
+                "query is a string or a list of strings",
+            ))
+        }
     };
     if query.trim().is_empty() || query.len() > MAX_QUERY {
         return Err(ApiError::bad_param(

@@ -115,11 +115,9 @@ async fn ingest_one(c: &Arc<Collections>, seq: i64) -> Result<(), String> {
     };
     set_progress(c, seq, Progress::default());
     let text = extract(c, &src.filename, &src.content, src.anonymize).await?;
-    let strategy = ChunkingStrategy::new(
-        src.file.chunk_max as usize,
-        src.file.chunk_overlap as usize,
-    )
-    .map_err(|e| e.to_string())?;
+    let strategy =
+        ChunkingStrategy::new(src.file.chunk_max as usize, src.file.chunk_overlap as usize)
+            .map_err(|e| e.to_string())?;
     let pieces = chunk::chunk(&text, &strategy, &approx_tokens);
     if pieces.len() > c.cfg.max_chunks_per_file {
         return Err(format!(

@@ -214,7 +214,9 @@ fn owner_only(id: &str) -> ApiError {
         status: axum::http::StatusCode::FORBIDDEN,
         kind: "permission_error",
         code: "not_owner",
-        message: format!("vector store {id:?} is shared with you to read; only its owner changes it"),
+        message: format!(
+            "vector store {id:?} is shared with you to read; only its owner changes it"
+        ),
         param: None,
         retry_after: None,
     }
@@ -378,7 +380,10 @@ impl Collections {
     /// The caller's files.
     pub async fn files(&self, who: &Access) -> Result<Vec<FileMeta>, ApiError> {
         let uid = who.uid;
-        self.store.call(move |s| s.file_list(uid)).await.map_err(store_err)
+        self.store
+            .call(move |s| s.file_list(uid))
+            .await
+            .map_err(store_err)
     }
 
     /// One of the caller's files.
@@ -425,7 +430,12 @@ impl Collections {
     /// A collection the caller may read.
     pub async fn collection(&self, who: &Access, id: &str) -> Result<CollectionMeta, ApiError> {
         let owned = id.to_string();
-        match self.store.call(move |s| s.vs_get(&owned)).await.map_err(store_err)? {
+        match self
+            .store
+            .call(move |s| s.vs_get(&owned))
+            .await
+            .map_err(store_err)?
+        {
             Some(c) if who.may_read(&c) => Ok(c),
             _ => Err(store_not_found(id)),
         }
@@ -588,7 +598,12 @@ impl Collections {
     }
 
     /// Removes a file from the caller's collection.
-    pub async fn detach(&self, who: &Access, store_id: &str, file_id: &str) -> Result<(), ApiError> {
+    pub async fn detach(
+        &self,
+        who: &Access,
+        store_id: &str,
+        file_id: &str,
+    ) -> Result<(), ApiError> {
         self.owned(who, store_id).await?;
         let (uid, s_id, f_id) = (who.uid, store_id.to_string(), file_id.to_string());
         if !self
@@ -620,8 +635,16 @@ impl Collections {
         filters: Option<&Value>,
         ranker: Ranker,
     ) -> Result<Vec<Retrieved>, ApiError> {
-        self.search_via(who, store_ids, query, max_results, filters, ranker, "file_search")
-            .await
+        self.search_via(
+            who,
+            store_ids,
+            query,
+            max_results,
+            filters,
+            ranker,
+            "file_search",
+        )
+        .await
     }
 
     /// [`Collections::retrieve`], naming the route in the audit event.
@@ -704,7 +727,10 @@ impl Collections {
                         .as_ref()
                         .and_then(|o| o.get(&h.chunk_id).copied())
                         .unwrap_or(0),
-                    filename: info.as_ref().map(|i| i.filename.clone()).unwrap_or_default(),
+                    filename: info
+                        .as_ref()
+                        .map(|i| i.filename.clone())
+                        .unwrap_or_default(),
                     attributes: info.map(|i| i.attributes).unwrap_or_default(),
                     vector_store_id: h.store,
                     file_id: h.file_id,

@@ -686,7 +686,10 @@ impl Store {
             &detail.to_string(),
         )?;
         tx.commit()?;
-        Ok((self.vsf_by_seq(seq)?.expect("the row was just written"), true))
+        Ok((
+            self.vsf_by_seq(seq)?.expect("the row was just written"),
+            true,
+        ))
     }
 
     fn vsf_by_seq(&self, seq: i64) -> Result<Option<AttachedFile>, StoreError> {
@@ -758,7 +761,12 @@ impl Store {
 
     /// Removes file `file_id` from `uid`'s collection `store_id` with its chunks, and logs
     /// `vector_store.file_detach`; `false` when there is no such attachment.
-    pub fn vs_detach(&mut self, uid: u32, store_id: &str, file_id: &str) -> Result<bool, StoreError> {
+    pub fn vs_detach(
+        &mut self,
+        uid: u32,
+        store_id: &str,
+        file_id: &str,
+    ) -> Result<bool, StoreError> {
         let audit_key = self.keys.active.audit_key();
         let tx = write_tx(&mut self.conn)?;
         let seq: Option<i64> = tx
@@ -795,18 +803,27 @@ impl Store {
         if file.status != "in_progress" {
             return Ok(None);
         }
-        let (file_seq, file_uid, name_ct, content_ct, anonymize): (i64, u32, Vec<u8>, Vec<u8>, bool) =
-            self.conn.query_row(
-                "SELECT fl.seq, fl.uid, fl.filename_ct, fl.content_ct, s.anonymize
+        let (file_seq, file_uid, name_ct, content_ct, anonymize): (
+            i64,
+            u32,
+            Vec<u8>,
+            Vec<u8>,
+            bool,
+        ) = self.conn.query_row(
+            "SELECT fl.seq, fl.uid, fl.filename_ct, fl.content_ct, s.anonymize
                  FROM vector_store_files f JOIN files fl ON fl.seq = f.file_seq
                  JOIN vector_stores s ON s.seq = f.store_seq WHERE f.seq = ?1",
-                [seq],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )?;
+            [seq],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
         let dek = need_dek(&self.conn, &self.keys, file_uid)?;
         Ok(Some(IngestSource {
             filename: open_string(&dek, &ctx(FILES, "filename", file_seq, file_uid), &name_ct)?,
-            content: open_bytes(&dek, &ctx(FILES, "content", file_seq, file_uid), &content_ct)?,
+            content: open_bytes(
+                &dek,
+                &ctx(FILES, "content", file_seq, file_uid),
+                &content_ct,
+            )?,
             anonymize,
             file,
         }))
@@ -816,7 +833,9 @@ impl Store {
     pub fn ingests_pending(&self) -> Result<Vec<i64>, StoreError> {
         Ok(self
             .conn
-            .prepare("SELECT seq FROM vector_store_files WHERE status = 'in_progress' ORDER BY seq")?
+            .prepare(
+                "SELECT seq FROM vector_store_files WHERE status = 'in_progress' ORDER BY seq",
+            )?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?)
     }
@@ -850,15 +869,10 @@ impl Store {
             let mut update =
                 tx.prepare("UPDATE chunks SET text_ct = ?1, vector_ct = ?2 WHERE seq = ?3")?;
             for c in chunks {
-                insert.execute(params![
-                    seq,
-                    uid,
-                    c.ordinal,
-                    c.start as i64,
-                    c.end as i64
-                ])?;
+                insert.execute(params![seq, uid, c.ordinal, c.start as i64, c.end as i64])?;
                 let cseq = tx.last_insert_rowid();
-                let text_ct = crypto::seal(&dek, &ctx(CHUNKS, "text", cseq, uid), c.text.as_bytes())?;
+                let text_ct =
+                    crypto::seal(&dek, &ctx(CHUNKS, "text", cseq, uid), c.text.as_bytes())?;
                 let vector_ct = match &c.vector {
                     Some(v) => Some(crypto::seal(
                         &dek,
@@ -917,7 +931,8 @@ impl Store {
                 let Some(att) = self.attached_from(r)? else {
                     continue;
                 };
-                let (fseq, fuid, name_ct): (i64, u32, Vec<u8>) = (r.get(12)?, r.get(13)?, r.get(14)?);
+                let (fseq, fuid, name_ct): (i64, u32, Vec<u8>) =
+                    (r.get(12)?, r.get(13)?, r.get(14)?);
                 let Some(fdek) = load_dek(&self.conn, &self.keys, fuid)? else {
                     continue;
                 };
@@ -964,8 +979,12 @@ impl Store {
             let vector_ct: Option<Vec<u8>> = r.get(5)?;
             let vector = match vector_ct {
                 Some(ct) => Some(
-                    vector_from(&open_bytes(&dek, &ctx(CHUNKS, "vector", cseq, att.uid), &ct)?)
-                        .ok_or(StoreError::Integrity { id: cseq })?,
+                    vector_from(&open_bytes(
+                        &dek,
+                        &ctx(CHUNKS, "vector", cseq, att.uid),
+                        &ct,
+                    )?)
+                    .ok_or(StoreError::Integrity { id: cseq })?,
                 ),
                 None => None,
             };
@@ -1012,8 +1031,15 @@ impl Store {
                 params![now, id],
             )?;
         }
-        let detail = serde_json::json!({"vector_stores": store_ids, "results": results, "via": via});
-        audit::append_in(&tx, &audit_key, kinds::SEARCH, Some(uid), &detail.to_string())?;
+        let detail =
+            serde_json::json!({"vector_stores": store_ids, "results": results, "via": via});
+        audit::append_in(
+            &tx,
+            &audit_key,
+            kinds::SEARCH,
+            Some(uid),
+            &detail.to_string(),
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -1037,7 +1063,13 @@ impl Store {
             return Ok(gone);
         }
         let detail = serde_json::json!({"cutoff": cutoff_unix, "files": n});
-        audit::append_in(&tx, &audit_key, kinds::FILE_RETENTION, None, &detail.to_string())?;
+        audit::append_in(
+            &tx,
+            &audit_key,
+            kinds::FILE_RETENTION,
+            None,
+            &detail.to_string(),
+        )?;
         tx.commit()?;
         let _ = self.checkpoint_truncate();
         Ok(gone)
@@ -1090,7 +1122,10 @@ fn seal_store_fields(
 }
 
 fn set_groups(conn: &Connection, seq: i64, gids: &[u32]) -> Result<(), StoreError> {
-    conn.execute("DELETE FROM vector_store_groups WHERE store_seq = ?1", [seq])?;
+    conn.execute(
+        "DELETE FROM vector_store_groups WHERE store_seq = ?1",
+        [seq],
+    )?;
     let mut st =
         conn.prepare("INSERT OR IGNORE INTO vector_store_groups (store_seq, gid) VALUES (?1, ?2)")?;
     for g in gids {
@@ -1133,7 +1168,9 @@ mod tests {
             .unwrap();
         let mut attrs = Map::new();
         attrs.insert("year".into(), Value::from(2026));
-        let (a, new) = s.vs_attach(1000, &c.id, &f.id, &attrs, (200, 50), 100).unwrap();
+        let (a, new) = s
+            .vs_attach(1000, &c.id, &f.id, &attrs, (200, 50), 100)
+            .unwrap();
         assert!(new && a.status == "in_progress");
         let chunks = vec![
             NewChunk {
@@ -1163,7 +1200,10 @@ mod tests {
         let loaded = s.searchable_files(None).unwrap();
         assert_eq!(loaded.len(), 1);
         let l = &loaded[0];
-        assert_eq!((l.store_id.as_str(), l.file_id.as_str()), (c.id.as_str(), f.id.as_str()));
+        assert_eq!(
+            (l.store_id.as_str(), l.file_id.as_str()),
+            (c.id.as_str(), f.id.as_str())
+        );
         assert_eq!(l.filename, "secret-plan.md");
         assert_eq!(l.attributes["year"], 2026);
         assert_eq!(l.chunks.len(), 2);
@@ -1192,11 +1232,20 @@ mod tests {
         let mut s = open(dir.path());
         let (c, f, _) = populated(&mut s);
         let ids = |v: Vec<CollectionMeta>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
-        assert_eq!(ids(s.vs_list_readable(1000, &[]).unwrap()), vec![c.id.clone()]);
-        assert_eq!(ids(s.vs_list_readable(2000, &[7, 50]).unwrap()), vec![c.id.clone()]);
+        assert_eq!(
+            ids(s.vs_list_readable(1000, &[]).unwrap()),
+            vec![c.id.clone()]
+        );
+        assert_eq!(
+            ids(s.vs_list_readable(2000, &[7, 50]).unwrap()),
+            vec![c.id.clone()]
+        );
         assert!(s.vs_list_readable(2000, &[7]).unwrap().is_empty());
         // Another uid neither changes, attaches to, deletes nor reads the owner's files.
-        assert!(s.vs_update(2000, &c.id, Some("x"), None, None, 1).unwrap().is_none());
+        assert!(s
+            .vs_update(2000, &c.id, Some("x"), None, None, 1)
+            .unwrap()
+            .is_none());
         assert!(!s.vs_delete(2000, &c.id).unwrap());
         assert!(s.file_get(2000, &f.id).unwrap().is_none());
         let theirs = s.file_create(2000, "assistants", "t.txt", b"t", 1).unwrap();
@@ -1209,7 +1258,10 @@ mod tests {
             Err(StoreError::NotFound { .. })
         ));
         // The owner re-shares: the old group loses it.
-        let c2 = s.vs_update(1000, &c.id, None, None, Some(&[60]), 2).unwrap().unwrap();
+        let c2 = s
+            .vs_update(1000, &c.id, None, None, Some(&[60]), 2)
+            .unwrap()
+            .unwrap();
         assert_eq!(c2.gids, vec![60]);
         assert!(s.vs_list_readable(2000, &[50]).unwrap().is_empty());
     }
@@ -1225,8 +1277,14 @@ mod tests {
         };
         // Deleting the file removes it from the collection.
         let (c, f, _) = populated(&mut s);
-        assert_eq!(s.file_delete(1000, &f.id).unwrap(), Some(vec![c.id.clone()]));
-        assert_eq!((count(&s, "chunks"), count(&s, "vector_store_files")), (0, 0));
+        assert_eq!(
+            s.file_delete(1000, &f.id).unwrap(),
+            Some(vec![c.id.clone()])
+        );
+        assert_eq!(
+            (count(&s, "chunks"), count(&s, "vector_store_files")),
+            (0, 0)
+        );
         assert_eq!(s.file_delete(1000, &f.id).unwrap(), None);
         // Retention: files uploaded before the cutoff go, with their chunks.
         let (c, _, _) = populated(&mut s);
@@ -1256,7 +1314,9 @@ mod tests {
         let c = s
             .vs_create(1000, "c", &Map::new(), true, (100, 0), &[], 1)
             .unwrap();
-        let (a, _) = s.vs_attach(1000, &c.id, &f.id, &Map::new(), (100, 0), 1).unwrap();
+        let (a, _) = s
+            .vs_attach(1000, &c.id, &f.id, &Map::new(), (100, 0), 1)
+            .unwrap();
         assert_eq!(s.ingests_pending().unwrap(), vec![a.seq]);
         let src = s.ingest_source(a.seq).unwrap().unwrap();
         assert!(src.anonymize && src.content == b"a" && src.filename == "a.txt");
