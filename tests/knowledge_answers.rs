@@ -223,3 +223,116 @@ fn an_unknown_vector_store_is_a_404_for_responses_and_chat_and_nothing_is_genera
     });
     assert_eq!(get_requests(&d), 1, "only the tool_choice none request ran");
 }
+
+/// The system message the engine was last asked to answer with.
+fn last_system(d: &TestServer) -> String {
+    match &d.engine.requests().last().expect("a request").prompt {
+        inhouse::engine::Prompt::Chat(m) => m
+            .iter()
+            .find(|m| m.role == "system")
+            .map(|m| m.content.clone())
+            .unwrap_or_default(),
+        inhouse::engine::Prompt::Text(_) => panic!("a chat prompt"),
+    }
+}
+
+#[test]
+fn a_search_that_finds_nothing_says_so_to_the_model_and_answers_in_openai_shape() {
+    let d = TestServer::start();
+    rt().block_on(async {
+        let c = d.client();
+        let (st, vs) = post(
+            &c,
+            "/v1/vector_stores",
+            &json!({"name": "empty"}).to_string(),
+        )
+        .await;
+        assert_eq!(st, 200, "{vs}");
+        let id = vs["id"].as_str().unwrap();
+        let tool = json!({"type": "file_search", "vector_store_ids": [id]});
+        let body = json!({"model": "smol", "input": "Where is the canteen?", "tools": [tool],
+            "instructions": "Be brief.", "include": ["file_search_call.results"]});
+        let (st, r) = post(&c, "/v1/responses", &body.to_string()).await;
+        assert_eq!(st, 200, "{r}");
+        let fs = &r["output"][0];
+        assert_eq!(fs["type"], "file_search_call", "{r}");
+        assert!(fs["id"].as_str().unwrap().starts_with("fs_"), "{fs}");
+        assert_eq!(fs["status"], "completed");
+        assert_eq!(fs["queries"], json!(["Where is the canteen?"]));
+        assert_eq!(fs["results"], json!([]));
+        let msg = &r["output"][1];
+        assert_eq!(msg["type"], "message", "{r}");
+        assert_eq!(
+            msg["content"][0]["annotations"],
+            json!([]),
+            "nothing to cite"
+        );
+        assert_eq!(r["tools"][0]["type"], "file_search");
+        assert_eq!(r["tools"][0]["vector_store_ids"], json!([id]));
+        assert_eq!(r["tools"][0]["max_num_results"], 5);
+        let system = last_system(&d);
+        assert!(system.starts_with("Be brief.\n\n"), "{system}");
+        assert!(system.contains("found nothing"), "{system}");
+        // The stored response reads back the same.
+        let rid = r["id"].as_str().unwrap();
+        let (st, again) = c
+            .raw(Method::GET, &format!("/v1/responses/{rid}"), None)
+            .await
+            .unwrap();
+        assert_eq!(st.as_u16(), 200);
+        let again: Value = serde_json::from_slice(&again).unwrap();
+        assert_eq!(again["output"], r["output"]);
+
+        // Streamed: the search's events come first, each numbered.
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        let (st, _, events) = post_stream(&c, "/v1/responses", &body).await;
+        assert_eq!(st, 200);
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<Value>(e).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds[..7],
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.file_search_call.in_progress",
+                "response.file_search_call.searching",
+                "response.file_search_call.completed",
+                "response.output_item.done",
+            ],
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.last().unwrap(), "response.completed");
+
+        // Chat completions with the extension: the message carries (empty) annotations.
+        let body = json!({"model": "smol", "messages": [{"role": "user", "content": "Canteen?"}],
+            "file_search": {"vector_store_ids": [id]}});
+        let (st, v) = post(&c, "/v1/chat/completions", &body.to_string()).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["message"]["annotations"], json!([]), "{v}");
+        assert!(last_system(&d).contains("found nothing"));
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        let (st, _, events) = post_stream(&c, "/v1/chat/completions", &body).await;
+        assert_eq!(st, 200);
+        let last = events
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str::<Value>(e).unwrap())
+            .rfind(|v| !v["choices"][0]["finish_reason"].is_null())
+            .expect("a closing chunk");
+        assert_eq!(
+            last["choices"][0]["delta"]["annotations"],
+            json!([]),
+            "{last}"
+        );
+    });
+}
