@@ -118,10 +118,10 @@ fn counters(text: &str) -> (f64, f64) {
     )
 }
 
-/// Prompt lookup on `smol`, 8 slots, drafting allowed in batches of all 8 (so that the batched
-/// run really mixes speculative and plain sequences in one decode).
+/// Prompt lookup on `smol`, 8 slots, drafting in batches of all 8 whatever it costs (so that
+/// the batched run really mixes speculative and plain sequences in one decode).
 const NGRAM_CONFIG: &str = "[limits]\nper-uid-concurrency = 16\n\
-    [speculative]\nmode = \"ngram\"\nmax-batch = 8\n";
+    [speculative]\nmode = \"ngram\"\nmax-batch = 8\nverify-cost = 0.0\n";
 
 #[test]
 fn ngram_speculation_gives_the_plain_text_alone_and_in_a_mixed_batch() {
@@ -298,7 +298,7 @@ fn a_model_as_its_own_draft_gives_the_plain_text_and_shows_its_acceptance() {
     // The draft drafts greedily with the target's own weights: nearly every draft is accepted,
     // and the answers are the plain ones.
     let config = "[limits]\nper-uid-concurrency = 16\n\
-        [speculative]\nmode = \"draft\"\nmax-batch = 8\ndraft-max = 4\n\
+        [speculative]\nmode = \"draft\"\nmax-batch = 8\ndraft-max = 4\nverify-cost = 0.0\n\
         [speculative.drafts]\nsmol = \"smol\"\n";
     let d = Daemon::start(
         &[("smol", &smollm2())],

@@ -1029,7 +1029,10 @@ impl<'m> Runner<'m> {
                 .saturating_sub(s.tokens.len() + 2)
                 .min((a.max_tokens.saturating_sub(a.completion_tokens) as usize).saturating_sub(1))
                 .min(batch_left);
-            let want = sp.adaptive.allowance().min(room);
+            let want = sp
+                .adaptive
+                .allowance(to_generate, self.spec.verify_cost)
+                .min(room);
             batch_left -= want;
             wants[i] = want;
         }

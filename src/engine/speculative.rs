@@ -17,11 +17,12 @@
 //!   chain, grammar and penalties included) and accepting d exactly when x = d does both at once
 //!   and emits x: every emitted token is a draw from the model's own distribution, one random
 //!   draw per emitted token as without speculation. At temperature 0 that is the model's argmax.
-//! - Drafting adapts per sequence ([`Adaptive`]): the draft grows while proposals are accepted,
-//!   shrinks to what was accepted when they are not, and pauses (for longer each time) when the
-//!   acceptance rate stays low; and it stops for the whole step when more sequences generate
-//!   than `max-batch` ([`step_allows_drafts`]): a batch that large already keeps the CPU busy,
-//!   and verifying proposals then costs more than it saves.
+//! - Drafting adapts per sequence ([`Adaptive`]): it keeps an estimate of the sequence's
+//!   per-token acceptance and drafts the length that pays best ([`best_draft_len`]) given what a
+//!   token of verification costs on a CPU ([`TOKEN_COST`]) and how many sequences share the
+//!   step (each of them pays for the longer step); when no length pays it pauses, longer each
+//!   time. And nothing is drafted in a step with more than `max-batch` generating sequences
+//!   ([`step_allows_drafts`]).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -74,6 +75,11 @@ pub struct SpeculativeConfig {
     pub ngram_max: u32,
     /// Drafting stops in a step where more sequences than this generate.
     pub max_batch: u32,
+    /// What one more token in a decode costs, relative to a decode of one token (see
+    /// [`TOKEN_COST`]): drafts are as long as pays at this price. 0 drafts as long as
+    /// `draft-max` allows whenever anything is accepted (a GPU, where verification is nearly
+    /// free; the tests).
+    pub verify_cost: f32,
     /// Target model → its draft model (a model name of this daemon, same vocabulary).
     pub drafts: BTreeMap<String, String>,
     /// Per-model overrides of the settings above.
@@ -94,6 +100,8 @@ pub struct ModelOverride {
     pub ngram_max: Option<u32>,
     /// `max-batch` for this model.
     pub max_batch: Option<u32>,
+    /// `verify-cost` for this model.
+    pub verify_cost: Option<f32>,
 }
 
 impl Default for SpeculativeConfig {
@@ -104,6 +112,7 @@ impl Default for SpeculativeConfig {
             ngram_min: DEFAULT_NGRAM_MIN,
             ngram_max: DEFAULT_NGRAM_MAX,
             max_batch: DEFAULT_MAX_BATCH,
+            verify_cost: TOKEN_COST,
             drafts: BTreeMap::new(),
             models: BTreeMap::new(),
         }
@@ -111,7 +120,7 @@ impl Default for SpeculativeConfig {
 }
 
 /// The speculation settings of one model, overrides applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Speculation {
     /// Where drafts come from.
     pub mode: Mode,
@@ -123,6 +132,8 @@ pub struct Speculation {
     pub ngram_max: usize,
     /// Drafting stops in steps with more generating sequences than this.
     pub max_batch: usize,
+    /// What a token of verification costs (see [`SpeculativeConfig::verify_cost`]).
+    pub verify_cost: f32,
     /// The draft model's name, in `draft` mode.
     pub draft: Option<String>,
 }
@@ -149,6 +160,7 @@ impl SpeculativeConfig {
             ngram_min: o.ngram_min.unwrap_or(self.ngram_min) as usize,
             ngram_max: o.ngram_max.unwrap_or(self.ngram_max) as usize,
             max_batch: o.max_batch.unwrap_or(self.max_batch) as usize,
+            verify_cost: o.verify_cost.unwrap_or(self.verify_cost),
             draft,
         }
     }
@@ -178,6 +190,10 @@ impl SpeculativeConfig {
                     "{table}: ngram-min = {lo}, ngram-max = {hi} (must be 1..=64, \
                      ngram-min ≤ ngram-max)"
                 ));
+            }
+            let cost = o.verify_cost.unwrap_or(self.verify_cost);
+            if !(0.0..=2.0).contains(&cost) {
+                return Err(format!("{table}: verify-cost = {cost} (must be 0..=2)"));
             }
             if !(1..=64).contains(&max_batch) {
                 return Err(format!("{table}: max-batch = {max_batch} (must be 1..=64)"));
@@ -290,13 +306,59 @@ pub fn verify<T: PartialEq + Copy>(
     (emitted, accepted)
 }
 
-/// A sequence's drafting state: how long its next draft may be, and whether it is pausing.
+/// What one more token in a decode costs, relative to a decode of one token: measured here
+/// (2 cores, SmolLM2) as llama-bench's pp512 against tg128, 3.9 ms against 11 ms a token. On a
+/// CPU verification is not free: a draft of k tokens makes the step cost about 1 + k × this.
+pub const TOKEN_COST: f32 = 0.35;
+
+/// A draft must promise at least this much more tokens per unit of step time than decoding
+/// without one (the rest is overhead the model above leaves out: the lookup, the KV trim, the
+/// split of a step with uneven sequences into several graph evaluations).
+const MIN_GAIN: f32 = 1.1;
+
+/// Expected tokens emitted per step with a draft of `k` tokens each accepted with probability
+/// `alpha` given the previous ones were: the sampled token, plus the accepted run.
+pub fn expected_tokens(alpha: f32, k: usize) -> f32 {
+    let mut run = 0.0;
+    let mut p = 1.0;
+    for _ in 0..k {
+        p *= alpha;
+        run += p;
+    }
+    1.0 + run
+}
+
+/// The draft length (0..=`max`) that maximizes tokens per unit of time for a sequence with
+/// per-token acceptance `alpha`, in a step where `generating` sequences decode together: the
+/// step costs 1 + (generating - 1) × `cost` without drafts and k × `cost` more with one
+/// (`cost`: `verify-cost`, by default [`TOKEN_COST`]), and that cost is paid by every sequence in the step, while only this one gains.
+/// 0 when no length gains [`MIN_GAIN`].
+pub fn best_draft_len(alpha: f32, generating: usize, max: usize, cost: f32) -> usize {
+    let n = generating.max(1) as f32;
+    let base = 1.0 + (n - 1.0) * cost;
+    let mut best = (0, 1.0f32);
+    for k in 1..=max {
+        // Aggregate tokens per unit of time, relative to the step without a draft.
+        let gain = ((n - 1.0 + expected_tokens(alpha, k)) / n) / ((base + k as f32 * cost) / base);
+        if gain > best.1 {
+            best = (k, gain);
+        }
+    }
+    // At no cost any gain is worth it.
+    if best.1 >= MIN_GAIN || (cost == 0.0 && best.0 > 0) {
+        best.0
+    } else {
+        0
+    }
+}
+
+/// A sequence's drafting state: its estimated per-token acceptance, and whether it is pausing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Adaptive {
-    /// The longest draft the next step may propose.
-    pub len: usize,
-    /// Moving average of the acceptance rate (accepted / drafted).
-    pub rate: f32,
+    /// Accepted draft tokens (decayed).
+    hits: f32,
+    /// Draft tokens verified up to and including the first rejected one (decayed).
+    trials: f32,
     /// Steps left without drafting.
     pub pause: u32,
     /// How long the next pause lasts.
@@ -304,58 +366,65 @@ pub struct Adaptive {
     max: usize,
 }
 
-/// Below this moving acceptance rate a sequence stops drafting for a while.
-pub const LOW_ACCEPTANCE: f32 = 0.3;
-/// Weight of the latest verification in the moving acceptance rate.
-const RATE_WEIGHT: f32 = 0.3;
-/// The first pause after low acceptance, in steps; each later one doubles, up to
+/// Weight kept by past verifications at each new one (about the last five count).
+const DECAY: f32 = 0.8;
+/// The estimate a sequence starts with, and restarts from after a pause: 80% acceptance with
+/// the weight of two verified tokens, so that one rejection is enough to shorten the draft.
+const PRIOR: (f32, f32) = (1.6, 2.0);
+/// The first pause when no draft length pays, in steps; each later one doubles, up to
 /// [`LONGEST_PAUSE`].
 const FIRST_PAUSE: u32 = 4;
 /// The longest pause.
 const LONGEST_PAUSE: u32 = 64;
 
 impl Adaptive {
-    /// A sequence that starts with drafts of up to `max` tokens.
+    /// A sequence that may draft up to `max` tokens a step.
     pub fn new(max: usize) -> Self {
         Adaptive {
-            len: max.clamp(1, 4),
-            rate: 1.0,
+            hits: PRIOR.0,
+            trials: PRIOR.1,
             pause: 0,
             next_pause: FIRST_PAUSE,
             max: max.max(1),
         }
     }
 
-    /// How many draft tokens this step may propose for the sequence (0 while it pauses; the
-    /// pause counts down).
-    pub fn allowance(&mut self) -> usize {
-        if self.pause > 0 {
-            self.pause -= 1;
-            0
-        } else {
-            self.len
-        }
+    /// The estimated probability that a draft token is accepted after the previous one was.
+    pub fn alpha(&self) -> f32 {
+        (self.hits / self.trials.max(1e-3)).clamp(0.0, 1.0)
     }
 
-    /// Records a verification: `drafted` tokens proposed, `accepted` of them taken.
+    /// How many draft tokens this step may propose for the sequence, with `generating`
+    /// sequences in the step: 0 while it pauses (the pause counts down); otherwise the length
+    /// that pays best ([`best_draft_len`]). When none pays, a pause starts; after it the
+    /// estimate restarts from the prior, so one cheap probe finds out whether the text has
+    /// become predictable again.
+    pub fn allowance(&mut self, generating: usize, cost: f32) -> usize {
+        if self.pause > 0 {
+            self.pause -= 1;
+            if self.pause == 0 {
+                (self.hits, self.trials) = PRIOR;
+            }
+            return 0;
+        }
+        let k = best_draft_len(self.alpha(), generating, self.max, cost);
+        if k == 0 && generating <= 1 {
+            // Even alone nothing pays: stop looking for a while.
+            self.pause = self.next_pause;
+            self.next_pause = (self.next_pause * 2).min(LONGEST_PAUSE);
+        }
+        k
+    }
+
+    /// Records a verification: `drafted` tokens proposed, `accepted` of them taken (a prefix).
     pub fn record(&mut self, drafted: usize, accepted: usize) {
         if drafted == 0 {
             return;
         }
-        let r = accepted as f32 / drafted as f32;
-        self.rate = self.rate * (1.0 - RATE_WEIGHT) + r * RATE_WEIGHT;
-        self.len = if accepted == drafted {
-            (self.len * 2).min(self.max)
-        } else {
-            (accepted + 1).clamp(1, self.max)
-        };
-        if self.rate < LOW_ACCEPTANCE {
-            self.pause = self.next_pause;
-            self.next_pause = (self.next_pause * 2).min(LONGEST_PAUSE);
-            // After the pause, start again from a neutral estimate so one good draft resumes.
-            self.rate = LOW_ACCEPTANCE + 0.2;
-            self.len = 1;
-        } else if r >= 0.5 {
+        let trials = accepted + usize::from(accepted < drafted);
+        self.hits = self.hits * DECAY + accepted as f32;
+        self.trials = self.trials * DECAY + trials as f32;
+        if accepted * 2 >= drafted {
             self.next_pause = FIRST_PAUSE;
         }
     }
@@ -503,30 +572,61 @@ mod tests {
     }
 
     #[test]
-    fn drafting_grows_on_acceptance_shrinks_on_rejection_and_pauses_when_low() {
+    fn the_draft_length_follows_acceptance_and_the_batch() {
+        // Expected tokens a step: 1 + α + α² + …
+        assert!((expected_tokens(0.5, 2) - 1.75).abs() < 1e-6);
+        assert_eq!(expected_tokens(0.9, 0), 1.0);
+        // Alone: a predictable text drafts long, a so-so one short, an unpredictable one not.
+        assert_eq!(best_draft_len(0.99, 1, 8, TOKEN_COST), 8);
+        let mid = best_draft_len(0.7, 1, 8, TOKEN_COST);
+        assert!((1..=3).contains(&mid), "{mid}");
+        assert_eq!(best_draft_len(0.3, 1, 8, TOKEN_COST), 0);
+        // At no cost, anything accepted at all drafts draft-max.
+        assert_eq!(best_draft_len(0.3, 8, 8, 0.0), 8);
+        assert_eq!(best_draft_len(0.0, 1, 8, 0.0), 0);
+        // The same acceptance pays less as the batch grows: every sequence pays the cost.
+        assert!(best_draft_len(0.8, 4, 8, TOKEN_COST) < best_draft_len(0.8, 1, 8, TOKEN_COST));
+        assert_eq!(best_draft_len(0.8, 16, 8, TOKEN_COST), 0);
+        // Never beyond draft-max.
+        assert_eq!(best_draft_len(1.0, 1, 3, TOKEN_COST), 3);
+    }
+
+    #[test]
+    fn drafting_adapts_per_sequence_and_pauses_when_nothing_pays() {
         let mut a = Adaptive::new(8);
-        assert_eq!(a.allowance(), 4);
-        a.record(4, 4);
-        assert_eq!(a.allowance(), 8);
-        a.record(8, 8);
-        assert_eq!(a.allowance(), 8, "never beyond draft-max");
-        a.record(8, 2);
-        assert_eq!(a.allowance(), 3, "shrinks to what was accepted, plus one");
-        // Repeated rejections pull the moving rate under the threshold: a pause of 4 steps.
+        // The prior (80%) drafts a few tokens alone.
+        let first = a.allowance(1, TOKEN_COST);
+        assert!((2..=8).contains(&first), "{first}");
+        // Everything accepted: the estimate rises, the draft grows to draft-max.
+        for _ in 0..6 {
+            let k = a.allowance(1, TOKEN_COST);
+            a.record(k, k);
+        }
+        assert_eq!(a.allowance(1, TOKEN_COST), 8);
+        // Rejections at the first token: the estimate falls until nothing pays, then a pause
+        // of 4 steps.
         let mut steps = 0;
-        while a.pause == 0 {
-            a.record(a.len, 0);
+        loop {
+            let k = a.allowance(1, TOKEN_COST);
+            if k == 0 {
+                break;
+            }
+            a.record(k, 0);
             steps += 1;
-            assert!(steps < 10);
+            assert!(steps < 20);
         }
         assert_eq!(a.pause, 4);
         for _ in 0..4 {
-            assert_eq!(a.allowance(), 0);
+            assert_eq!(a.allowance(1, TOKEN_COST), 0);
         }
-        assert_eq!(a.allowance(), 1, "after the pause, one token at a time");
-        // Another failure right away pauses twice as long.
+        // After the pause, a probe from the prior; failing again pauses twice as long.
+        let k = a.allowance(1, TOKEN_COST);
+        assert!(k >= 1);
+        a.record(k, 0);
         a.record(1, 0);
-        a.record(1, 0);
+        while a.allowance(1, TOKEN_COST) > 0 {
+            a.record(1, 0);
+        }
         assert_eq!(a.pause, 8);
     }
 
@@ -558,6 +658,8 @@ mod tests {
             c.check().unwrap_err()
         };
         assert!(err("draft-max = 0").contains("draft-max"));
+        assert!(err("verify-cost = -1.0").contains("verify-cost"));
+        assert_eq!(c.for_model("smol").verify_cost, TOKEN_COST);
         assert!(err("ngram-min = 5\nngram-max = 3").contains("ngram-min"));
         assert!(err("[models.x]\ndraft-max = 99").contains("speculative.models.x"));
         assert!(err("mode = \"draft\"").contains("[speculative.drafts]"));
