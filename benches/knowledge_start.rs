@@ -116,8 +116,11 @@ fn run(n: usize) {
                 vector: c.vector,
             })
             .collect();
-        index.insert_chunks(&f.store_id, &f.file_id, Default::default(), chunks);
+        index
+            .insert_chunks(&f.store_id, &f.file_id, Default::default(), chunks)
+            .expect("the stored chunks index");
     }
+    index.shrink_to_fit();
     let total_secs = t.elapsed().as_secs_f64();
     let rss1 = rss_mib();
     println!(

@@ -217,7 +217,7 @@ fn vector_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn vector_from(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(
