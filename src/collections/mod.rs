@@ -252,11 +252,19 @@ impl Collections {
     /// the attachments left `in_progress` by the last run. Returns how many chunks were
     /// loaded.
     pub async fn start(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let files = self.store.call(|s| s.searchable_files(None)).await?;
+        let seqs = self.store.call(|s| s.searchable_seqs()).await?;
         let mut n = 0;
-        for f in files {
-            n += f.chunks.len();
-            self.add_to_index(f);
+        for seq in seqs {
+            // One file at a time: the opened copies of one file's chunks at most, besides the
+            // index, so the start-up peak stays near the index's own size.
+            for f in self
+                .store
+                .call(move |s| s.searchable_files(Some(seq)))
+                .await?
+            {
+                n += f.chunks.len();
+                self.add_to_index(f);
+            }
         }
         if let Ok(mut index) = self.index.write() {
             index.shrink_to_fit();

@@ -1002,6 +1002,16 @@ impl Store {
         Ok(chunks)
     }
 
+    /// The seqs of the completed attachments, in order: start-up opens them one by one, so that
+    /// only one file's opened chunks exist outside the index at a time.
+    pub fn searchable_seqs(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare("SELECT seq FROM vector_store_files WHERE status = 'completed' ORDER BY seq")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
     /// The (collection, file) pairs of the completed attachments whose owners still have a key.
     pub fn searchable_files_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
         Ok(self
