@@ -23,30 +23,6 @@ fn docs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/knowledge_docs")
 }
 
-/// all-MiniLM-L6-v2 converted to GGUF in `dir`.
-fn minilm(dir: &Path) -> PathBuf {
-    let ckpt = models_dir().join("all-MiniLM-L6-v2");
-    assert!(
-        ckpt.join("model.safetensors").is_file(),
-        "the checkpoint {} is missing: run scripts/fetch-models",
-        ckpt.display()
-    );
-    let out = dir.join("minilm.gguf");
-    let run = Command::new(toolchain())
-        .arg("import-hf")
-        .arg(&ckpt)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run inhouse-quantize");
-    assert!(
-        run.status.success(),
-        "import-hf failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
-}
-
 fn python() -> String {
     std::env::var("INHOUSE_PYTHON").unwrap_or_else(|_| {
         format!(
@@ -92,7 +68,7 @@ fn count(db: &Path, table: &str) -> i64 {
 #[test]
 fn the_openai_sdk_builds_and_searches_sealed_collections_that_only_their_readers_see() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = minilm(tmp.path());
+    let model = minilm_gguf(tmp.path());
     let d = Daemon::with_config(
         &[("minilm", &model)],
         &format!(
@@ -264,7 +240,7 @@ fn the_openai_sdk_builds_and_searches_sealed_collections_that_only_their_readers
 #[test]
 fn bad_uploads_and_bodies_get_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = minilm(tmp.path());
+    let model = minilm_gguf(tmp.path());
     let d = Daemon::with_config(
         &[("minilm", &model)],
         "[knowledge]\nembedding-model = \"minilm\"\nmax-file-bytes = 4096\n",
@@ -377,7 +353,7 @@ fn top_hit(d: &Daemon, store: &str, q: &str) -> (String, u64, String) {
 #[test]
 fn the_index_is_rebuilt_from_the_sealed_rows_and_a_killed_ingest_runs_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = minilm(tmp.path());
+    let model = minilm_gguf(tmp.path());
     let state = tmp.path().join("state");
     std::fs::create_dir(&state).unwrap();
     let key = tmp.path().join("master.key");

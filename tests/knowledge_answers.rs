@@ -16,31 +16,6 @@ mod common;
 use common::*;
 use hyper::Method;
 use serde_json::{json, Value};
-use std::path::Path;
-
-/// all-MiniLM-L6-v2 as a GGUF in `dir`.
-fn minilm(dir: &Path) -> std::path::PathBuf {
-    let checkpoint = models_dir().join("all-MiniLM-L6-v2");
-    assert!(
-        checkpoint.join("model.safetensors").is_file(),
-        "the checkpoint {} is missing: run scripts/fetch-models",
-        checkpoint.display()
-    );
-    let out = dir.join("minilm.gguf");
-    let run = std::process::Command::new(toolchain())
-        .arg("import-hf")
-        .arg(&checkpoint)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run inhouse-quantize");
-    assert!(
-        run.status.success(),
-        "import-hf failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
-}
 
 /// The value of the `key: value` line of a driver's output.
 fn line<'a>(out: &'a str, key: &str) -> &'a str {
@@ -55,7 +30,7 @@ const QUESTION: &str = "How many days of paid annual leave does every employee g
 #[test]
 fn answers_cite_the_file_that_holds_the_answer_through_the_sdk_and_inhouse_ask() {
     let tmp = tempfile::tempdir().unwrap();
-    let gguf = minilm(tmp.path());
+    let gguf = minilm_gguf(tmp.path());
     let d = Daemon::with_config(
         &[("minilm", &gguf), ("qwen", &qwen())],
         "[knowledge]\nembedding-model = \"minilm\"\n",

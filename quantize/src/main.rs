@@ -663,7 +663,10 @@ fn extract_cmd(name: &str, anonymize: bool) -> ExitCode {
         Ok(out) => {
             let json = serde_json::to_string(&out).expect("strings and counts serialize");
             let mut stdout = std::io::stdout().lock();
-            if writeln!(stdout, "{json}").and_then(|_| stdout.flush()).is_err() {
+            if writeln!(stdout, "{json}")
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS

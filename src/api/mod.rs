@@ -159,7 +159,9 @@ pub fn router(state: AppState) -> Router {
                 .route_layer(limited.clone())
                 .route_layer(needs(User))
                 .layer(axum::extract::DefaultBodyLimit::max(
-                    usize::try_from(file_limit).unwrap_or(usize::MAX).saturating_add(1 << 20),
+                    usize::try_from(file_limit)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(1 << 20),
                 )),
         );
     Router::new()
@@ -250,7 +252,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/files/{id}",
-            get(files::get).delete(files::delete).route_layer(needs(User)),
+            get(files::get)
+                .delete(files::delete)
+                .route_layer(needs(User)),
         )
         .route(
             "/v1/files/{id}/content",

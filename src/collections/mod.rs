@@ -126,8 +126,9 @@ impl Ranker {
     }
 }
 
-/// One retrieved chunk, as `file_search` and the search endpoint return it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One retrieved chunk, as `file_search` and the search endpoint return it (and as a stored
+/// response's sealed record keeps it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Retrieved {
     /// The collection (`vs_…`) it came from.
     pub vector_store_id: String,
@@ -146,6 +147,7 @@ pub struct Retrieved {
     /// Relevance in 0..=1 (higher is better).
     pub score: f32,
     /// The file's attributes in this collection.
+    #[serde(default)]
     pub attributes: Map<String, Value>,
 }
 

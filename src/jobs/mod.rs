@@ -39,8 +39,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
 
-pub use runner::JobRunner;
 pub use process::toolchain_path;
+pub use runner::JobRunner;
 
 /// Why a job request was refused or a job could not be handled; mapped to HTTP in
 /// [`crate::api::error`].

@@ -753,3 +753,29 @@ pub fn toolchain() -> PathBuf {
     );
     p
 }
+
+/// all-MiniLM-L6-v2 (from scripts/fetch-models) converted to GGUF by `inhouse-quantize
+/// import-hf` into `dir/minilm.gguf`: the embedding model of the knowledge tests.
+#[allow(dead_code)]
+pub fn minilm_gguf(dir: &Path) -> PathBuf {
+    let checkpoint = models_dir().join("all-MiniLM-L6-v2");
+    assert!(
+        checkpoint.join("model.safetensors").is_file(),
+        "the checkpoint {} is missing: run scripts/fetch-models",
+        checkpoint.display()
+    );
+    let out = dir.join("minilm.gguf");
+    let run = Command::new(toolchain())
+        .arg("import-hf")
+        .arg(&checkpoint)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run inhouse-quantize");
+    assert!(
+        run.status.success(),
+        "import-hf failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}

@@ -27,7 +27,7 @@ use super::super::{AppState, Caller};
 use crate::collections::{Ranker, Retrieved};
 use inhouse_formats::request::{ChatMessage, FileSearch, GenerateRequest, Prompt, SearchRanker};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// The longest quote a citation carries, in characters.
 pub(crate) const QUOTE_CHARS: usize = 280;
@@ -39,45 +39,9 @@ const CHARS_PER_TOKEN: usize = 3;
 /// Tokens set aside for the template's markup and the instruction around the sources.
 const TEMPLATE_TOKENS: u32 = 256;
 
-/// One retrieved chunk shown to the model, as the sealed record keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Source {
-    /// The collection (`vs_…`).
-    pub vector_store_id: String,
-    /// The file (`file-…`).
-    pub file_id: String,
-    /// The file's name.
-    pub filename: String,
-    /// The chunk's ordinal in the file.
-    pub chunk_index: u32,
-    /// Byte offset of the chunk in the file's cleaned text.
-    pub start: usize,
-    /// End offset (exclusive).
-    pub end: usize,
-    /// The chunk's text.
-    pub text: String,
-    /// Relevance in 0..=1.
-    pub score: f32,
-    /// The file's attributes in its collection.
-    #[serde(default)]
-    pub attributes: Map<String, Value>,
-}
-
-impl From<Retrieved> for Source {
-    fn from(r: Retrieved) -> Source {
-        Source {
-            vector_store_id: r.vector_store_id,
-            file_id: r.file_id,
-            filename: r.filename,
-            chunk_index: r.chunk_index,
-            start: r.start,
-            end: r.end,
-            text: r.text,
-            score: r.score,
-            attributes: r.attributes,
-        }
-    }
-}
+/// One retrieved chunk shown to the model, as the sealed record keeps it: the service's own
+/// [`Retrieved`].
+pub(crate) type Source = Retrieved;
 
 impl Source {
     /// The search result in OpenAI's shape (`file_id`, `filename`, `score`, `attributes`,
@@ -180,7 +144,6 @@ pub(crate) async fn retrieve_into(
         .into_iter()
         .filter(|h| h.score >= fs.score_threshold)
         .take(fs.max_num_results)
-        .map(Source::from)
         .collect();
     let budget = budget_chars(s, &request.model, request.max_tokens, messages);
     let sources = fit(hits, budget);
@@ -562,6 +525,7 @@ pub(crate) fn cite(answer: &str, sources: &[Source]) -> Vec<Citation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     fn source(file: &str, text: &str) -> Source {
         Source {
