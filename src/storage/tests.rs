@@ -504,10 +504,14 @@ fn upgrade_from_frozen_v1() {
     assert_eq!(
         indexes,
         [
+            "chunks_by_file",
+            "files_by_uid",
             "requests_created_at",
             "requests_uid_id",
             "responses_by_uid",
-            "users_keys_key_id"
+            "users_keys_key_id",
+            "vector_store_files_by_file",
+            "vector_stores_by_uid"
         ]
     );
     // The history query uses the new index.
