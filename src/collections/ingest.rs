@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::{Collections, Progress};
 use crate::knowledge::chunk::{self, ChunkingStrategy};
-use crate::storage::knowledge::{LoadedFile, NewChunk};
+use crate::storage::knowledge::NewChunk;
 
 /// Inputs per embedding call (the engine batches up to this many sequences per decode).
 const EMBED_BATCH: usize = 32;
@@ -184,13 +184,9 @@ async fn ingest_one(c: &Arc<Collections>, seq: i64) -> Result<(), String> {
         .map_err(|e| format!("storage: {e}"))?;
     // Read back what was committed (with the chunk seqs the index keys on).
     for f in stored.unwrap_or_default() {
-        add(c, f);
+        c.add_to_index(f);
     }
     Ok(())
-}
-
-fn add(c: &Collections, f: LoadedFile) {
-    c.add_to_index(f);
 }
 
 /// Runs `extract-text` on one file: its text, cleaned (and anonymised when asked).

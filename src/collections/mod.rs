@@ -97,7 +97,12 @@ pub struct Access {
 impl Access {
     /// May this caller read (search, list the files of) `c`?
     pub fn may_read(&self, c: &CollectionMeta) -> bool {
-        c.uid == self.uid || c.gids.iter().any(|g| self.gids.contains(g))
+        self.may_read_as(c.uid, &c.gids)
+    }
+
+    /// May this caller read a collection of owner `uid` shared with `gids`?
+    pub fn may_read_as(&self, uid: u32, gids: &[u32]) -> bool {
+        uid == self.uid || gids.iter().any(|g| self.gids.contains(g))
     }
 }
 
@@ -546,7 +551,7 @@ impl Collections {
         chunking: Option<knowledge::chunk::ChunkingStrategy>,
     ) -> Result<AttachedFile, ApiError> {
         let c = self.owned(who, store_id).await?;
-        self.file(who, file_id).await?;
+        // The file's owner is checked by `vs_attach` itself (NotFound, mapped below).
         let ch = match chunking {
             Some(s) => (
                 s.max_chunk_size_tokens() as u32,
@@ -672,7 +677,16 @@ impl Collections {
         // Permission first: every collection named must be readable, or the whole search is
         // refused as if it did not exist. Only readable collections reach the index.
         for id in store_ids {
-            self.collection(who, id).await?;
+            let owned = id.clone();
+            let readers = self
+                .store
+                .call(move |s| s.vs_readers(&owned))
+                .await
+                .map_err(store_err)?;
+            match readers {
+                Some((uid, gids)) if who.may_read_as(uid, &gids) => {}
+                _ => return Err(store_not_found(id)),
+            }
         }
         let filter = match filters {
             Some(v) => Some(

@@ -457,6 +457,25 @@ impl Store {
         Ok(self.vs_get(&id)?.expect("the collection was just created"))
     }
 
+    /// Who may read collection `id`: its owner and its groups (`None` when there is no such
+    /// collection, or its owner was erased). What a search checks, without opening the
+    /// collection's sealed name and metadata or counting its files.
+    pub fn vs_readers(&self, id: &str) -> Result<Option<(u32, Vec<u32>)>, StoreError> {
+        let row: Option<(i64, u32)> = self
+            .conn
+            .query_row(
+                "SELECT s.seq, s.uid FROM vector_stores s WHERE s.id = ?1
+                 AND EXISTS (SELECT 1 FROM users_keys k WHERE k.uid = s.uid)",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((seq, uid)) = row else {
+            return Ok(None);
+        };
+        Ok(Some((uid, store_gids(&self.conn, seq)?)))
+    }
+
     /// The collection `id`, whoever owns it (the caller checks who may see it).
     pub fn vs_get(&self, id: &str) -> Result<Option<CollectionMeta>, StoreError> {
         let seq: Option<i64> = self
@@ -495,11 +514,7 @@ impl Store {
         let Some(dek) = load_dek(&self.conn, &self.keys, uid)? else {
             return Ok(None);
         };
-        let gids: Vec<u32> = self
-            .conn
-            .prepare("SELECT gid FROM vector_store_groups WHERE store_seq = ?1 ORDER BY gid")?
-            .query_map([seq], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let gids = store_gids(&self.conn, seq)?;
         let mut counts = FileCounts::default();
         let mut usage_bytes = 0u64;
         {
@@ -1093,6 +1108,14 @@ pub(super) fn erase_in(conn: &Connection, uid: u32) -> Result<u64, StoreError> {
     let files = conn.execute("DELETE FROM files WHERE uid = ?1", [uid])?;
     // Chunks of other collections cannot be the uid's: a collection's chunks are its owner's.
     Ok((stores + files) as u64)
+}
+
+/// The groups collection `seq` is shared with, in order.
+fn store_gids(conn: &Connection, seq: i64) -> Result<Vec<u32>, StoreError> {
+    Ok(conn
+        .prepare("SELECT gid FROM vector_store_groups WHERE store_seq = ?1 ORDER BY gid")?
+        .query_map([seq], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 fn own_store_seq(conn: &Connection, uid: u32, id: &str) -> Result<Option<i64>, StoreError> {
