@@ -85,7 +85,8 @@ pub(super) async fn run(client: &Client, a: AskArgs) -> Result<()> {
     if let Some(n) = a.max_results {
         tool["max_num_results"] = json!(n);
     }
-    let body = json!({"model": model, "input": a.question, "tools": [tool],
+    // Greedy: an answer from the documents is the same each time the question is asked.
+    let body = json!({"model": model, "input": a.question, "tools": [tool], "temperature": 0,
         "include": ["file_search_call.results"], "stream": !a.json});
     if a.json {
         let v = client

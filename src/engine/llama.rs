@@ -77,34 +77,61 @@ pub struct EngineConfig {
 pub const N_BATCH: u32 = 512;
 
 /// The context settings for serving `slots` sequences of `ctx_size` tokens each; public so that
-/// the benchmark runs raw llama.cpp with exactly these.
+/// the benchmark runs raw llama.cpp with exactly these. `gpu`: layers are offloaded.
 ///
 /// Chosen so that batching changes no output (the text of a request at temperature 0 or a fixed
-/// seed is the same alone and next to seven others):
+/// seed is the same alone, next to seven others, and with its own speculative drafts verified
+/// in the same decode):
 /// - one KV stream per sequence (`kv_unified = false`): a sequence's cells sit at the same
 ///   indices whoever else runs, so attention sums in the same order. In a unified cache the
 ///   cells of concurrent sequences interleave and SIMD reductions over them round differently.
-/// - flash attention off: ggml's CPU flash attention picks a different kernel (split-KV, one
-///   chunk, tiled) by the number of queries in the batch, and each rounds differently; the plain
-///   path (`K·Q`, soft-max, `V·KQ`) computes each token the same way in any batch.
+/// - on the CPU, flash attention with K and V in Q8_0. ggml's CPU flash attention has three
+///   kernels: split-KV (one query row of one stream against 512 cells or more), tiled (64 query
+///   rows or more) and one-row (the rest); the first two only for an F16 or F32 cache. With a
+///   Q8_0 cache every row of every batch takes the one-row kernel: a token's attention is
+///   computed the same way whether it is decoded alone, in a prompt chunk of any size, or as
+///   one of a draft's tokens verified together. The plain path (flash attention off) is not:
+///   its products go through llamafile's tinyBLAS from two query rows of a sequence up and
+///   through ggml's dot products for one, which round differently, enough to move greedy
+///   choices of a speculative run. (An F32 V cache does not help: llama.cpp casts it to F16
+///   for flash attention, every step.) The price is prompt speed: the one-row kernel is slower
+///   than the tiled one on long prompts; the gain, half the KV memory and generation at
+///   llama.cpp's own speed. `benches/prompt_settings.rs` measures each setting (docs/
+///   BENCHMARKS.md, "Attention settings").
+/// - with a GPU, flash attention off and F16 (its kernels take other paths by batch size in any
+///   case).
 ///
-/// The cost: llama.cpp splits a batch over several streams into runs of consecutive sequence
-/// ids with equal token counts (one graph each), so a step with gaps in the busy slots or with a
-/// prompt chunk takes two or three graph evaluations instead of one; and the plain attention
-/// path is slower than flash attention. With `deterministic = false` (config
-/// `deterministic-batching = false`) the context uses llama.cpp's own defaults instead (one
-/// unified cache of `ctx_size × slots` cells, flash attention where the backend has it): faster,
-/// but a request's text at temperature 0 may then change in the last bits with its neighbours.
+/// The cost of separate streams: llama.cpp splits a batch over several streams into runs of
+/// consecutive sequence ids with equal token counts (one graph each), so a step with gaps in
+/// the busy slots or with a prompt chunk takes two or three graph evaluations instead of one.
+/// With `deterministic = false` (config `deterministic-batching = false`) the context uses
+/// llama.cpp's own defaults instead (one unified cache of `ctx_size × slots` cells, flash
+/// attention where the backend has it, F16): a request's text at temperature 0 may then change
+/// in the last bits with its neighbours.
 pub fn serving_params(
     ctx_size: u32,
     slots: u32,
     threads: u32,
     deterministic: bool,
+    gpu: bool,
 ) -> LlamaContextParams {
-    let (unified, flash) = if deterministic {
-        (false, llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
-    } else {
-        (true, llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO)
+    use llama_cpp_2::context::params::KvCacheType;
+    let (unified, flash, kv_type) = match (deterministic, gpu) {
+        (true, false) => (
+            false,
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            KvCacheType::Q8_0,
+        ),
+        (true, true) => (
+            false,
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            KvCacheType::F16,
+        ),
+        (false, _) => (
+            true,
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            KvCacheType::F16,
+        ),
     };
     LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(ctx_size * slots))
@@ -113,8 +140,21 @@ pub fn serving_params(
         .with_n_seq_max(slots)
         .with_kv_unified(unified)
         .with_flash_attention_policy(flash)
+        .with_type_k(kv_type)
+        .with_type_v(kv_type)
         .with_n_threads(threads as i32)
         .with_n_threads_batch(threads as i32)
+}
+
+/// Bytes of 32 K or V cache elements in the serving context (see [`serving_params`]): Q8_0
+/// (34) when batching is deterministic on the CPU, else F16 (64). The memory estimate counts
+/// the cache at this width.
+pub fn kv_bytes_per_32(deterministic: bool, gpu: bool) -> u64 {
+    if deterministic && !gpu {
+        34
+    } else {
+        64
+    }
 }
 
 enum Job {
@@ -583,7 +623,13 @@ impl<'m> Runner<'m> {
         metrics: &Metrics,
     ) -> Result<Self, EngineError> {
         let slots = cfg.slots.max(1);
-        let params = serving_params(l.info.n_ctx, slots, cfg.threads, cfg.deterministic_batching);
+        let params = serving_params(
+            l.info.n_ctx,
+            slots,
+            cfg.threads,
+            cfg.deterministic_batching,
+            cfg.gpu_layers > 0,
+        );
         let mut ctx = l
             .model
             .new_context(backend, params)
@@ -606,8 +652,13 @@ impl<'m> Runner<'m> {
         let spec = cfg.speculative.for_model(&l.info.name);
         let draft = match (&l.draft, spec.mode) {
             (Some((draft_name, model)), Mode::Draft) => {
-                let params =
-                    serving_params(l.info.n_ctx, slots, cfg.threads, cfg.deterministic_batching);
+                let params = serving_params(
+                    l.info.n_ctx,
+                    slots,
+                    cfg.threads,
+                    cfg.deterministic_batching,
+                    cfg.gpu_layers > 0,
+                );
                 let ctx = model
                     .new_context(backend, params)
                     .map_err(|e| EngineError::Load {

@@ -270,7 +270,12 @@ impl ModelPool {
             loaded_at: 0,
             architecture: arch,
         };
-        let est = estimate::estimate(&f, e.ctx_size, e.slots);
+        // The cache's width; F16 wherever layers may go to a GPU (decided later, from this
+        // estimate), so that it errs high.
+        let gpu = cfg!(any(feature = "cuda", feature = "vulkan"))
+            && !matches!(self.cfg.gpu_layers, GpuLayers::Fixed(0));
+        let kv = super::llama::kv_bytes_per_32(e.deterministic_batching, gpu);
+        let est = estimate::estimate(&f, e.ctx_size, e.slots, kv);
         self.described
             .lock()
             .unwrap_or_else(|e| e.into_inner())

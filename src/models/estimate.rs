@@ -3,7 +3,8 @@
 //!
 //! The estimate is deliberately simple and errs high:
 //! - weights: the tensor data in the file (mapped or copied, it ends up resident);
-//! - KV cache: `layers × cells × kv_heads × (key + value width) × 2 bytes` (F16 cache), where
+//! - KV cache: `layers × cells × kv_heads × (key + value width) × bytes per element` (Q8_0, 34
+//!   bytes per 32, when batching is deterministic on the CPU; else F16, 2 bytes), where
 //!   cells = slots × the per-slot context (padded to 256 as llama.cpp does). Sliding-window
 //!   layers (Gemma 3) keep fewer cells than this; the estimate ignores that and stays high;
 //! - compute: llama.cpp's scratch, as far as it is touched: logits for up to `slots + 64` rows
@@ -46,7 +47,8 @@ fn arch_u64(f: &GgufFile, key: &str) -> Option<u64> {
 }
 
 /// Estimates the memory of `f` served with `slots` sequences of `ctx_size` tokens each.
-pub fn estimate(f: &GgufFile, ctx_size: u32, slots: u32) -> Estimate {
+/// `kv_bytes_per_32`: bytes of 32 cache elements (see `engine::llama::kv_bytes_per_32`).
+pub fn estimate(f: &GgufFile, ctx_size: u32, slots: u32, kv_bytes_per_32: u64) -> Estimate {
     let weights = f.file_size().saturating_sub(f.data_offset());
     let n_layer = arch_u64(f, "block_count").unwrap_or(0);
     let n_embd = arch_u64(f, "embedding_length").unwrap_or(0);
@@ -56,7 +58,7 @@ pub fn estimate(f: &GgufFile, ctx_size: u32, slots: u32) -> Estimate {
     let value = arch_u64(f, "attention.value_length").unwrap_or(key);
     let per_slot = u64::from(ctx_size).min(f.context_length().unwrap_or(u64::MAX).max(64));
     let cells = (per_slot * u64::from(slots.max(1))).div_ceil(256) * 256;
-    let kv_cache = n_layer * cells * n_head_kv * (key + value) * 2;
+    let kv_cache = (n_layer * cells * n_head_kv * (key + value) * kv_bytes_per_32).div_ceil(32);
     let n_vocab = f
         .get("tokenizer.ggml.tokens")
         .and_then(|v| v.as_array())

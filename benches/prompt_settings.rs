@@ -1,0 +1,337 @@
+//! What each attention setting costs and what it buys (issue 21, point 5): raw llama.cpp in this
+//! process, one model, four context settings, in one run:
+//! - `plain attn` : flash attention off, F16 K/V, one KV stream per sequence (the daemon's
+//!   deterministic setting before issue 21);
+//! - `flash f16`  : flash attention on, F16 K/V, one KV stream per sequence;
+//! - `flash f16/f32`: flash attention on, K F16 and V F32, one KV stream per sequence (the
+//!   daemon's deterministic setting since issue 21: ggml's CPU flash attention then takes its
+//!   one-row kernel for every batch shape, see `serving_params`);
+//! - `llama defaults`: llama.cpp's own (flash attention auto, F16 K/V, one unified KV cache),
+//!   what llama-server runs.
+//!
+//! For each it prints the prompt speed of one cold 1,130-token prompt (prefilled in batches of
+//! 512, as the daemon does alone), the generation speed after it, and whether the numbers are
+//! batch-invariant: the largest difference of any logit between (a) six tokens decoded one at a
+//! time and (b) the same six decoded in one batch (what verifying a speculative draft does), and
+//! between a prompt prefilled in one batch and in chunks of 64 (what continuous batching does
+//! while others generate). 0 means bit-identical.
+//!
+//! `cargo bench --bench prompt_settings`. Environment: `INHOUSE_BENCH_MODEL` (default SmolLM2),
+//! `INHOUSE_BENCH_THREADS` (2), `INHOUSE_BENCH_REPEAT` (5, medians printed).
+
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Instant;
+
+const CTX: u32 = 2048;
+const SLOTS: u32 = 4;
+const N_BATCH: usize = inhouse::engine::llama::N_BATCH as usize;
+const PROMPT_TOKENS: usize = 1130;
+const GEN: usize = 64;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("INHOUSE_BENCH_MODEL") {
+        return PathBuf::from(p);
+    }
+    let dir = std::env::var_os("INHOUSE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/inhouse/models")
+        });
+    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// A retrieval-sized prompt: the benchmark's own written documents, repeated as needed.
+fn prompt_text() -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/synth-docs");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("benches/synth-docs")
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let mut text = String::new();
+    for n in names.iter().cycle().take(names.len() * 4) {
+        text.push_str(&std::fs::read_to_string(n).unwrap());
+        text.push('\n');
+    }
+    text
+}
+
+#[derive(Clone, Copy)]
+struct Setting {
+    name: &'static str,
+    flash: bool,
+    k: KvCacheType,
+    v: KvCacheType,
+    unified: bool,
+}
+
+const SETTINGS: [Setting; 5] = [
+    Setting {
+        name: "plain attn",
+        flash: false,
+        k: KvCacheType::F16,
+        v: KvCacheType::F16,
+        unified: false,
+    },
+    Setting {
+        name: "flash f16",
+        flash: true,
+        k: KvCacheType::F16,
+        v: KvCacheType::F16,
+        unified: false,
+    },
+    Setting {
+        name: "flash f16/q8_0",
+        flash: true,
+        k: KvCacheType::F16,
+        v: KvCacheType::Q8_0,
+        unified: false,
+    },
+    Setting {
+        name: "flash q8_0/q8_0",
+        flash: true,
+        k: KvCacheType::Q8_0,
+        v: KvCacheType::Q8_0,
+        unified: false,
+    },
+    Setting {
+        name: "llama defaults",
+        flash: true,
+        k: KvCacheType::F16,
+        v: KvCacheType::F16,
+        unified: true,
+    },
+];
+
+struct Raw {
+    backend: LlamaBackend,
+    model: LlamaModel,
+    threads: i32,
+}
+
+impl Raw {
+    fn params(&self, s: Setting) -> LlamaContextParams {
+        let flash = if s.flash {
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED
+        } else {
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
+        };
+        LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(CTX * SLOTS))
+            .with_n_batch(N_BATCH as u32)
+            .with_n_ubatch(N_BATCH as u32)
+            .with_n_seq_max(SLOTS)
+            .with_kv_unified(s.unified)
+            .with_flash_attention_policy(flash)
+            .with_type_k(s.k)
+            .with_type_v(s.v)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads)
+    }
+
+    fn ctx(&self, s: Setting) -> LlamaContext<'_> {
+        self.model
+            .new_context(&self.backend, self.params(s))
+            .expect("context")
+    }
+}
+
+/// Prefills `tokens` into sequence 0 in batches of `chunk`; the logits of the last token.
+fn prefill(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken], chunk: usize) -> Vec<f32> {
+    let mut batch = LlamaBatch::new(N_BATCH, 1);
+    for (c, part) in tokens.chunks(chunk).enumerate() {
+        batch.clear();
+        for (j, t) in part.iter().enumerate() {
+            let pos = c * chunk + j;
+            batch
+                .add(*t, pos as i32, &[0], pos + 1 == tokens.len())
+                .unwrap();
+        }
+        ctx.decode(&mut batch).unwrap();
+    }
+    ctx.get_logits_ith(batch.n_tokens() - 1).to_vec()
+}
+
+fn argmax(l: &[f32]) -> LlamaToken {
+    let mut best = 0;
+    for (i, v) in l.iter().enumerate() {
+        if *v > l[best] {
+            best = i;
+        }
+    }
+    LlamaToken(best as i32)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+struct Figures {
+    prompt: f64,
+    generation: f64,
+}
+
+fn speed(raw: &Raw, s: Setting, prompt: &[LlamaToken]) -> Figures {
+    let mut ctx = raw.ctx(s);
+    let t = Instant::now();
+    let mut logits = prefill(&mut ctx, prompt, N_BATCH);
+    let prompt_rate = prompt.len() as f64 / t.elapsed().as_secs_f64();
+    let mut batch = LlamaBatch::new(1, 1);
+    let t = Instant::now();
+    for i in 0..GEN {
+        batch.clear();
+        batch
+            .add(argmax(&logits), (prompt.len() + i) as i32, &[0], true)
+            .unwrap();
+        ctx.decode(&mut batch).unwrap();
+        logits = ctx.get_logits_ith(0).to_vec();
+    }
+    Figures {
+        prompt: prompt_rate,
+        generation: GEN as f64 / t.elapsed().as_secs_f64(),
+    }
+}
+
+/// (one at a time vs one batch of six, one prefill vs chunks of 64): the largest logit
+/// differences.
+fn invariance(raw: &Raw, s: Setting, prompt: &[LlamaToken]) -> (f32, f32) {
+    // (a) six tokens one at a time, greedily.
+    let mut ctx = raw.ctx(s);
+    let mut logits = prefill(&mut ctx, prompt, N_BATCH);
+    let mut toks = Vec::new();
+    let mut one_by_one = Vec::new();
+    let mut batch = LlamaBatch::new(N_BATCH, 1);
+    for i in 0..6 {
+        let t = argmax(&logits);
+        toks.push(t);
+        batch.clear();
+        batch.add(t, (prompt.len() + i) as i32, &[0], true).unwrap();
+        ctx.decode(&mut batch).unwrap();
+        logits = ctx.get_logits_ith(0).to_vec();
+        one_by_one.push(logits.clone());
+    }
+    drop(ctx);
+    // (b) the same six in one decode.
+    let mut ctx = raw.ctx(s);
+    let first = prefill(&mut ctx, prompt, N_BATCH);
+    batch.clear();
+    for (i, t) in toks.iter().enumerate() {
+        batch
+            .add(*t, (prompt.len() + i) as i32, &[0], true)
+            .unwrap();
+    }
+    ctx.decode(&mut batch).unwrap();
+    let verify = (0..6)
+        .map(|i| max_diff(&one_by_one[i], ctx.get_logits_ith(i as i32)))
+        .fold(0.0, f32::max);
+    drop(ctx);
+    // (c) the prompt in chunks of 64.
+    let mut ctx = raw.ctx(s);
+    let chunked = prefill(&mut ctx, prompt, 64);
+    (verify, max_diff(&first, &chunked))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let threads = env_num("INHOUSE_BENCH_THREADS", 2);
+    let repeat = env_num("INHOUSE_BENCH_REPEAT", 5);
+    inhouse::engine::cpu_backend().expect("ggml CPU backend");
+    let mut backend = LlamaBackend::init().expect("llama backend");
+    if std::env::var_os("INHOUSE_BENCH_LOGS").is_none() {
+        backend.void_logs();
+    }
+    let path = model_path();
+    let model = LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let raw = Raw {
+        backend,
+        model,
+        threads: threads as i32,
+    };
+    let mut prompt = raw
+        .model
+        .vocab()
+        .tokenize(prompt_text().as_bytes(), true, true);
+    assert!(prompt.len() >= PROMPT_TOKENS, "prompt too short");
+    prompt.truncate(PROMPT_TOKENS);
+    println!(
+        "model {}, {threads} threads, {PROMPT_TOKENS}-token prompt, medians of {repeat}",
+        path.file_name().unwrap().to_string_lossy()
+    );
+    if std::env::var_os("INHOUSE_BENCH_DIAG").is_some() {
+        let mut first = Vec::new();
+        for s in SETTINGS {
+            let mut ctx = raw.ctx(s);
+            let l = prefill(&mut ctx, &prompt, N_BATCH);
+            let l64 = {
+                let mut c2 = raw.ctx(s);
+                prefill(&mut c2, &prompt[..600], N_BATCH)
+            };
+            eprintln!(
+                "{}: logits[0..3] {:?} (600 tokens: {:?})",
+                s.name,
+                &l[..3],
+                &l64[..3]
+            );
+            first.push(l);
+        }
+        eprintln!("f16 vs f16/q8_0: {:e}", max_diff(&first[1], &first[2]));
+    }
+    // Interleaved rounds, so that load changes hit every setting alike.
+    let mut runs: Vec<Vec<Figures>> = SETTINGS.iter().map(|_| Vec::new()).collect();
+    for _ in 0..repeat {
+        for (i, s) in SETTINGS.iter().enumerate() {
+            runs[i].push(speed(&raw, *s, &prompt));
+        }
+    }
+    let medians: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                median(r.iter().map(|f| f.prompt).collect()),
+                median(r.iter().map(|f| f.generation).collect()),
+            )
+        })
+        .collect();
+    let reference = medians[SETTINGS.len() - 1];
+    println!(
+        "| setting | prompt tok/s | vs llama defaults | generation tok/s | vs llama defaults | \
+         max Δlogit, 6 at once vs one by one | max Δlogit, chunks of 64 vs 512 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (i, s) in SETTINGS.iter().enumerate() {
+        let (verify, chunks) = invariance(&raw, *s, &prompt);
+        println!(
+            "| {} | {:.1} | {:.2} | {:.1} | {:.2} | {:e} | {:e} |",
+            s.name,
+            medians[i].0,
+            medians[i].0 / reference.0,
+            medians[i].1,
+            medians[i].1 / reference.1,
+            verify,
+            chunks
+        );
+    }
+}
