@@ -249,6 +249,34 @@ fn invariance(raw: &Raw, s: Setting, prompt: &[LlamaToken]) -> (f32, f32) {
     (verify, max_diff(&first, &chunked))
 }
 
+/// What verifying a draft costs: the time of one decode of `k` tokens of one sequence after a
+/// 600-token prompt, relative to a decode of one token (medians of `repeat`).
+fn verify_costs(raw: &Raw, s: Setting, prompt: &[LlamaToken], repeat: usize) -> Vec<(usize, f64)> {
+    let mut ctx = raw.ctx(s);
+    let base = &prompt[..600];
+    prefill(&mut ctx, base, N_BATCH);
+    let mut batch = LlamaBatch::new(N_BATCH, 1);
+    let mut time = |k: usize| {
+        let mut v = Vec::new();
+        for _ in 0..repeat {
+            batch.clear();
+            for (j, t) in prompt[600..600 + k].iter().enumerate() {
+                batch.add(*t, (600 + j) as i32, &[0], true).unwrap();
+            }
+            let t = Instant::now();
+            ctx.decode(&mut batch).unwrap();
+            v.push(t.elapsed().as_secs_f64());
+            ctx.clear_kv_cache_seq(Some(0), Some(600), None).unwrap();
+        }
+        median(v)
+    };
+    let one = time(1);
+    [2, 3, 5, 9, 17, 33]
+        .iter()
+        .map(|&k| (k, time(k) / one))
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -298,6 +326,22 @@ fn main() {
             first.push(l);
         }
         eprintln!("f16 vs f16/q8_0: {:e}", max_diff(&first[1], &first[2]));
+    }
+    let costs = verify_costs(&raw, SETTINGS[3], &prompt, repeat.max(5) * 2);
+    println!(
+        "decode of k tokens of one sequence / decode of one ({}): {}",
+        SETTINGS[3].name,
+        costs
+            .iter()
+            .map(|(k, r)| format!(
+                "k={k} {r:.2} ({:.2} a token more)",
+                (r - 1.0) / (*k as f64 - 1.0)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if std::env::var_os("INHOUSE_BENCH_COSTS_ONLY").is_some() {
+        return;
     }
     // Interleaved rounds, so that load changes hit every setting alike.
     let mut runs: Vec<Vec<Figures>> = SETTINGS.iter().map(|_| Vec::new()).collect();

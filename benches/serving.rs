@@ -136,6 +136,7 @@ impl Raw {
             seqs,
             self.threads as u32,
             !self.llama_defaults,
+            gpu_layers() > 0,
         );
         self.model.new_context(&self.backend, p).expect("context")
     }

@@ -49,7 +49,8 @@ CITY = {"type": "object",
         "properties": {"name": {"type": "string"}, "country": {"type": "string"},
                        "population_millions": {"type": "number"}},
         "required": ["name", "country", "population_millions"]}
-r = client.chat(model=model, options=options, format=CITY,
+# Room for the whole object: a schema-constrained answer cut by num_predict is not valid JSON.
+r = client.chat(model=model, options={**options, "num_predict": 256}, format=CITY,
                 messages=[{"role": "user", "content": "Describe Lyon."}])
 jsonschema.validate(json.loads(r.message.content), CITY)
 print("ollama format schema ok:", r.message.content)

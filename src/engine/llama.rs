@@ -16,7 +16,7 @@
 
 use super::constraint::{Constraint, Grammars, Spec};
 use super::scheduler::{choose_slot, plan_prefill, FairQueue, Prefilling, SlotView};
-use super::speculative::{self, Adaptive, Mode, Speculation, SpeculativeConfig};
+use super::speculative::{self, Adaptive, Lookup, Mode, Speculation, SpeculativeConfig};
 use super::speculative_draft::{check_same_vocabulary, DraftRunner};
 use super::text::{Fed, StopStream};
 use super::{
@@ -423,7 +423,10 @@ struct Active {
 
 /// A speculating request's drafting state.
 struct SeqSpec {
+    /// Drafting state with a draft model.
     adaptive: Adaptive,
+    /// Drafting state with prompt lookup.
+    lookup: Lookup,
     /// The draft decoded after the sampled token in this step (empty: none).
     draft: Vec<LlamaToken>,
 }
@@ -928,6 +931,7 @@ impl<'m> Runner<'m> {
                 last_token_at: None,
                 spec: (self.spec.mode != Mode::Off && req.speculative).then(|| SeqSpec {
                     adaptive: Adaptive::new(self.spec.draft_max),
+                    lookup: Lookup::new(self.spec.draft_max),
                     draft: Vec::new(),
                 }),
             });
@@ -1063,16 +1067,17 @@ impl<'m> Runner<'m> {
     }
 
     /// This step's drafts, per slot (empty where a sequence does not speculate, pauses, or has
-    /// no room): each speculating sequence may propose what its [`Adaptive`] state allows,
+    /// no room): each speculating sequence may propose what its [`Adaptive`] state allows
+    /// (with prompt lookup, its [`Lookup`] state for the length of the suffix that matched),
     /// within its context, its `max_tokens`, and the step's batch.
     fn propose(&mut self, to_generate: usize) -> Vec<Vec<LlamaToken>> {
+        let with_model = self.draft.is_some() && self.spec.mode == Mode::Draft;
         let mut wants = vec![0usize; self.slots.len()];
+        let mut found = vec![Vec::new(); self.slots.len()];
         let mut batch_left = (N_BATCH as usize).saturating_sub(to_generate);
         for (i, s) in self.slots.iter_mut().enumerate() {
             let Some(a) = s.active.as_mut() else { continue };
-            if a.next.is_none() {
-                continue;
-            }
+            let Some(next) = a.next else { continue };
             let Some(sp) = a.spec.as_mut() else { continue };
             // Positions after the sampled token must stay inside the context; a draft of k
             // yields up to k + 1 tokens, no more than the request may still generate.
@@ -1080,12 +1085,35 @@ impl<'m> Runner<'m> {
                 .saturating_sub(s.tokens.len() + 2)
                 .min((a.max_tokens.saturating_sub(a.completion_tokens) as usize).saturating_sub(1))
                 .min(batch_left);
-            let want = sp
-                .adaptive
-                .allowance(to_generate, self.spec.verify_cost)
-                .min(room);
+            let want = if with_model {
+                sp.adaptive.allowance(to_generate, self.spec.verify_cost)
+            } else {
+                // Prompt lookup is cheap: look first, then verify as much of what was found as
+                // pays for a match of that length.
+                let mut history = s.tokens.clone();
+                history.push(next);
+                let (mut draft, matched) = speculative::propose_ngram_matched(
+                    &history,
+                    self.spec.ngram_min,
+                    self.spec.ngram_max,
+                    room.min(self.spec.draft_max),
+                );
+                if draft.is_empty() {
+                    continue;
+                }
+                let k = sp
+                    .lookup
+                    .allowance(matched, to_generate, self.spec.verify_cost);
+                draft.truncate(k);
+                found[i] = draft;
+                found[i].len()
+            }
+            .min(room);
             batch_left -= want;
             wants[i] = want;
+        }
+        if !with_model {
+            return found;
         }
         // Each sequence's text so far, with its sampled token.
         let history = |s: &Slot| {
@@ -1093,44 +1121,30 @@ impl<'m> Runner<'m> {
             h.extend(s.active.as_ref().and_then(|a| a.next));
             h
         };
-        match (&mut self.draft, self.spec.mode) {
-            (Some(d), Mode::Draft) => {
-                let histories: Vec<(usize, Vec<LlamaToken>)> = (0..self.slots.len())
-                    .filter(|&i| wants[i] > 0)
-                    .map(|i| (i, history(&self.slots[i])))
-                    .collect();
-                let asks: Vec<(usize, &[LlamaToken], usize)> = histories
-                    .iter()
-                    .map(|(i, h)| (*i, h.as_slice(), wants[*i]))
-                    .collect();
-                let mut out = vec![Vec::new(); self.slots.len()];
-                match d.propose(&asks) {
-                    Ok(drafts) => {
-                        for ((i, _), draft) in histories.iter().zip(drafts) {
-                            out[*i] = draft;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(model = %self.l.info.name, error = %e, "drafting failed");
-                        d.clear();
-                    }
+        let Some(d) = &mut self.draft else {
+            return found;
+        };
+        let histories: Vec<(usize, Vec<LlamaToken>)> = (0..self.slots.len())
+            .filter(|&i| wants[i] > 0)
+            .map(|i| (i, history(&self.slots[i])))
+            .collect();
+        let asks: Vec<(usize, &[LlamaToken], usize)> = histories
+            .iter()
+            .map(|(i, h)| (*i, h.as_slice(), wants[*i]))
+            .collect();
+        let mut out = vec![Vec::new(); self.slots.len()];
+        match d.propose(&asks) {
+            Ok(drafts) => {
+                for ((i, _), draft) in histories.iter().zip(drafts) {
+                    out[*i] = draft;
                 }
-                out
             }
-            _ => (0..self.slots.len())
-                .map(|i| {
-                    if wants[i] == 0 {
-                        return Vec::new();
-                    }
-                    speculative::propose_ngram(
-                        &history(&self.slots[i]),
-                        self.spec.ngram_min,
-                        self.spec.ngram_max,
-                        wants[i],
-                    )
-                })
-                .collect(),
+            Err(e) => {
+                tracing::warn!(model = %self.l.info.name, error = %e, "drafting failed");
+                d.clear();
+            }
         }
+        out
     }
 
     /// Verifies slot `i`'s draft against the logits of the step's decode: draws the model's own
@@ -1168,6 +1182,7 @@ impl<'m> Runner<'m> {
         }
         if let Some(sp) = s.active.as_mut().and_then(|a| a.spec.as_mut()) {
             sp.adaptive.record(draft.len(), accepted);
+            sp.lookup.record(draft.len(), accepted);
         }
     }
 

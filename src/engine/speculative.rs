@@ -53,11 +53,11 @@ impl Mode {
 }
 
 /// Default of `draft-max`.
-pub const DEFAULT_DRAFT_MAX: u32 = 8;
+pub const DEFAULT_DRAFT_MAX: u32 = 16;
 /// Default of `ngram-min`.
-pub const DEFAULT_NGRAM_MIN: u32 = 2;
+pub const DEFAULT_NGRAM_MIN: u32 = 4;
 /// Default of `ngram-max`.
-pub const DEFAULT_NGRAM_MAX: u32 = 4;
+pub const DEFAULT_NGRAM_MAX: u32 = 12;
 /// Default of `max-batch`.
 pub const DEFAULT_MAX_BATCH: u32 = 4;
 
@@ -154,8 +154,15 @@ impl SpeculativeConfig {
             .get(name)
             .or_else(|| self.drafts.get(base))
             .cloned();
+        let mode = match (o.mode, self.mode) {
+            (Some(m), _) => m,
+            // A top-level `mode = "draft"` is for the models that have a draft; the others (the
+            // draft models among them) are served without speculation.
+            (None, Mode::Draft) if draft.is_none() => Mode::Off,
+            (None, m) => m,
+        };
         Speculation {
-            mode: o.mode.unwrap_or(self.mode),
+            mode,
             draft_max: o.draft_max.unwrap_or(self.draft_max) as usize,
             ngram_min: o.ngram_min.unwrap_or(self.ngram_min) as usize,
             ngram_max: o.ngram_max.unwrap_or(self.ngram_max) as usize,
@@ -257,9 +264,19 @@ pub fn propose_ngram<T: PartialEq + Copy>(
     ngram_max: usize,
     max: usize,
 ) -> Vec<T> {
+    propose_ngram_matched(history, ngram_min, ngram_max, max).0
+}
+
+/// [`propose_ngram`], with the length of the suffix that matched (0 when nothing did).
+pub fn propose_ngram_matched<T: PartialEq + Copy>(
+    history: &[T],
+    ngram_min: usize,
+    ngram_max: usize,
+    max: usize,
+) -> (Vec<T>, usize) {
     let len = history.len();
     if max == 0 || ngram_min == 0 {
-        return Vec::new();
+        return (Vec::new(), 0);
     }
     for n in (ngram_min..=ngram_max.min(len.saturating_sub(1))).rev() {
         let suffix = &history[len - n..];
@@ -271,10 +288,10 @@ pub fn propose_ngram<T: PartialEq + Copy>(
         if let Some(start) = found {
             let from = start + n;
             let to = (from + max).min(len);
-            return history[from..to].to_vec();
+            return (history[from..to].to_vec(), n);
         }
     }
-    Vec::new()
+    (Vec::new(), 0)
 }
 
 /// Verification of one sequence's draft: `sampled(j)` draws the model's own token at position
@@ -306,10 +323,14 @@ pub fn verify<T: PartialEq + Copy>(
     (emitted, accepted)
 }
 
-/// What one more token in a decode costs, relative to a decode of one token: measured here
-/// (2 cores, SmolLM2) as llama-bench's pp512 against tg128, 3.9 ms against 11 ms a token. On a
-/// CPU verification is not free: a draft of k tokens makes the step cost about 1 + k × this.
-pub const TOKEN_COST: f32 = 0.35;
+/// What one more token in a decode costs, relative to a decode of one token, on a CPU: a draft
+/// of k tokens makes the step cost about 1 + (k + 1) × this, the first draft token paying the
+/// switch from the one-row to the several-row kernels as well. Measured here (2 cores,
+/// `cargo bench --bench prompt_settings`, a decode of k + 1 tokens of one sequence against one):
+/// SmolLM2 1.9× for one draft token, 5.8× for 8, 17.8× for 32; Qwen2.5-Coder-0.5B 2.4×, 5.9×,
+/// 14.6×. (Prompt speed against generation speed, 0.35 a token, says what a full 512-token batch
+/// costs, not a draft's few tokens.)
+pub const TOKEN_COST: f32 = 0.5;
 
 /// A draft must promise at least this much more tokens per unit of step time than decoding
 /// without one (the rest is overhead the model above leaves out: the lookup, the KV trim, the
@@ -330,7 +351,7 @@ pub fn expected_tokens(alpha: f32, k: usize) -> f32 {
 
 /// The draft length (0..=`max`) that maximizes tokens per unit of time for a sequence with
 /// per-token acceptance `alpha`, in a step where `generating` sequences decode together: the
-/// step costs 1 + (generating - 1) × `cost` without drafts and k × `cost` more with one
+/// step costs 1 + (generating - 1) × `cost` without drafts and (k + 1) × `cost` more with one
 /// (`cost`: `verify-cost`, by default [`TOKEN_COST`]), and that cost is paid by every sequence in the step, while only this one gains.
 /// 0 when no length gains [`MIN_GAIN`].
 pub fn best_draft_len(alpha: f32, generating: usize, max: usize, cost: f32) -> usize {
@@ -339,7 +360,8 @@ pub fn best_draft_len(alpha: f32, generating: usize, max: usize, cost: f32) -> u
     let mut best = (0, 1.0f32);
     for k in 1..=max {
         // Aggregate tokens per unit of time, relative to the step without a draft.
-        let gain = ((n - 1.0 + expected_tokens(alpha, k)) / n) / ((base + k as f32 * cost) / base);
+        let gain =
+            ((n - 1.0 + expected_tokens(alpha, k)) / n) / ((base + (k + 1) as f32 * cost) / base);
         if gain > best.1 {
             best = (k, gain);
         }
@@ -363,14 +385,18 @@ pub struct Adaptive {
     pub pause: u32,
     /// How long the next pause lasts.
     next_pause: u32,
+    /// The first draft, and the first after a pause, is one token: a cheap probe of whether the
+    /// text is (again) predictable.
+    probe: bool,
     max: usize,
 }
 
 /// Weight kept by past verifications at each new one (about the last five count).
 const DECAY: f32 = 0.8;
-/// The estimate a sequence starts with, and restarts from after a pause: 80% acceptance with
-/// the weight of two verified tokens, so that one rejection is enough to shorten the draft.
-const PRIOR: (f32, f32) = (1.6, 2.0);
+/// The estimate a sequence starts with, and restarts from after a pause: 95% acceptance with
+/// the weight of two verified tokens, so that one rejection is enough to stop drafting. On a
+/// CPU only nearly certain drafts pay (see [`TOKEN_COST`]): a lower prior would never draft.
+const PRIOR: (f32, f32) = (1.9, 2.0);
 /// The first pause when no draft length pays, in steps; each later one doubles, up to
 /// [`LONGEST_PAUSE`].
 const FIRST_PAUSE: u32 = 4;
@@ -385,6 +411,7 @@ impl Adaptive {
             trials: PRIOR.1,
             pause: 0,
             next_pause: FIRST_PAUSE,
+            probe: true,
             max: max.max(1),
         }
     }
@@ -397,17 +424,21 @@ impl Adaptive {
     /// How many draft tokens this step may propose for the sequence, with `generating`
     /// sequences in the step: 0 while it pauses (the pause counts down); otherwise the length
     /// that pays best ([`best_draft_len`]). When none pays, a pause starts; after it the
-    /// estimate restarts from the prior, so one cheap probe finds out whether the text has
+    /// estimate restarts from the prior and a one-token probe finds out whether the text has
     /// become predictable again.
     pub fn allowance(&mut self, generating: usize, cost: f32) -> usize {
         if self.pause > 0 {
             self.pause -= 1;
             if self.pause == 0 {
                 (self.hits, self.trials) = PRIOR;
+                self.probe = true;
             }
             return 0;
         }
         let k = best_draft_len(self.alpha(), generating, self.max, cost);
+        if std::mem::take(&mut self.probe) {
+            return k.min(1);
+        }
         if k == 0 && generating <= 1 {
             // Even alone nothing pays: stop looking for a while.
             self.pause = self.next_pause;
@@ -427,6 +458,53 @@ impl Adaptive {
         if accepted * 2 >= drafted {
             self.next_pause = FIRST_PAUSE;
         }
+    }
+}
+
+/// Prompt-lookup drafting state: one [`Adaptive`] estimate per class of matched suffix length
+/// (up to 3 tokens, 4 to 7, 8 and more). A draft found after a long matched suffix (a verbatim
+/// copy under way) is accepted far more often than one found after two common tokens, so one
+/// estimate for both would draft too long after short matches and too short during copies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    classes: [Adaptive; 3],
+    /// The class of the last draft, which [`Lookup::record`] updates.
+    last: usize,
+}
+
+impl Lookup {
+    /// A sequence that may draft up to `max` tokens a step.
+    pub fn new(max: usize) -> Self {
+        Lookup {
+            classes: std::array::from_fn(|_| Adaptive::new(max)),
+            last: 0,
+        }
+    }
+
+    /// The class of a match of `matched` tokens.
+    pub fn class(matched: usize) -> usize {
+        match matched {
+            0..=3 => 0,
+            4..=7 => 1,
+            _ => 2,
+        }
+    }
+
+    /// How many tokens of a draft found after a `matched`-token suffix to verify this step (see
+    /// [`Adaptive::allowance`]; each class pauses on its own).
+    pub fn allowance(&mut self, matched: usize, generating: usize, cost: f32) -> usize {
+        self.last = Self::class(matched);
+        self.classes[self.last].allowance(generating, cost)
+    }
+
+    /// Records the verification of the last draft.
+    pub fn record(&mut self, drafted: usize, accepted: usize) {
+        self.classes[self.last].record(drafted, accepted);
+    }
+
+    /// The estimated acceptance of class `class`.
+    pub fn alpha(&self, class: usize) -> f32 {
+        self.classes[class.min(2)].alpha()
     }
 }
 
@@ -578,14 +656,16 @@ mod tests {
         assert_eq!(expected_tokens(0.9, 0), 1.0);
         // Alone: a predictable text drafts long, a so-so one short, an unpredictable one not.
         assert_eq!(best_draft_len(0.99, 1, 8, TOKEN_COST), 8);
-        let mid = best_draft_len(0.7, 1, 8, TOKEN_COST);
-        assert!((1..=3).contains(&mid), "{mid}");
+        let mid = best_draft_len(0.95, 1, 16, TOKEN_COST);
+        assert!((4..=12).contains(&mid), "{mid}");
+        // On a CPU a so-so text does not pay.
+        assert_eq!(best_draft_len(0.7, 1, 8, TOKEN_COST), 0);
         assert_eq!(best_draft_len(0.3, 1, 8, TOKEN_COST), 0);
         // At no cost, anything accepted at all drafts draft-max.
         assert_eq!(best_draft_len(0.3, 8, 8, 0.0), 8);
         assert_eq!(best_draft_len(0.0, 1, 8, 0.0), 0);
         // The same acceptance pays less as the batch grows: every sequence pays the cost.
-        assert!(best_draft_len(0.8, 4, 8, TOKEN_COST) < best_draft_len(0.8, 1, 8, TOKEN_COST));
+        assert!(best_draft_len(0.95, 4, 16, TOKEN_COST) < best_draft_len(0.95, 1, 16, TOKEN_COST));
         assert_eq!(best_draft_len(0.8, 16, 8, TOKEN_COST), 0);
         // Never beyond draft-max.
         assert_eq!(best_draft_len(1.0, 1, 3, TOKEN_COST), 3);
@@ -594,7 +674,9 @@ mod tests {
     #[test]
     fn drafting_adapts_per_sequence_and_pauses_when_nothing_pays() {
         let mut a = Adaptive::new(8);
-        // The prior (80%) drafts a few tokens alone.
+        // The first draft is a one-token probe; accepted, the prior (95%) drafts long.
+        assert_eq!(a.allowance(1, TOKEN_COST), 1);
+        a.record(1, 1);
         let first = a.allowance(1, TOKEN_COST);
         assert!((2..=8).contains(&first), "{first}");
         // Everything accepted: the estimate rises, the draft grows to draft-max.
@@ -631,6 +713,34 @@ mod tests {
     }
 
     #[test]
+    fn lookup_judges_long_matches_apart_from_short_ones() {
+        let mut l = Lookup::new(16);
+        assert_eq!(
+            (Lookup::class(2), Lookup::class(5), Lookup::class(12)),
+            (0, 1, 2)
+        );
+        // Drafts after two-token matches keep failing: that class stops drafting...
+        for _ in 0..20 {
+            let k = l.allowance(2, 1, TOKEN_COST);
+            if k > 0 {
+                l.record(k, 0);
+            }
+        }
+        assert_eq!(l.allowance(2, 1, TOKEN_COST), 0);
+        assert!(l.alpha(0) < 0.7, "{}", l.alpha(0));
+        // ...while copies (twelve-token matches) that are accepted draft longer and longer.
+        let first = l.allowance(12, 1, TOKEN_COST);
+        assert!(first > 0);
+        l.record(first, first);
+        for _ in 0..10 {
+            let k = l.allowance(12, 1, TOKEN_COST);
+            l.record(k, k);
+        }
+        let later = l.allowance(12, 1, TOKEN_COST);
+        assert!(later > first && l.alpha(2) > 0.9, "{first} then {later}");
+    }
+
+    #[test]
     fn large_batches_carry_no_drafts() {
         assert!(step_allows_drafts(1, 4));
         assert!(step_allows_drafts(4, 4));
@@ -646,7 +756,10 @@ mod tests {
         .unwrap();
         c.check().unwrap();
         let s = c.for_model("smol");
-        assert_eq!((s.mode, s.draft_max, s.ngram_min), (Mode::Ngram, 6, 2));
+        assert_eq!(
+            (s.mode, s.draft_max, s.ngram_min),
+            (Mode::Ngram, 6, DEFAULT_NGRAM_MIN as usize)
+        );
         let b = c.for_model("big+lora");
         assert_eq!((b.mode, b.draft.as_deref()), (Mode::Draft, Some("small")));
         assert_eq!(c.for_model("quiet").mode, Mode::Off);
@@ -666,5 +779,10 @@ mod tests {
         assert!(err("[models.x]\nmode = \"draft\"").contains("x = \"DRAFT-MODEL\""));
         assert!(toml::from_str::<SpeculativeConfig>("mode = \"eagle\"").is_err());
         assert!(toml::from_str::<SpeculativeConfig>("draft_max = 3").is_err());
+        // The top-level draft mode leaves a model without a draft (the draft itself) plain.
+        let c: SpeculativeConfig =
+            toml::from_str("mode = \"draft\"\n[drafts]\ncoder = \"small\"\n").unwrap();
+        assert_eq!(c.for_model("coder").mode, Mode::Draft);
+        assert_eq!(c.for_model("small").mode, Mode::Off);
     }
 }

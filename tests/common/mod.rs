@@ -581,8 +581,20 @@ class Unix(http.client.HTTPConnection):
 try:
     c = Unix("inhouse", timeout=120)
     body = sys.argv[4].encode() if len(sys.argv) > 4 else None
-    c.request(sys.argv[2], sys.argv[3], body=body,
-              headers={"Content-Type": "application/json"} if body else {})
+    try:
+        c.request(sys.argv[2], sys.argv[3], body=body,
+                  headers={"Content-Type": "application/json"} if body else {})
+    except (BrokenPipeError, ConnectionResetError):
+        # A caller refused by its credentials is answered as soon as it connects, and the
+        # connection closed, possibly before the request was written: the answer is still in
+        # the socket.
+        data = b""
+        while chunk := c.sock.recv(65536):
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        print(int(head.split(b" ")[1]))
+        sys.stdout.write(rest.decode(errors="replace"))
+        sys.exit(0)
     r = c.getresponse()
     print(r.status)
     sys.stdout.write(r.read().decode(errors="replace"))
