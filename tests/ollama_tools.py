@@ -48,10 +48,11 @@ print("ollama round trip ok:", repr(final.message.content))
 CITY = {"type": "object",
         "properties": {"name": {"type": "string"}, "country": {"type": "string"},
                        "population_millions": {"type": "number"}},
-        "required": ["name", "country", "population_millions"]}
+        "required": ["name", "country", "population_millions"], "additionalProperties": False}
 # Room for the whole object: a schema-constrained answer cut by num_predict is not valid JSON.
 r = client.chat(model=model, options={**options, "num_predict": 256}, format=CITY,
-                messages=[{"role": "user", "content": "Describe Lyon."}])
+                messages=[{"role": "user", "content":
+                                      "Describe Lyon: its name, country and population."}])
 jsonschema.validate(json.loads(r.message.content), CITY)
 print("ollama format schema ok:", r.message.content)
 
