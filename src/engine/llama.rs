@@ -626,16 +626,19 @@ impl<'m> Runner<'m> {
         metrics: &Metrics,
     ) -> Result<Self, EngineError> {
         let slots = cfg.slots.max(1);
-        let params = serving_params(
-            l.info.n_ctx,
-            slots,
-            cfg.threads,
-            cfg.deterministic_batching,
-            cfg.gpu_layers > 0,
-        );
+        // The target's context and a draft model's have the same settings.
+        let params = || {
+            serving_params(
+                l.info.n_ctx,
+                slots,
+                cfg.threads,
+                cfg.deterministic_batching,
+                cfg.gpu_layers > 0,
+            )
+        };
         let mut ctx = l
             .model
-            .new_context(backend, params)
+            .new_context(backend, params())
             .map_err(|e| EngineError::Load {
                 name: l.info.name.clone(),
                 path: String::new(),
@@ -655,15 +658,8 @@ impl<'m> Runner<'m> {
         let spec = cfg.speculative.for_model(&l.info.name);
         let draft = match (&l.draft, spec.mode) {
             (Some((draft_name, model)), Mode::Draft) => {
-                let params = serving_params(
-                    l.info.n_ctx,
-                    slots,
-                    cfg.threads,
-                    cfg.deterministic_batching,
-                    cfg.gpu_layers > 0,
-                );
                 let ctx = model
-                    .new_context(backend, params)
+                    .new_context(backend, params())
                     .map_err(|e| EngineError::Load {
                         name: l.info.name.clone(),
                         path: String::new(),
