@@ -26,7 +26,7 @@ use super::{
 use crate::metrics::{Metrics, ModelMetrics};
 use inhouse_formats::request::ToolChoice;
 use inhouse_formats::template::{ChatTemplate, RenderInput, TemplateLimits};
-use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -115,24 +115,12 @@ pub fn serving_params(
     deterministic: bool,
     gpu: bool,
 ) -> LlamaContextParams {
-    use llama_cpp_2::context::params::KvCacheType;
-    let (unified, flash, kv_type) = match (deterministic, gpu) {
-        (true, false) => (
-            false,
-            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            KvCacheType::Q8_0,
-        ),
-        (true, true) => (
-            false,
-            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-            KvCacheType::F16,
-        ),
-        (false, _) => (
-            true,
-            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
-            KvCacheType::F16,
-        ),
+    let (unified, flash) = match (deterministic, gpu) {
+        (true, false) => (false, llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED),
+        (true, true) => (false, llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED),
+        (false, _) => (true, llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO),
     };
+    let kv_type = serving_kv_type(deterministic, gpu);
     LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(ctx_size * slots))
         .with_n_batch(N_BATCH)
@@ -146,14 +134,22 @@ pub fn serving_params(
         .with_n_threads_batch(threads as i32)
 }
 
-/// Bytes of 32 K or V cache elements in the serving context (see [`serving_params`]): Q8_0
-/// (34) when batching is deterministic on the CPU, else F16 (64). The memory estimate counts
-/// the cache at this width.
-pub fn kv_bytes_per_32(deterministic: bool, gpu: bool) -> u64 {
+/// The K and V cache type of the serving context (see [`serving_params`]): Q8_0 when batching
+/// is deterministic on the CPU, else F16.
+pub fn serving_kv_type(deterministic: bool, gpu: bool) -> KvCacheType {
     if deterministic && !gpu {
-        34
+        KvCacheType::Q8_0
     } else {
-        64
+        KvCacheType::F16
+    }
+}
+
+/// Bytes of 32 cache elements of [`serving_kv_type`]: the memory estimate counts the cache at
+/// this width.
+pub fn kv_bytes_per_32(deterministic: bool, gpu: bool) -> u64 {
+    match serving_kv_type(deterministic, gpu) {
+        KvCacheType::Q8_0 => 34,
+        _ => 64,
     }
 }
 
