@@ -10,6 +10,9 @@
 //! Prints markdown tables with medians and ratios; nothing is asserted (the machines are shared;
 //! the figures go into docs/BENCHMARKS.md with the load seen).
 
+#[path = "common/models.rs"]
+mod models;
+
 use hyper::Method;
 use inhouse::client::{Client, SseParser};
 use inhouse::engine::constraint::{Grammars, Spec};
@@ -29,12 +32,7 @@ fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("INHOUSE_BENCH_MODEL") {
         return PathBuf::from(p);
     }
-    let dir = std::env::var_os("INHOUSE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/inhouse/models")
-        });
-    let p = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let p = models::models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     assert!(
         p.is_file(),
         "{} is missing: run scripts/fetch-models",

@@ -19,6 +19,9 @@
 //! `cargo bench --bench prompt_settings`. Environment: `INHOUSE_BENCH_MODEL` (default SmolLM2),
 //! `INHOUSE_BENCH_THREADS` (2), `INHOUSE_BENCH_REPEAT` (5, medians printed).
 
+#[path = "common/models.rs"]
+mod models;
+
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -47,12 +50,7 @@ fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("INHOUSE_BENCH_MODEL") {
         return PathBuf::from(p);
     }
-    let dir = std::env::var_os("INHOUSE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/inhouse/models")
-        });
-    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// A retrieval-sized prompt: the benchmark's own written documents, repeated as needed.

@@ -12,6 +12,9 @@
 //! Prints every figure and its ratio to raw llama.cpp. No figure is asserted: the machines are
 //! shared, so the numbers are recorded in docs/BENCHMARKS.md with the load seen.
 
+#[path = "common/models.rs"]
+mod models;
+
 // The same measurement the native reference binary makes.
 #[path = "native-reference/src/llama_bench.rs"]
 mod llama_bench;
@@ -36,13 +39,7 @@ fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("INHOUSE_BENCH_MODEL") {
         return PathBuf::from(p);
     }
-    let dir = match std::env::var_os("INHOUSE_MODELS_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/inhouse/models")
-        }
-    };
-    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    models::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// Layers both sides offload to a GPU (`INHOUSE_BENCH_GPU_LAYERS`, default 0; a `cuda` build

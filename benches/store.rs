@@ -4,6 +4,9 @@
 //! Run: `cargo bench --bench store` (models from scripts/fetch-models). Prints figures; asserts
 //! nothing about speed.
 
+#[path = "common/models.rs"]
+mod models;
+
 use hyper::Method;
 use inhouse::client::Client;
 use inhouse::storage::{NewRecord, RequestStatus, Store};
@@ -73,13 +76,7 @@ fn handle_latency() {
     });
 }
 
-fn models_dir() -> std::path::PathBuf {
-    std::env::var_os("INHOUSE_MODELS_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/inhouse/models")
-        })
-}
+use models::models_dir;
 
 fn request_share() {
     let dir = tempfile::tempdir().unwrap();
