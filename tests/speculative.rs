@@ -116,22 +116,40 @@ fn ngram_speculation_gives_the_plain_text_alone_and_in_a_mixed_batch() {
     );
     rt().block_on(async {
         let c = d.client();
-        let mut plain = Vec::new();
-        for (i, prompt) in PROMPTS.iter().enumerate() {
-            let a = answer_of(&c, &body(i, false)).await;
-            assert!(!a.text.is_empty(), "empty answer to {prompt:?}");
-            plain.push(a);
-        }
-        let (d0, a0) = counters(&metrics_when_idle(&c, "smol").await);
-        assert_eq!((d0, a0), (0.0, 0.0), "plain requests drafted");
-        // Alone, with speculation.
-        for (i, want) in plain.iter().enumerate() {
-            let got = answer_of(&c, &body(i, true)).await;
-            assert_same(i, want, &got, "alone");
+        // Alone, with speculation, first: no answer to the same prompt exists yet, so drafts
+        // come from the prompt and the text so far.
+        let mut cold = Vec::new();
+        for i in 0..PROMPTS.len() {
+            cold.push(answer_of(&c, &body(i, true)).await);
         }
         let (d1, a1) = counters(&metrics_when_idle(&c, "smol").await);
         assert!(a1 > 0.0 && d1 >= a1, "drafted {d1}, accepted {a1}");
         eprintln!("alone: drafted {d1}, accepted {a1}");
+        // Then each prompt plainly, and at once again with speculation: the repeat reuses the
+        // slot of the plain run and drafts from the answer it gave (the previous request's
+        // continuation), nearly all of it accepted.
+        let mut plain = Vec::new();
+        let (mut dr, mut ar) = (0.0, 0.0);
+        for (i, prompt) in PROMPTS.iter().enumerate() {
+            let before = counters(&metrics_when_idle(&c, "smol").await);
+            let a = answer_of(&c, &body(i, false)).await;
+            assert!(!a.text.is_empty(), "empty answer to {prompt:?}");
+            assert_same(i, &a, &cold[i], "alone");
+            let after = counters(&metrics_when_idle(&c, "smol").await);
+            assert_eq!(after, before, "a plain request drafted");
+            let again = answer_of(&c, &body(i, true)).await;
+            assert_same(i, &a, &again, "repeated");
+            let (d, acc) = counters(&metrics_when_idle(&c, "smol").await);
+            (dr, ar) = (dr + d - after.0, ar + acc - after.1);
+            plain.push(a);
+        }
+        eprintln!("repeated: drafted {dr}, accepted {ar}");
+        assert!(
+            ar >= 0.9 * dr && ar > a1,
+            "a repeated request drafts from its earlier answer: drafted {dr}, accepted {ar} \
+             (cold: {a1} of {d1})"
+        );
+        let (d1, a1) = (d1 + dr, a1 + ar);
         // Eight at once, every other one speculative; then all eight speculative.
         for (what, on) in [
             ("mixed batch", [true, false]),

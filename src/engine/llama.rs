@@ -425,7 +425,14 @@ struct SeqSpec {
     lookup: Lookup,
     /// The draft decoded after the sampled token in this step (empty: none).
     draft: Vec<LlamaToken>,
+    /// What the reused slot held after the prefix this request shares with it (the same
+    /// caller's previous prompt tail and answer, at most [`EARLIER_MAX`] tokens): prompt
+    /// lookup searches it too.
+    earlier: Vec<LlamaToken>,
 }
+
+/// Most tokens of a reused slot's previous continuation kept for prompt lookup.
+const EARLIER_MAX: usize = 4096;
 
 impl Active {
     fn prompt_tokens(&self) -> u32 {
@@ -850,6 +857,13 @@ impl<'m> Runner<'m> {
             }
             keep = 0;
         }
+        // What the slot held after the shared prefix: the same caller's previous answer (a
+        // slot is reused only for its owner, unless the config shares caches).
+        let mut earlier = Vec::new();
+        if keep > 0 && self.spec.mode == Mode::Ngram && req.speculative {
+            let end = slot.tokens.len().min(keep + EARLIER_MAX);
+            earlier.extend_from_slice(&slot.tokens[keep.min(end)..end]);
+        }
         slot.tokens.truncate(keep);
         slot.prefilled = slot.prefilled.min(keep);
         if let Some(d) = self.draft.as_mut() {
@@ -925,6 +939,11 @@ impl<'m> Runner<'m> {
                     adaptive: Adaptive::new(self.spec.draft_max),
                     lookup: Lookup::new(self.spec.draft_max),
                     draft: Vec::new(),
+                    earlier: if choice == 0 {
+                        std::mem::take(&mut earlier)
+                    } else {
+                        Vec::new()
+                    },
                 }),
             });
         }
@@ -1081,23 +1100,25 @@ impl<'m> Runner<'m> {
                 sp.adaptive.allowance(to_generate, self.spec.verify_cost)
             } else {
                 // Prompt lookup is cheap: look first, then verify as much of what was found as
-                // pays for a match of that length.
-                let mut history = s.tokens.clone();
-                history.push(next);
-                let (mut draft, matched) = speculative::propose_ngram_matched(
-                    &history,
+                // pays for an agreement of that length. The history is the sequence's tokens
+                // with its sampled one, pushed for the lookup only.
+                s.tokens.push(next);
+                let mut f = speculative::lookup(
+                    &sp.earlier,
+                    &s.tokens,
                     self.spec.ngram_min,
                     self.spec.ngram_max,
                     room.min(self.spec.draft_max),
                 );
-                if draft.is_empty() {
+                s.tokens.pop();
+                if f.draft.is_empty() {
                     continue;
                 }
                 let k = sp
                     .lookup
-                    .allowance(matched, to_generate, self.spec.verify_cost);
-                draft.truncate(k);
-                found[i] = draft;
+                    .allowance(f.context, to_generate, self.spec.verify_cost);
+                f.draft.truncate(k);
+                found[i] = f.draft;
                 found[i].len()
             }
             .min(room);

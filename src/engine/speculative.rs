@@ -7,9 +7,10 @@
 //! tokens cost one decode for several; the first rejected one is replaced by the model's own
 //! token, and what follows it is removed from the KV cache.
 //!
-//! - Proposals come from the sequence's own text ([`propose_ngram`], prompt lookup: the tokens
-//!   that followed the last earlier occurrence of its last n tokens), or from a smaller draft
-//!   model with the same vocabulary run greedily.
+//! - Proposals come from the sequence's own text ([`lookup`], prompt lookup: the tokens that
+//!   followed an earlier occurrence of its last n tokens, there or in what the same caller's
+//!   previous request produced after the prefix the two share), or from a smaller draft model
+//!   with the same vocabulary run greedily.
 //! - Both proposers are deterministic, so verification is the standard rejection rule with a
 //!   point-mass draft distribution q: a draft token d is accepted with probability
 //!   min(1, p(d)/q(d)) = p(d), and on rejection the token is drawn from the residual
@@ -53,7 +54,7 @@ impl Mode {
 }
 
 /// Default of `draft-max`.
-pub const DEFAULT_DRAFT_MAX: u32 = 16;
+pub const DEFAULT_DRAFT_MAX: u32 = 32;
 /// Default of `ngram-min`.
 pub const DEFAULT_NGRAM_MIN: u32 = 4;
 /// Default of `ngram-max`.
@@ -251,47 +252,102 @@ impl SpeculativeConfig {
 /// Most draft tokens per sequence and step that the config allows.
 pub const MAX_DRAFT: u32 = 32;
 
-/// A prompt-lookup draft: finds the last earlier occurrence of the final `n` tokens of
-/// `history` (trying `n` from `ngram_max` down to `ngram_min`) and proposes the tokens that
-/// followed it, at most `max`. Empty when nothing matches.
-///
-/// The most recent occurrence is taken: in a rewrite or an edit the text being copied is the
-/// one read last, and in repeated structure (JSON fields, list items) the latest instance is
-/// the likeliest to continue the same way.
+/// A prompt-lookup draft from `history` alone: see [`lookup`].
 pub fn propose_ngram<T: PartialEq + Copy>(
     history: &[T],
     ngram_min: usize,
     ngram_max: usize,
     max: usize,
 ) -> Vec<T> {
-    propose_ngram_matched(history, ngram_min, ngram_max, max).0
+    lookup(&[], history, ngram_min, ngram_max, max).draft
 }
 
-/// [`propose_ngram`], with the length of the suffix that matched (0 when nothing did).
-pub fn propose_ngram_matched<T: PartialEq + Copy>(
+/// What [`lookup`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found<T> {
+    /// The proposed tokens (empty when nothing matched).
+    pub draft: Vec<T>,
+    /// How long a suffix of the history matched (`ngram-min..=ngram-max`; 0: none).
+    pub matched: usize,
+    /// How far back the chosen occurrence agrees with the history, up to [`CONTEXT`] tokens
+    /// (at least `matched`): how long the copy under way has been.
+    pub context: usize,
+}
+
+/// The longest agreement [`lookup`] measures between an occurrence and the history.
+pub const CONTEXT: usize = 64;
+
+/// A prompt-lookup draft: finds earlier occurrences of the final `n` tokens of `history`
+/// (trying `n` from `ngram_max` down to `ngram_min`) in `earlier` followed by `history`, and
+/// proposes the tokens that followed one of them, at most `max`.
+///
+/// `earlier` is text the same caller's previous request produced after the prefix this one
+/// shares with it (what the reused cache slot held): a retry, or a request that repeats most
+/// of the last one, is likely to repeat its answer too.
+///
+/// Of the occurrences, the one whose preceding tokens agree with the history for longest
+/// (up to [`CONTEXT`]) is taken, the latest on ties: in a rewrite or an edit the text being
+/// copied is the one read last, and in repeated structure (JSON fields, list items) the
+/// latest instance is the likeliest to continue the same way, but a passage that is being
+/// copied, or an answer being repeated, agrees for longer than an incidental match.
+pub fn lookup<T: PartialEq + Copy>(
+    earlier: &[T],
     history: &[T],
     ngram_min: usize,
     ngram_max: usize,
     max: usize,
-) -> (Vec<T>, usize) {
-    let len = history.len();
+) -> Found<T> {
+    let none = Found {
+        draft: Vec::new(),
+        matched: 0,
+        context: 0,
+    };
     if max == 0 || ngram_min == 0 {
-        return (Vec::new(), 0);
+        return none;
     }
-    for n in (ngram_min..=ngram_max.min(len.saturating_sub(1))).rev() {
-        let suffix = &history[len - n..];
-        // Start positions of earlier occurrences, latest first. An occurrence may overlap the
+    // The text searched: `earlier`, then `history`, without concatenating them.
+    let e = earlier.len();
+    let len = e + history.len();
+    let at = |i: usize| if i < e { earlier[i] } else { history[i - e] };
+    for n in (ngram_min..=ngram_max.min(history.len().saturating_sub(1))).rev() {
+        let suffix = &history[history.len() - n..];
+        // (start, agreement) of the best occurrence so far. An occurrence may overlap the
         // suffix (a repeating run); it is always followed by at least one token.
-        let found = (0..len - n)
-            .rev()
-            .find(|&start| &history[start..start + n] == suffix);
-        if let Some(start) = found {
+        let mut best: Option<(usize, usize)> = None;
+        for start in (0..len - n).rev() {
+            // An occurrence lies wholly in `earlier`, with a token after it there, or wholly
+            // in `history`.
+            let floor = if start >= e { e } else { 0 };
+            if (start < e && start + n >= e) || !(0..n).all(|j| at(start + j) == suffix[j]) {
+                continue;
+            }
+            // How much further back the occurrence and the history agree.
+            let mut agree = n;
+            while agree < CONTEXT
+                && agree < start + n - floor
+                && at(start + n - agree - 1) == at(len - agree - 1)
+            {
+                agree += 1;
+            }
+            if best.is_none_or(|(_, a)| agree > a) {
+                best = Some((start, agree));
+                if agree == CONTEXT {
+                    break;
+                }
+            }
+        }
+        if let Some((start, context)) = best {
+            // The continuation stays in the text the occurrence is in.
             let from = start + n;
-            let to = (from + max).min(len);
-            return (history[from..to].to_vec(), n);
+            let to = (from + max).min(if from <= e { e } else { len });
+            return Found {
+                draft: (from..to).map(at).collect(),
+                matched: n,
+                context,
+            };
         }
     }
-    (Vec::new(), 0)
+    none
 }
 
 /// Verification of one sequence's draft: `sampled(j)` draws the model's own token at position
@@ -461,16 +517,24 @@ impl Adaptive {
     }
 }
 
-/// Prompt-lookup drafting state: one [`Adaptive`] estimate per class of matched suffix length
-/// (up to 3 tokens, 4 to 7, 8 and more). A draft found after a long matched suffix (a verbatim
-/// copy under way) is accepted far more often than one found after two common tokens, so one
-/// estimate for both would draft too long after short matches and too short during copies.
+/// Prompt-lookup drafting state: one [`Adaptive`] estimate per class of agreement between the
+/// history and the occurrence the draft comes from ([`Found::context`]: up to 3 tokens, 4 to
+/// 7, 8 and more). A draft found after a long agreement (a verbatim copy under way) is
+/// accepted far more often than one found after two common tokens, so one estimate for both
+/// would draft too long after short matches and too short during copies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lookup {
     classes: [Adaptive; 3],
     /// The class of the last draft, which [`Lookup::record`] updates.
     last: usize,
 }
+
+/// A lookup draft is at most as long as its occurrence agreed with the history, and at least
+/// this long: a copy that has gone on for m tokens is likely to go on for about as many more,
+/// and drafts past that point mostly pay for rejected tokens (measured on the benchmark's
+/// greedy outputs: with `draft-max` 32, the rule kept prompts without a long copy within 0.96×
+/// of not drafting, where drafting the whole allowance fell to 0.87×).
+pub const SHORTEST_CAP: usize = 8;
 
 impl Lookup {
     /// A sequence that may draft up to `max` tokens a step.
@@ -481,20 +545,23 @@ impl Lookup {
         }
     }
 
-    /// The class of a match of `matched` tokens.
-    pub fn class(matched: usize) -> usize {
-        match matched {
+    /// The class of an agreement of `context` tokens.
+    pub fn class(context: usize) -> usize {
+        match context {
             0..=3 => 0,
             4..=7 => 1,
             _ => 2,
         }
     }
 
-    /// How many tokens of a draft found after a `matched`-token suffix to verify this step (see
-    /// [`Adaptive::allowance`]; each class pauses on its own).
-    pub fn allowance(&mut self, matched: usize, generating: usize, cost: f32) -> usize {
-        self.last = Self::class(matched);
-        self.classes[self.last].allowance(generating, cost)
+    /// How many tokens of a draft whose occurrence agreed with the history for `context`
+    /// tokens to verify this step (see [`Adaptive::allowance`]; each class pauses on its own),
+    /// within [`SHORTEST_CAP`]'s rule.
+    pub fn allowance(&mut self, context: usize, generating: usize, cost: f32) -> usize {
+        self.last = Self::class(context);
+        self.classes[self.last]
+            .allowance(generating, cost)
+            .min(context.max(SHORTEST_CAP))
     }
 
     /// Records the verification of the last draft.
@@ -538,13 +605,43 @@ mod tests {
         // occurs later at 7 (followed by 6), but the longer match wins.
         let h = [0, 0, 0, 0, 9, 1, 2, 5, 1, 2, 6, 9, 1, 2];
         assert_eq!(propose_ngram(&h, 2, 3, 1), vec![5]);
-        // Only bigrams allowed: the latest occurrence of "1 2" (at 8) wins.
-        assert_eq!(propose_ngram(&h, 2, 2, 2), vec![6, 9]);
+        // Only bigrams allowed: of the two earlier "1 2", the one preceded by 9 as the suffix
+        // is (at 5) agrees for longer than the later one (at 8), and wins.
+        assert_eq!(propose_ngram(&h, 2, 2, 2), vec![5, 1]);
+        let f = lookup(&[], &h, 2, 2, 2);
+        assert_eq!((f.matched, f.context), (2, 3));
+        // Equal agreement: the latest occurrence wins.
+        let h = [1, 2, 5, 1, 2, 6, 1, 2];
+        assert_eq!(propose_ngram(&h, 2, 2, 1), vec![6]);
         // Below ngram-min nothing is tried: "2" alone occurs often, but min is 2 and "x 2"
         // never repeats.
         let h = [1, 2, 3, 2, 4, 5, 2];
         assert!(propose_ngram(&h, 2, 3, 4).is_empty());
         assert_eq!(propose_ngram(&h, 1, 3, 2), vec![4, 5]);
+    }
+
+    #[test]
+    fn lookup_finds_the_earlier_answer_of_a_repeated_request() {
+        // The previous request's continuation after the shared prefix: "7 8 9 1 2 3 4".
+        let earlier = [7, 8, 9, 1, 2, 3, 4];
+        // This request has generated "7 8 9" so far, after a prompt that also holds "9 1 5".
+        let history = [0, 9, 1, 5, 7, 8, 9, 1];
+        let f = lookup(&earlier, &history, 2, 4, 8);
+        // "9 1" occurs in the prompt (followed by 5) and in the earlier answer; the earlier
+        // answer agrees back to "7 8 9 1" and wins, its continuation running to its end.
+        assert_eq!(f.draft, vec![2, 3, 4]);
+        assert_eq!((f.matched, f.context), (4, 4));
+        // Without it, the prompt's occurrence is all there is.
+        assert_eq!(lookup(&[], &history, 2, 4, 8).draft, vec![5, 7, 8, 9, 1]);
+        // The agreement is measured up to CONTEXT tokens.
+        let long: Vec<u32> = (0..200).collect();
+        let mut again = long[..100].to_vec();
+        again.insert(0, 999);
+        let f = lookup(&long, &again, 4, 12, 8);
+        assert_eq!(
+            (f.draft, f.matched, f.context),
+            ((100..108).collect(), 12, CONTEXT)
+        );
     }
 
     #[test]
@@ -715,6 +812,18 @@ mod tests {
     #[test]
     fn lookup_judges_long_matches_apart_from_short_ones() {
         let mut l = Lookup::new(16);
+        // A draft is no longer than its occurrence agreed, and may always be SHORTEST_CAP.
+        let mut fresh = Lookup::new(32);
+        let k = fresh.allowance(5, 1, 0.0);
+        assert_eq!(k, 1, "the first draft is a probe");
+        fresh.record(1, 1);
+        assert_eq!(fresh.allowance(5, 1, 0.0), SHORTEST_CAP);
+        // Agreements of 8 and more are another class, with its own probe.
+        assert_eq!(fresh.allowance(20, 1, 0.0), 1);
+        fresh.record(1, 1);
+        assert_eq!(fresh.allowance(20, 1, 0.0), 20);
+        fresh.record(20, 20);
+        assert_eq!(fresh.allowance(CONTEXT, 1, 0.0), 32);
         assert_eq!(
             (Lookup::class(2), Lookup::class(5), Lookup::class(12)),
             (0, 1, 2)
