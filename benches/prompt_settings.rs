@@ -269,10 +269,134 @@ fn verify_costs(raw: &Raw, s: Setting, prompt: &[LlamaToken], repeat: usize) -> 
         median(v)
     };
     let one = time(1);
-    [2, 3, 5, 9, 17, 33]
+    [2, 3, 5, 9, 17, 33, 65]
         .iter()
         .map(|&k| (k, time(k) / one))
         .collect()
+}
+
+/// The cost of a decode of `n` tokens of one sequence in one-token decodes, from the measured
+/// points (linear between them and past the last).
+fn cost_of(costs: &[(usize, f64)], n: usize) -> f64 {
+    let mut pts = vec![(1usize, 1.0f64)];
+    pts.extend_from_slice(costs);
+    let w = pts
+        .windows(2)
+        .find(|w| n <= w[1].0)
+        .unwrap_or(&pts[pts.len() - 2..]);
+    let ((a, fa), (b, fb)) = (w[0], w[1]);
+    fa + (fb - fa) * (n as f64 - a as f64) / (b as f64 - a as f64)
+}
+
+/// How much prompt lookup can gain on this machine, from the measured verification costs: the
+/// benchmark's workloads (benches/speculative-workloads.json, what `scripts/bench-speculative`
+/// sends) answered greedily (160 tokens), then replayed against three drafters, each step
+/// costing `cost_of(k + 1)` for a draft of k: the shipped policy (`speculative::lookup` and
+/// `Lookup`, default settings), an oracle that drafts exactly the tokens that will be accepted
+/// from the same lookup and only when that pays (the ceiling of drafting from the prompt and
+/// the text so far), and the shipped policy on a repeated request (the previous answer as
+/// `earlier`). Speed-ups against decoding one token a step.
+fn lookup_ceiling(raw: &Raw, s: Setting, costs: &[(usize, f64)]) {
+    use inhouse::engine::speculative::{self as spec, Lookup};
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/speculative-workloads.json");
+    let workloads: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("workloads")).expect("json");
+    let tmpl = raw.model.chat_template(None).expect("chat template");
+    let c = spec::SpeculativeConfig::default();
+    let replay =
+        |prompt: &[LlamaToken], out: &[LlamaToken], earlier: &[LlamaToken], oracle: bool| {
+            let mut lookup = Lookup::new(c.draft_max as usize);
+            let mut history = prompt.to_vec();
+            history.push(out[0]);
+            let (mut p, mut cost, mut drafted, mut accepted) = (1, 0.0, 0, 0);
+            while p < out.len() {
+                let room = (c.draft_max as usize).min(out.len() - p - 1);
+                if !oracle {
+                    lookup.observe(&history);
+                }
+                let f = spec::lookup(
+                    earlier,
+                    &history,
+                    c.ngram_min as usize,
+                    c.ngram_max as usize,
+                    room,
+                );
+                let agree =
+                    |d: &[LlamaToken]| d.iter().zip(&out[p..]).take_while(|(a, b)| a == b).count();
+                let k = if f.draft.is_empty() {
+                    0
+                } else if oracle {
+                    let a = agree(&f.draft);
+                    if a > 0 && (a + 1) as f64 / cost_of(costs, a + 1) > 1.0 {
+                        a
+                    } else {
+                        0
+                    }
+                } else {
+                    lookup.allowance(&f, history.len(), 1, c.verify_cost)
+                };
+                let a = agree(&f.draft[..k]);
+                if !oracle {
+                    lookup.record(k, a);
+                }
+                cost += cost_of(costs, k + 1);
+                drafted += k;
+                accepted += a;
+                let n = (a + 1).min(out.len() - p);
+                history.extend_from_slice(&out[p..p + n]);
+                p += n;
+            }
+            let speedup = (out.len() - 1) as f64 / cost;
+            let acc = if drafted > 0 {
+                accepted as f64 / drafted as f64
+            } else {
+                0.0
+            };
+            format!("{speedup:.2}× ({acc:.2})")
+        };
+    println!(
+        "\nprompt lookup on this machine, replayed with the costs above (speed-up against no \
+         drafting; acceptance):"
+    );
+    println!("| workload | answer tokens | shipped policy | oracle (ceiling) | shipped, repeated request |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, text) in workloads.iter().filter(|(k, _)| !k.starts_with('_')) {
+        let msg = llama_cpp_2::model::LlamaChatMessage::new(
+            "user".into(),
+            text.as_str().expect("a prompt").into(),
+        )
+        .expect("message");
+        let chat = raw
+            .model
+            .apply_chat_template(&tmpl, &[msg], true)
+            .expect("template");
+        let prompt = raw.model.vocab().tokenize(chat.as_bytes(), false, true);
+        // Greedy answer, one token at a time (the text a plain request gives).
+        let mut ctx = raw.ctx(s);
+        let mut logits = prefill(&mut ctx, &prompt, N_BATCH);
+        let mut out = Vec::new();
+        let mut batch = LlamaBatch::new(1, 1);
+        for i in 0..160 {
+            let t = argmax(&logits);
+            out.push(t);
+            if raw.model.vocab().is_eog(t) {
+                break;
+            }
+            batch.clear();
+            batch.add(t, (prompt.len() + i) as i32, &[0], true).unwrap();
+            ctx.decode(&mut batch).unwrap();
+            logits = ctx.get_logits_ith(0).to_vec();
+        }
+        let mut earlier = prompt[prompt.len() - 2..].to_vec();
+        earlier.extend_from_slice(&out);
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            out.len(),
+            replay(&prompt, &out, &[], false),
+            replay(&prompt, &out, &[], true),
+            replay(&prompt, &out, &earlier, false)
+        );
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -338,6 +462,7 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    lookup_ceiling(&raw, SETTINGS[3], &costs);
     if std::env::var_os("INHOUSE_BENCH_COSTS_ONLY").is_some() {
         return;
     }

@@ -295,6 +295,7 @@ fn a_model_as_its_own_draft_gives_the_plain_text_and_shows_its_acceptance() {
     // and the answers are the plain ones.
     let config = "[limits]\nper-uid-concurrency = 16\n\
         [speculative]\nmode = \"draft\"\nmax-batch = 8\ndraft-max = 4\nverify-cost = 0.0\n\
+        draft-cost = 0.0\n\
         [speculative.drafts]\nsmol = \"smol\"\n";
     let d = Daemon::start(
         &[("smol", &smollm2())],

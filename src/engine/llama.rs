@@ -422,7 +422,7 @@ struct SeqSpec {
     /// Drafting state with a draft model.
     adaptive: Adaptive,
     /// Drafting state with prompt lookup.
-    lookup: Lookup,
+    lookup: Lookup<LlamaToken>,
     /// The draft decoded after the sampled token in this step (empty: none).
     draft: Vec<LlamaToken>,
     /// What the reused slot held after the prefix this request shares with it (the same
@@ -480,6 +480,10 @@ struct Runner<'m> {
     spec: Speculation,
     /// The draft model's context, in draft mode.
     draft: Option<DraftRunner<'m>>,
+    /// What a drafted token costs in draft-model decodes, relative to a one-token decode of
+    /// this model (`draft-cost`, or the ratio of the weights' sizes: on a CPU a decode's time
+    /// follows the bytes of weights it reads and multiplies).
+    draft_cost: f32,
 }
 
 fn run(
@@ -688,12 +692,20 @@ impl<'m> Runner<'m> {
                     .into(),
             });
         }
+        let draft_cost = match (&l.draft, spec.mode) {
+            (Some((_, model)), Mode::Draft) => spec.draft_cost.unwrap_or_else(|| {
+                (model.size() as f64 / l.model.size().max(1) as f64).min(2.0) as f32
+            }),
+            _ => 0.0,
+        };
         if spec.mode != Mode::Off {
             tracing::info!(
                 model = %l.info.name,
                 mode = spec.mode.as_str(),
                 draft_max = spec.draft_max,
                 max_batch = spec.max_batch,
+                verify_cost = spec.verify_cost,
+                draft_cost,
                 "speculative decoding"
             );
         }
@@ -726,6 +738,7 @@ impl<'m> Runner<'m> {
             metrics,
             spec,
             draft,
+            draft_cost,
         })
     }
 
@@ -1097,12 +1110,15 @@ impl<'m> Runner<'m> {
                 .min((a.max_tokens.saturating_sub(a.completion_tokens) as usize).saturating_sub(1))
                 .min(batch_left);
             let want = if with_model {
-                sp.adaptive.allowance(to_generate, self.spec.verify_cost)
+                sp.adaptive
+                    .allowance(to_generate, self.spec.verify_cost, self.draft_cost)
             } else {
                 // Prompt lookup is cheap: look first, then verify as much of what was found as
                 // pays for an agreement of that length. The history is the sequence's tokens
                 // with its sampled one, pushed for the lookup only.
                 s.tokens.push(next);
+                sp.lookup.observe(&s.tokens);
+                let at = s.tokens.len();
                 let mut f = speculative::lookup(
                     &sp.earlier,
                     &s.tokens,
@@ -1116,7 +1132,7 @@ impl<'m> Runner<'m> {
                 }
                 let k = sp
                     .lookup
-                    .allowance(f.context, to_generate, self.spec.verify_cost);
+                    .allowance(&f, at, to_generate, self.spec.verify_cost);
                 f.draft.truncate(k);
                 found[i] = f.draft;
                 found[i].len()
