@@ -234,6 +234,49 @@ fn cache_reuse_gives_the_cold_text_and_counts_hits() {
 }
 
 #[test]
+fn erasing_a_uid_drops_its_cached_prompts() {
+    assert_eq!(
+        effective_uid(),
+        0,
+        "this test must run as root (it connects as uid 65534)"
+    );
+    // A caller's cached prompt (and answer) stays in a slot for reuse; once an admin erases the
+    // caller, the same request finds nothing cached.
+    let d = Daemon::with_config(&[("smol", &smollm2())], "[roles]\nuser-uids = [65534]\n");
+    let body = chat_body(
+        "smol",
+        "Name the three primary colours of light.",
+        json!({"temperature": 0, "max_tokens": 8}),
+    )
+    .to_string();
+    let ask = || {
+        let (status, text) = request_as_uid(
+            65534,
+            &d.dir,
+            &d.socket,
+            "POST",
+            "/v1/chat/completions",
+            Some(&body),
+        );
+        assert_eq!(status, 200, "{text}");
+    };
+    let hits = "inhouse_cache_reuse_hits_total{model=\"smol\"}";
+    rt().block_on(async {
+        let c = d.client();
+        ask();
+        let before = sample(&metrics_when_idle(&c, "smol").await, hits);
+        ask();
+        let cached = sample(&metrics_when_idle(&c, "smol").await, hits);
+        assert_eq!(cached, before + 1.0, "the repeated request reused no cache");
+        let (status, v) = post(&c, "/admin/erase", &json!({"uid": 65534}).to_string()).await;
+        assert_eq!(status, 200, "{v}");
+        ask();
+        let after = sample(&metrics_when_idle(&c, "smol").await, hits);
+        assert_eq!(after, cached, "an erased caller's cached prompt was reused");
+    });
+}
+
+#[test]
 fn cancelling_a_stream_frees_its_slot_at_once() {
     let d = Daemon::start(&[("smol", &smollm2())], &["--slots", "1"]);
     rt().block_on(async {

@@ -122,6 +122,8 @@ pub async fn erase(
     JsonBody(req): JsonBody<wire::EraseRequest>,
 ) -> Result<Json<wire::Erased>, ApiError> {
     let report = s.store.erase_uid(req.uid).await?;
+    // Its prompts and answers kept in memory (cached prefixes, prompt-lookup sources) go too.
+    s.engine.forget_owner(req.uid);
     // The uid's collections left the store with its key; they leave the index now.
     if let Err(e) = s.collections.resync().await {
         tracing::error!(error = %e.message, "index resync after erasure failed");

@@ -165,6 +165,8 @@ enum Job {
         Vec<String>,
         oneshot::Sender<Result<Embeddings, EngineError>>,
     ),
+    /// Empties every idle slot that holds this uid's tokens (its data was erased).
+    ForgetOwner(u32),
 }
 
 /// A model to load: its name, its GGUF file and, for a `base+adapter` name, the LoRA adapter
@@ -353,6 +355,13 @@ impl LlamaEngine {
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Embed(model, inputs, tx))?;
         rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Drops `uid`'s cached tokens (prompts and answers kept for prefix reuse and prompt
+    /// lookup) from every idle slot, after the jobs already queued; a slot still generating
+    /// for it keeps its tokens until it is reused or evicted.
+    pub fn forget_owner(&self, uid: u32) -> Result<(), EngineError> {
+        self.submit(Job::ForgetOwner(uid))
     }
 }
 
@@ -618,6 +627,11 @@ fn take(
             };
             let _ = reply.send(result);
         }
+        Job::ForgetOwner(uid) => {
+            for r in runners.iter_mut() {
+                r.forget_owner(uid);
+            }
+        }
     }
 }
 
@@ -740,6 +754,27 @@ impl<'m> Runner<'m> {
             draft,
             draft_cost,
         })
+    }
+
+    /// Empties the idle slots holding `uid`'s tokens (see [`LlamaEngine::forget_owner`]).
+    fn forget_owner(&mut self, uid: u32) {
+        let mut dropped = 0;
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if s.active.is_some() || s.owner != Some(uid) {
+                continue;
+            }
+            let _ = self.ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+            if let Some(d) = self.draft.as_mut() {
+                d.forget_after(i, 0);
+            }
+            s.tokens.clear();
+            s.prefilled = 0;
+            s.owner = None;
+            dropped += 1;
+        }
+        if dropped > 0 {
+            tracing::info!(model = %self.l.info.name, uid, slots = dropped, "erased uid's cached tokens dropped");
+        }
     }
 
     fn has_work(&self) -> bool {

@@ -413,6 +413,9 @@ pub trait Engine: Send + Sync + 'static {
     fn unload(&self, _name: &str) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+    /// Drops whatever the engine keeps in memory of `uid`'s requests (cached prompt and answer
+    /// tokens), after the uid's data was erased; by default there is nothing to drop.
+    fn forget_owner(&self, _uid: u32) {}
     /// Queues a generation. An unknown model or a full queue fails here; a failure after the
     /// request was accepted (e.g. its model failed to load) arrives as the stream's event.
     fn generate(&self, req: GenerateRequest) -> BoxFuture<'_, Result<EventStream, EngineError>>;

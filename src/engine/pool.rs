@@ -781,6 +781,14 @@ impl Engine for ModelPool {
         let name = name.to_string();
         Box::pin(async move { self.forget(&name).await })
     }
+
+    fn forget_owner(&self, uid: u32) {
+        for (name, r) in self.resident().iter() {
+            if let Err(e) = r.engine.forget_owner(uid) {
+                tracing::error!(model = %name, uid, error = %e, "cannot drop an erased uid's cached tokens");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

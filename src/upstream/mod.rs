@@ -710,6 +710,11 @@ impl Engine for UpstreamEngine {
         self.local.unload(name)
     }
 
+    fn forget_owner(&self, uid: u32) {
+        // Upstreams keep nothing of a caller's here; the local engine's caches may.
+        self.local.forget_owner(uid);
+    }
+
     fn generate(&self, req: GenerateRequest) -> BoxFuture<'_, Result<EventStream, EngineError>> {
         let Some(up) = self.upstreams.get(&req.model).cloned() else {
             return self.local.generate(req);
