@@ -452,13 +452,50 @@ pub fn best_draft_len(
     }
 }
 
+/// An estimate of the probability that a draft token is accepted after the previous one was:
+/// accepted draft tokens over draft tokens verified up to and including the first rejected
+/// one, both decayed by [`DECAY`] at each verification.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Estimate {
+    hits: f32,
+    trials: f32,
+}
+
+impl Estimate {
+    /// An estimate of `hits / trials` with the weight of `trials` verified tokens.
+    const fn new((hits, trials): (f32, f32)) -> Self {
+        Estimate { hits, trials }
+    }
+
+    fn alpha(&self) -> f32 {
+        (self.hits / self.trials.max(1e-3)).clamp(0.0, 1.0)
+    }
+
+    /// Weighs the past down for a new verification.
+    fn decay(&mut self) {
+        self.hits *= DECAY;
+        self.trials *= DECAY;
+    }
+
+    /// Counts `accepted` tokens taken and `rejected` (0 or 1) refused.
+    fn count(&mut self, accepted: usize, rejected: usize) {
+        self.hits += accepted as f32;
+        self.trials += (accepted + rejected) as f32;
+    }
+
+    /// A verification of `drafted` tokens of which `accepted` (a prefix) were taken.
+    fn record(&mut self, drafted: usize, accepted: usize) {
+        if drafted > 0 {
+            self.decay();
+            self.count(accepted, usize::from(accepted < drafted));
+        }
+    }
+}
+
 /// A sequence's drafting state: its estimated per-token acceptance, and whether it is pausing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Adaptive {
-    /// Accepted draft tokens (decayed).
-    hits: f32,
-    /// Draft tokens verified up to and including the first rejected one (decayed).
-    trials: f32,
+    estimate: Estimate,
     /// Steps left without drafting.
     pub pause: u32,
     /// How long the next pause lasts.
@@ -485,8 +522,7 @@ impl Adaptive {
     /// A sequence that may draft up to `max` tokens a step.
     pub fn new(max: usize) -> Self {
         Adaptive {
-            hits: PRIOR.0,
-            trials: PRIOR.1,
+            estimate: Estimate::new(PRIOR),
             pause: 0,
             next_pause: FIRST_PAUSE,
             probe: true,
@@ -496,7 +532,7 @@ impl Adaptive {
 
     /// The estimated probability that a draft token is accepted after the previous one was.
     pub fn alpha(&self) -> f32 {
-        (self.hits / self.trials.max(1e-3)).clamp(0.0, 1.0)
+        self.estimate.alpha()
     }
 
     /// How many draft tokens this step may propose for the sequence, with `generating`
@@ -508,7 +544,7 @@ impl Adaptive {
         if self.pause > 0 {
             self.pause -= 1;
             if self.pause == 0 {
-                (self.hits, self.trials) = PRIOR;
+                self.estimate = Estimate::new(PRIOR);
                 self.probe = true;
             }
             return 0;
@@ -530,9 +566,7 @@ impl Adaptive {
         if drafted == 0 {
             return;
         }
-        let trials = accepted + usize::from(accepted < drafted);
-        self.hits = self.hits * DECAY + accepted as f32;
-        self.trials = self.trials * DECAY + trials as f32;
+        self.estimate.record(drafted, accepted);
         if accepted * 2 >= drafted {
             self.next_pause = FIRST_PAUSE;
         }
@@ -554,8 +588,8 @@ impl Adaptive {
 /// probing: the worst prompt without a long copy went from 0.87× to 0.98× of not drafting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lookup<T> {
-    /// (accepted, verified up to and including the first rejected), decayed, per class.
-    classes: [(f32, f32); 3],
+    /// The acceptance estimate of each class.
+    classes: [Estimate; 3],
     /// The class of the draft being verified, which [`Lookup::record`] updates.
     last: Option<usize>,
     /// An unverified proposal: its class, where in the history it starts, its tokens, and
@@ -572,7 +606,7 @@ pub struct Lookup<T> {
 pub const SHORTEST_CAP: usize = 8;
 
 /// The estimates the classes start from, with the weight of two verified tokens: 60%
-/// acceptance after agreements of up to 3 tokens, 80% after 4–7, 95% after 8 and more (a copy
+/// acceptance after agreements of up to 3 tokens, 80% after 4–7, 90% after 8 and more (a copy
 /// under way, or a repeated answer, drafts at once). Shadows correct them within a few steps
 /// at no cost.
 const LOOKUP_PRIOR: [(f32, f32); 3] = [(1.2, 2.0), (1.6, 2.0), (1.8, 2.0)];
@@ -584,7 +618,7 @@ impl<T: PartialEq + Copy> Lookup<T> {
     /// A sequence that may draft up to `max` tokens a step.
     pub fn new(max: usize) -> Self {
         Lookup {
-            classes: LOOKUP_PRIOR,
+            classes: LOOKUP_PRIOR.map(Estimate::new),
             last: None,
             shadow: None,
             max: max.max(1),
@@ -598,16 +632,6 @@ impl<T: PartialEq + Copy> Lookup<T> {
             4..=7 => 1,
             _ => 2,
         }
-    }
-
-    fn update(&mut self, class: usize, drafted: usize, accepted: usize) {
-        if drafted == 0 {
-            return;
-        }
-        let trials = accepted + usize::from(accepted < drafted);
-        let (h, t) = &mut self.classes[class];
-        *h = *h * DECAY + accepted as f32;
-        *t = *t * DECAY + trials as f32;
     }
 
     /// Compares the pending shadow with `history` (the sequence's tokens so far, its sampled
@@ -631,12 +655,11 @@ impl<T: PartialEq + Copy> Lookup<T> {
         }
         if agree > 0 || wrong {
             // One decay a shadow, as a verified draft gets one.
-            let (h, t) = &mut self.classes[class];
+            let estimate = &mut self.classes[class];
             if first {
-                (*h, *t) = (*h * DECAY, *t * DECAY);
+                estimate.decay();
             }
-            *h += agree as f32;
-            *t += (agree + usize::from(wrong)) as f32;
+            estimate.count(agree, usize::from(wrong));
         }
     }
 
@@ -652,9 +675,7 @@ impl<T: PartialEq + Copy> Lookup<T> {
         cost: f32,
     ) -> usize {
         let class = Self::class(found.context);
-        let (h, t) = self.classes[class];
-        let alpha = (h / t.max(1e-3)).clamp(0.0, 1.0);
-        let k = best_draft_len(alpha, generating, self.max, cost, 0.0)
+        let k = best_draft_len(self.classes[class].alpha(), generating, self.max, cost, 0.0)
             .min(found.context.max(SHORTEST_CAP))
             .min(found.draft.len());
         if k > 0 {
@@ -675,14 +696,13 @@ impl<T: PartialEq + Copy> Lookup<T> {
     /// Records the verification of the last draft: `drafted` tokens, `accepted` of them.
     pub fn record(&mut self, drafted: usize, accepted: usize) {
         if let Some(class) = self.last.take() {
-            self.update(class, drafted, accepted);
+            self.classes[class].record(drafted, accepted);
         }
     }
 
     /// The estimated acceptance of class `class`.
     pub fn alpha(&self, class: usize) -> f32 {
-        let (h, t) = self.classes[class.min(2)];
-        (h / t.max(1e-3)).clamp(0.0, 1.0)
+        self.classes[class.min(2)].alpha()
     }
 }
 
@@ -988,7 +1008,7 @@ mod tests {
         let mut l = Lookup::new(16);
         let d: Vec<u32> = (1..=16).collect();
         // A class whose drafts have failed...
-        l.classes[0] = (0.4, 2.0);
+        l.classes[0] = Estimate::new((0.4, 2.0));
         let low = l.alpha(0);
         assert_eq!(l.allowance(&found(&d, 2), 10, 1, TOKEN_COST), 0);
         // ...the proposal it did not verify (tokens 1..=8 after position 10) became the
@@ -1007,7 +1027,7 @@ mod tests {
         assert!(l.alpha(0) > low + 0.2, "{low} → {}", l.alpha(0));
         // A shadow that goes wrong at its third token counts two accepted and one rejected.
         let mut l2 = Lookup::new(16);
-        l2.classes[0] = (0.2, 2.0);
+        l2.classes[0] = Estimate::new((0.2, 2.0));
         assert_eq!(l2.allowance(&found(&d, 2), 4, 1, TOKEN_COST), 0);
         let mut history: Vec<u32> = vec![0; 4];
         history.extend([1, 2]);
@@ -1016,13 +1036,13 @@ mod tests {
         l2.observe(&history);
         // Observed again with nothing new: nothing more counts.
         l2.observe(&history);
-        let (h, t) = l2.classes[0];
+        let Estimate { hits: h, trials: t } = l2.classes[0];
         assert!((h - (0.2 * DECAY + 2.0)).abs() < 1e-6 && (t - (2.0 * DECAY + 3.0)).abs() < 1e-6);
         assert_eq!(l2.shadow, None);
         // Only one shadow at a time, and a real draft drops it.
         let mut l3 = Lookup::new(16);
-        l3.classes[0] = (0.4, 2.0);
-        l3.classes[2] = (2.0, 2.0);
+        l3.classes[0] = Estimate::new((0.4, 2.0));
+        l3.classes[2] = Estimate::new((2.0, 2.0));
         l3.allowance(&found(&d, 2), 0, 1, TOKEN_COST);
         let pending = l3.shadow.clone();
         l3.allowance(&found(&[7, 7], 2), 5, 1, TOKEN_COST);
