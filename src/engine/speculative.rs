@@ -324,43 +324,47 @@ pub fn lookup<T: PartialEq + Copy>(
     let e = earlier.len();
     let len = e + history.len();
     let at = |i: usize| if i < e { earlier[i] } else { history[i - e] };
-    for n in (ngram_min..=ngram_max.min(history.len().saturating_sub(1))).rev() {
-        let suffix = &history[history.len() - n..];
-        // (start, agreement) of the best occurrence so far. An occurrence may overlap the
-        // suffix (a repeating run); it is always followed by at least one token.
-        let mut best: Option<(usize, usize)> = None;
-        for start in (0..len - n).rev() {
-            // An occurrence lies wholly in `earlier`, with a token after it there, or wholly
-            // in `history`.
-            let floor = if start >= e { e } else { 0 };
-            if (start < e && start + n >= e) || !(0..n).all(|j| at(start + j) == suffix[j]) {
-                continue;
-            }
-            // How much further back the occurrence and the history agree.
-            let mut agree = n;
-            while agree < CONTEXT
-                && agree < start + n - floor
-                && at(start + n - agree - 1) == at(len - agree - 1)
-            {
-                agree += 1;
-            }
-            if best.is_none_or(|(_, a)| agree > a) {
-                best = Some((start, agree));
-                if agree == CONTEXT {
-                    break;
-                }
+    // The longest suffix that may match: a shorter one is tried only when no occurrence has
+    // that much in common with the end of the history.
+    let longest = ngram_max.min(history.len().saturating_sub(1));
+    if ngram_min > longest {
+        return none;
+    }
+    // One pass over the places an occurrence could end (`end`: the first token after it),
+    // latest first, measuring how far back each agrees with the end of the history: the
+    // matched suffix is that agreement up to `longest`, and the best place has the longest
+    // matched suffix, then the longest agreement, then is the latest. An occurrence lies
+    // wholly in `earlier`, with a token after it there, or wholly in `history`; it may
+    // overlap the suffix (a repeating run), and is always followed by at least one token.
+    let mut best: Option<(usize, usize, usize)> = None;
+    for end in (1..len).rev() {
+        if end == e {
+            continue;
+        }
+        let floor = if end > e { e } else { 0 };
+        let mut agree = 0;
+        while agree < CONTEXT && agree < end - floor && at(end - agree - 1) == at(len - agree - 1) {
+            agree += 1;
+        }
+        if agree < ngram_min {
+            continue;
+        }
+        let matched = agree.min(longest);
+        if best.is_none_or(|(_, m, a)| (matched, agree) > (m, a)) {
+            best = Some((end, matched, agree));
+            if agree == CONTEXT {
+                break;
             }
         }
-        if let Some((start, context)) = best {
-            // The continuation stays in the text the occurrence is in.
-            let from = start + n;
-            let to = (from + max).min(if from <= e { e } else { len });
-            return Found {
-                draft: (from..to).map(at).collect(),
-                matched: n,
-                context,
-            };
-        }
+    }
+    if let Some((from, matched, context)) = best {
+        // The continuation stays in the text the occurrence is in.
+        let to = (from + max).min(if from < e { e } else { len });
+        return Found {
+            draft: (from..to).map(at).collect(),
+            matched,
+            context,
+        };
     }
     none
 }
