@@ -759,22 +759,28 @@ impl<'m> Runner<'m> {
     /// Empties the idle slots holding `uid`'s tokens (see [`LlamaEngine::forget_owner`]).
     fn forget_owner(&mut self, uid: u32) {
         let mut dropped = 0;
-        for (i, s) in self.slots.iter_mut().enumerate() {
-            if s.active.is_some() || s.owner != Some(uid) {
-                continue;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.active.is_none() && s.owner == Some(uid) {
+                self.empty_slot(i);
+                dropped += 1;
             }
-            let _ = self.ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
-            if let Some(d) = self.draft.as_mut() {
-                d.forget_after(i, 0);
-            }
-            s.tokens.clear();
-            s.prefilled = 0;
-            s.owner = None;
-            dropped += 1;
         }
         if dropped > 0 {
             tracing::info!(model = %self.l.info.name, uid, slots = dropped, "erased uid's cached tokens dropped");
         }
+    }
+
+    /// Empties slot `i`: its KV cells (and the draft model's), its tokens, its owner.
+    fn empty_slot(&mut self, i: usize) {
+        if let Some(d) = self.draft.as_mut() {
+            d.forget_after(i, 0);
+        }
+        let s = &mut self.slots[i];
+        let _ = self.ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+        s.tokens.clear();
+        s.prefilled = 0;
+        s.owner = None;
     }
 
     fn has_work(&self) -> bool {
@@ -950,17 +956,13 @@ impl<'m> Runner<'m> {
             } else {
                 others[choice - 1]
             };
-            let s = &mut self.slots[at];
             if choice > 0 {
-                if let Some(d) = self.draft.as_mut() {
-                    d.forget_after(at, 0);
-                }
-                let _ = self.ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
-                s.tokens.clear();
-                s.prefilled = 0;
+                self.empty_slot(at);
+                let s = &mut self.slots[at];
                 s.owner = Some(req.owner_uid);
                 s.last_used = clock;
             }
+            let s = &mut self.slots[at];
             let mut sampling = req.sampling;
             sampling.seed = sampling.seed.wrapping_add(choice as u32);
             s.active = Some(Active {
@@ -1298,17 +1300,11 @@ impl<'m> Runner<'m> {
     /// and empty every sequence.
     fn fail_all(&mut self, e: &llama_cpp_2::DecodeError) {
         tracing::error!(model = %self.l.info.name, error = %e, "decode failed");
-        if let Some(d) = self.draft.as_mut() {
-            d.clear();
-        }
-        for s in &mut self.slots {
-            if let Some(a) = s.active.take() {
+        for i in 0..self.slots.len() {
+            if let Some(a) = self.slots[i].active.take() {
                 let _ = a.events.send(Event::Failed(inference(e)));
             }
-            let _ = self.ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
-            s.tokens.clear();
-            s.prefilled = 0;
-            s.owner = None;
+            self.empty_slot(i);
         }
     }
 
